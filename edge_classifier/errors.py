@@ -1,0 +1,63 @@
+"""The exceptions edge-classifier raises.
+
+One root, :class:`EdgeClassifierError`, one base per subsystem, and leaves that also inherit the
+matching builtin, so callers may catch either (``except ModelError`` or ``except ValueError``)::
+
+    try:
+        backbone = Backbone.from_name("mobilenet_v2_1.0_224_quant")
+    except ModelNotInstalledError as exc:
+        print(exc)  # names the model and the command that installs it
+"""
+
+from __future__ import annotations
+
+
+class EdgeClassifierError(Exception):
+    """Root of every error edge-classifier raises on purpose."""
+
+
+# --- models, manifest and downloads -----------------------------------------------------------
+class ModelError(EdgeClassifierError):
+    """A model cannot be found, fetched, loaded or used."""
+
+
+class UnknownModelError(ModelError, KeyError):
+    """The name is not in the model manifest."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ModelNotInstalledError(ModelError, FileNotFoundError):
+    """The model is in the manifest but has not been fetched into the data directory."""
+
+
+class FetchError(ModelError, OSError):
+    """Downloading or copying a file from the mirror failed; nothing was installed."""
+
+
+class ChecksumError(FetchError):
+    """A downloaded file does not have the SHA-256 the manifest promises."""
+
+
+class InvalidModelError(ModelError, ValueError):
+    """A file is not a usable TFLite image model (empty, corrupt, wrong shape or type)."""
+
+
+class RuntimeMissingError(ModelError, ImportError):
+    """Neither ai-edge-litert nor tflite-runtime is installed."""
+
+
+# --- images -------------------------------------------------------------------------------------
+class ImageError(EdgeClassifierError, ValueError):
+    """An image file is missing, unreadable, truncated or not an image."""
+
+
+# --- data sets ----------------------------------------------------------------------------------
+class DatasetError(EdgeClassifierError, ValueError):
+    """A folder or CSV data set is malformed."""
+
+
+# --- configuration ------------------------------------------------------------------------------
+class ConfigError(EdgeClassifierError, ValueError):
+    """A configuration file or value is wrong; the message names the key."""

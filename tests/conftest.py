@@ -1,0 +1,59 @@
+"""Shared fixtures: the real models, fetched once through the project's own fetch command.
+
+Models come from ``$EDGE_CLASSIFIER_MODEL_MIRROR``, else from ``../shared/mirror`` beside the
+checkout when it exists (CI), else from the upstream URLs in the manifest.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from edge_classifier import paths
+from edge_classifier.fetch import fetch
+from edge_classifier.manifest import load_manifest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def mirror_dir():
+    env = os.environ.get(paths.MIRROR_ENV)
+    if env:
+        return Path(env)
+    shared = REPO.parent / "shared" / "mirror"
+    return shared if shared.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    """The data directory's model folder with every manifest file installed and verified."""
+    folder = paths.models_dir()
+    fetch(None, mirror=mirror_dir(), dest=folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def manifest():
+    return load_manifest()
+
+
+@pytest.fixture(scope="session")
+def sample(models_dir):
+    """Path of a fetched sample photo by name: ``sample("cat.bmp")``."""
+    return lambda name: models_dir / name
+
+
+@pytest.fixture(scope="session")
+def backbones(models_dir):
+    """Backbones loaded once per session, by (model name, resize mode)."""
+    from edge_classifier.backbone import Backbone
+    cache = {}
+
+    def get(name=None, resize="crop"):
+        key = (name, resize)
+        if key not in cache:
+            cache[key] = Backbone.from_name(name, models_dir=models_dir, resize=resize)
+        return cache[key]
+    return get
