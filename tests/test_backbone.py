@@ -1,0 +1,150 @@
+"""The TFLite backbone on the real models: golden labels, embeddings, every input type."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge_classifier.backbone import Backbone, dequantize
+from edge_classifier.errors import InvalidModelError, ModelError, ModelNotInstalledError
+from edge_classifier.images import load_image
+
+import tflite_builder
+
+V1_EXTRACTOR = "mobilenet_v1_1.0_224_quant_embedding_extractor"
+V2 = "mobilenet_v2_1.0_224_quant"
+
+GOLDEN = [("cat.bmp", "Egyptian cat"), ("parrot.jpg", "macaw"),
+          ("grace_hopper.bmp", "military uniform")]
+
+
+@pytest.mark.parametrize("resize", ["squash", "crop"])
+@pytest.mark.parametrize("image,label", GOLDEN)
+def test_golden_top1_labels_of_mobilenet_v2(backbones, sample, image, label, resize):
+    backbone = backbones(V2, resize)
+    result = backbone.run(load_image(sample(image)))
+    (top, probability), = backbone.top_k(result.scores, 1)
+    assert top == label
+    assert 0.5 < probability <= 1.0
+
+
+def test_scores_are_probabilities_over_the_1001_labels(backbones, sample):
+    scores = backbones(V2).run(load_image(sample("parrot.jpg"))).scores
+    assert scores.shape == (1001,) and scores.dtype == np.float32
+    assert abs(float(scores.sum()) - 1.0) < 0.05
+
+
+@pytest.mark.parametrize("name,dim", [(V1_EXTRACTOR, 1024), (V2, 1280),
+                                      ("tf2_mobilenet_v2_1.0_224_ptq", 1280),
+                                      ("mobilenet_v1_0.25_128_quant", 256),
+                                      ("mobilenet_v1_0.5_160_quant", 512),
+                                      ("mobilenet_v1_0.75_192_quant", 768)])
+def test_embedding_size_of_every_model(backbones, sample, name, dim):
+    backbone = backbones(name)
+    embedding = backbone.embed(load_image(sample("owl.jpg")))
+    assert backbone.embedding_dim == dim
+    assert embedding.shape == (dim,) and embedding.dtype == np.float32
+    assert np.isfinite(embedding).all() and embedding.std() > 0
+
+
+def test_extractor_has_no_scores(backbones, sample):
+    backbone = backbones(V1_EXTRACTOR)
+    assert not backbone.has_scores and backbone.run(load_image(sample("cat.bmp"))).scores is None
+    with pytest.raises(ModelError, match="no class scores"):
+        backbone.top_k(None)
+
+
+def test_v2_penultimate_is_the_pooled_layer_and_scores_are_unchanged(backbones, sample, models_dir):
+    backbone = backbones(V2)
+    assert "AvgPool" in backbone.penultimate.name and backbone.penultimate.size == 1280
+    plain = Backbone(models_dir / f"{V2}.tflite", embedding="output")  # the unmodified graph
+    image = load_image(sample("cat.bmp"))
+    np.testing.assert_array_equal(plain.run(image).embedding, backbone.run(image).scores)
+
+
+def test_embeddings_are_nonnegative_relu6_activations(backbones, sample):
+    # Both MobileNet embeddings come after ReLU6 and average pooling: 0 <= e <= 6.
+    for name in (V1_EXTRACTOR, V2):
+        e = backbones(name).embed(load_image(sample("bird.bmp")))
+        assert e.min() >= 0 and e.max() <= 6.01
+
+
+def test_same_image_same_embedding_through_every_path(backbones, sample):
+    backbone = backbones(V1_EXTRACTOR)
+    image = load_image(sample("sunflower.bmp"))
+    a = backbone.embed(image)
+    b = backbone.run_prepared(backbone.prepare(image)).embedding
+    c = backbone.run(image.copy()).embedding
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, c)
+
+
+def test_different_images_give_different_embeddings(backbones, sample):
+    backbone = backbones(V1_EXTRACTOR)
+    a = backbone.embed(load_image(sample("cat.bmp")))
+    b = backbone.embed(load_image(sample("hot_dog.jpg")))
+    cos = a @ b / np.linalg.norm(a) / np.linalg.norm(b)
+    assert cos < 0.9
+
+
+def test_dequantize_uses_wide_arithmetic():
+    q = np.array([0, 255], dtype=np.uint8)
+    np.testing.assert_allclose(dequantize(q, 0.5, 128), [-64.0, 63.5])
+    q8 = np.array([-128, 127], dtype=np.int8)
+    np.testing.assert_allclose(dequantize(q8, 1.0, -128), [0.0, 255.0])
+
+
+def test_float_input_model_gets_normalised_pixels(tmp_path):
+    path = tmp_path / "float.tflite"
+    path.write_bytes(tflite_builder.float_pool_model(16))
+    backbone = Backbone(path)
+    pixels = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    np.testing.assert_allclose(backbone.run_prepared(pixels).embedding,
+                               tflite_builder.expected_pool(pixels), atol=1e-5)
+    assert backbone.input_size == (16, 16) and backbone.embedding_dim == 3
+
+
+def test_threads_are_configurable(models_dir, sample):
+    image = load_image(sample("cat.bmp"))
+    one = Backbone.from_name(V1_EXTRACTOR, models_dir=models_dir, num_threads=1)
+    two = Backbone.from_name(V1_EXTRACTOR, models_dir=models_dir, num_threads=2)
+    np.testing.assert_array_equal(one.embed(image), two.embed(image))
+
+
+def test_zero_byte_model_is_named(tmp_path):
+    path = tmp_path / "empty.tflite"
+    path.write_bytes(b"")
+    with pytest.raises(InvalidModelError, match=r"empty.tflite: the model file is empty"):
+        Backbone(path)
+
+
+def test_non_tflite_file_is_rejected(tmp_path, sample):
+    path = tmp_path / "cat.tflite"
+    path.write_bytes(sample("cat.bmp").read_bytes())
+    with pytest.raises(InvalidModelError, match="cat.tflite: not a TFLite model"):
+        Backbone(path)
+
+
+def test_corrupt_tflite_is_rejected(tmp_path, models_dir):
+    data = (models_dir / f"{V1_EXTRACTOR}.tflite").read_bytes()
+    path = tmp_path / "cut.tflite"
+    path.write_bytes(data[:4096])
+    with pytest.raises(InvalidModelError, match="cut.tflite"):
+        Backbone(path)
+
+
+def test_model_that_is_not_an_image_model(tmp_path):
+    path = tmp_path / "add.tflite"
+    path.write_bytes(tflite_builder.non_image_model())
+    with pytest.raises(InvalidModelError, match=r"add.tflite: not an image model \(input shape \[1, 4\]"):
+        Backbone(path)
+
+
+def test_missing_model_file(tmp_path):
+    with pytest.raises(ModelNotInstalledError, match="nothing.tflite"):
+        Backbone(tmp_path / "nothing.tflite")
+
+
+def test_model_not_fetched_says_how_to_fetch(tmp_path):
+    with pytest.raises(ModelNotInstalledError, match="edge-classifier models fetch"):
+        Backbone.from_name(V2, models_dir=tmp_path)
