@@ -61,3 +61,31 @@ class DatasetError(EdgeClassifierError, ValueError):
 # --- configuration ------------------------------------------------------------------------------
 class ConfigError(EdgeClassifierError, ValueError):
     """A configuration file or value is wrong; the message names the key."""
+
+
+# --- the sample store ---------------------------------------------------------------------------
+class StoreError(EdgeClassifierError):
+    """The sample store cannot do what was asked; nothing already stored was changed."""
+
+
+class ClassNameError(StoreError, ValueError):
+    """A class name is empty, too long, path-like or has control characters."""
+
+
+class UnknownClassError(StoreError, KeyError):
+    """No class of that name."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class StorageFullError(StoreError, OSError):
+    """The disk is full: the sample was not stored."""
+
+
+class ReadOnlyStoreError(StoreError, PermissionError):
+    """The state directory cannot be written."""
+
+
+class HeadLoadError(StoreError):
+    """A saved head is corrupt or belongs to another backbone; it can be rebuilt from samples."""

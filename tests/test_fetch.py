@@ -128,13 +128,19 @@ def test_require_says_how_to_fetch(tmp_path):
         require("cat.bmp", tmp_path)
 
 
+@pytest.fixture
+def no_mirror(monkeypatch):
+    """Downloads must really go over HTTP, even where CI exports a mirror folder."""
+    monkeypatch.delenv("EDGE_CLASSIFIER_MODEL_MIRROR", raising=False)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def test_no_network_is_a_clear_error(tmp_path, models_dir):
+def test_no_network_is_a_clear_error(tmp_path, models_dir, no_mirror):
     port = _free_port()  # nothing listens there: connection refused
     manifest = one_file_manifest(f"http://127.0.0.1:{port}/{LABELS}",
                                  sha256_of(models_dir / LABELS))
@@ -176,7 +182,7 @@ def http_server(mirror):
         s.server_close()
 
 
-def test_download_over_http_with_progress(http_server, models_dir, tmp_path):
+def test_download_over_http_with_progress(http_server, models_dir, tmp_path, no_mirror):
     url = http_server()
     manifest = one_file_manifest(f"{url}/{LABELS}", sha256_of(models_dir / LABELS))
     seen = []
@@ -196,7 +202,8 @@ def test_download_over_http_with_progress(http_server, models_dir, tmp_path):
     assert seen[0] == size and sum(seen[1:]) == size
 
 
-def test_interrupted_download_leaves_no_partial_file(http_server, models_dir, tmp_path):
+def test_interrupted_download_leaves_no_partial_file(http_server, models_dir, tmp_path,
+                                                    no_mirror):
     url = http_server(truncate=True)
     manifest = one_file_manifest(f"{url}/{LABELS}", sha256_of(models_dir / LABELS))
     with pytest.raises(FetchError, match=f"extra-{LABELS}"):
