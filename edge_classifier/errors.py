@@ -89,3 +89,24 @@ class ReadOnlyStoreError(StoreError, PermissionError):
 
 class HeadLoadError(StoreError):
     """A saved head is corrupt or belongs to another backbone; it can be rebuilt from samples."""
+
+
+# --- frame sources ------------------------------------------------------------------------------
+class SourceError(EdgeClassifierError):
+    """A frame source cannot deliver frames."""
+
+
+class CameraError(SourceError, RuntimeError):
+    """The camera cannot be opened, configured or read; the message says what to check."""
+
+
+class NoImagesError(SourceError, ValueError):
+    """A replay has no readable image at all; the message names the path(s)."""
+
+
+class EndOfStream(SourceError, EOFError):
+    """A non-looping replay has delivered its last frame."""
+
+
+class SourceClosedError(SourceError, ValueError):
+    """``read()`` on a closed source."""
