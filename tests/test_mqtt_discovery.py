@@ -1,0 +1,169 @@
+"""Home Assistant device discovery: the payload, component removal, and re-sending it when Home
+Assistant comes online (the last against a real mosquitto)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from mosquitto import LogRecorder, Observer, mqtt_config, publisher_factory, running_broker
+
+from edge_classifier.commands import parse_command
+from edge_classifier.discovery import (DiscoveryTracker, Topics, component_key,
+                                       discovery_payload)
+from edge_classifier.events import Capture, Snapshot
+
+broker = pytest.fixture(running_broker, name="broker")
+publishers = pytest.fixture(publisher_factory, name="publishers")
+
+BASE = "edge_classifier/dev1"
+DISCOVERY = "homeassistant/device/dev1/config"
+
+
+def test_topics_follow_the_config():
+    topics = Topics.from_config(mqtt_config(None, base_topic="home/cam",
+                                            discovery_prefix="ha"))
+    assert topics.state == "home/cam/state" and topics.result == "home/cam/cmd/result"
+    assert topics.discovery == "ha/device/dev1/config" and topics.ha_status == "ha/status"
+
+
+def test_payload_has_device_origin_availability_and_sensors():
+    payload = discovery_payload(mqtt_config(None), ["apple"])
+    assert payload["dev"]["ids"] == ["edge_classifier_dev1"] and payload["dev"]["name"] == "dev1"
+    assert payload["dev"]["sw"] and payload["o"]["name"] == "edge-classifier"
+    assert payload["availability"] == [{"topic": f"{BASE}/availability",
+                                        "payload_available": "online",
+                                        "payload_not_available": "offline"}]
+    label, confidence = payload["cmps"]["label"], payload["cmps"]["confidence"]
+    assert label["p"] == "sensor" and label["state_topic"] == f"{BASE}/state"
+    assert label["json_attributes_topic"] == f"{BASE}/scores"
+    assert confidence["p"] == "sensor" and confidence["state_topic"] == f"{BASE}/prediction"
+    assert "value_json.confidence" in confidence["value_template"]
+    assert confidence["unit_of_measurement"] == "%"
+    assert payload["cmps"]["snapshot"] == {"p": "camera", "name": "Snapshot",
+                                           "unique_id": "dev1_snapshot",
+                                           "topic": f"{BASE}/snapshot"}
+
+
+def test_every_component_has_a_platform_and_a_unique_id():
+    cmps = discovery_payload(mqtt_config(None, commands=True), ["apple", "pear"])["cmps"]
+    ids = [c["unique_id"] for c in cmps.values()]
+    assert all(c.get("p") for c in cmps.values()) and len(set(ids)) == len(ids)
+    assert all(re.fullmatch(r"[a-z0-9_]+", key) for key in cmps)
+
+
+def test_no_buttons_without_commands():
+    cmps = discovery_payload(mqtt_config(None, commands=False), ["apple"])["cmps"]
+    assert [c["p"] for c in cmps.values()].count("button") == 0
+
+
+def test_capture_buttons_send_commands_the_parser_accepts():
+    cmps = discovery_payload(mqtt_config(None, commands=True), ["red apple", "pear"])["cmps"]
+    buttons = {c["name"]: c for c in cmps.values() if c["p"] == "button"}
+    assert set(buttons) == {"Capture red apple", "Capture pear", "Take snapshot"}
+    press = buttons["Capture red apple"]
+    assert press["command_topic"] == f"{BASE}/cmd/capture"
+    assert parse_command("capture", press["payload_press"].encode(), 4096) == Capture(
+        origin="mqtt", class_name="red apple")
+    snap = buttons["Take snapshot"]
+    assert snap["command_topic"] == f"{BASE}/cmd/snapshot"
+    assert parse_command("snapshot", snap["payload_press"].encode(), 4096) == Snapshot(
+        origin="mqtt")
+
+
+def test_unique_ids_are_stable_across_restarts():
+    config = mqtt_config(None, commands=True)
+    assert (discovery_payload(config, ["apple", "Äpfel"])
+            == discovery_payload(config, ["apple", "Äpfel"]))
+    assert component_key("apple") == component_key("apple")
+
+
+def test_component_keys_are_safe_and_tell_similar_names_apart():
+    keys = {component_key(n) for n in ("apple", "Apple", "apple!", "Äpfel", "苹果", "a b")}
+    assert len(keys) == 6
+    assert all(re.fullmatch(r"capture_[a-z0-9_]+", k) for k in keys)
+
+
+def test_a_removed_class_is_listed_with_only_its_platform_then_left_out():
+    config = mqtt_config(None, commands=True)
+    tracker = DiscoveryTracker(config, ["apple", "pear"])
+    assert tracker.set_classes(["apple"]) is True
+    removal, clean = [json.loads(m) for m in tracker.messages()]
+    pear = component_key("pear")
+    assert removal["cmps"][pear] == {"p": "button"}
+    assert component_key("apple") in removal["cmps"] and pear not in clean["cmps"]
+    assert [json.loads(m) for m in tracker.messages()] == [clean]  # removal sent only once
+
+
+def test_a_class_back_before_the_update_was_sent_is_not_removed():
+    tracker = DiscoveryTracker(mqtt_config(None, commands=True), ["apple", "pear"])
+    tracker.set_classes(["apple"])
+    tracker.set_classes(["apple", "pear"])
+    assert tracker.pending_removals == {} and len(tracker.messages()) == 1
+
+
+def test_renaming_removes_the_old_button_and_adds_the_new_one():
+    tracker = DiscoveryTracker(mqtt_config(None, commands=True), ["apple"])
+    tracker.set_classes(["green apple"])
+    assert tracker.pending_removals == {component_key("apple"): "button"}
+
+
+# --- against the broker ----------------------------------------------------------------------
+def test_discovery_is_published_retained_on_connect(broker, publishers):
+    pub = publishers(mqtt_config(broker, commands=True))
+    pub.set_classes(["apple"])
+    pub.start()
+    assert pub.wait_for(lambda s: s["connected"], 10)
+    with Observer(broker, DISCOVERY) as seen:
+        message = seen.wait_for(DISCOVERY)
+    assert message.retain is True
+    assert json.loads(message.payload) == discovery_payload(pub.config, ["apple"])
+
+
+def test_discovery_is_sent_again_when_home_assistant_comes_online(broker, publishers):
+    with Observer(broker, DISCOVERY) as seen, LogRecorder() as log:
+        publishers(mqtt_config(broker)).start()
+        seen.wait_for(DISCOVERY)
+        after = seen.mark()
+        seen.publish("homeassistant/status", "offline")
+        seen.publish("homeassistant/status", "online")
+        again = seen.wait_for(DISCOVERY, after=after)
+        assert again.retain is False  # a live message, not the broker's retained copy
+        assert len(seen.matching(DISCOVERY, after=after)) == 1  # "offline" sent nothing
+        log.wait_for("Home Assistant is online")
+
+
+def test_a_custom_discovery_prefix_is_used_for_config_and_status(broker, publishers):
+    topic = "ha/device/dev1/config"
+    with Observer(broker, topic) as seen:
+        publishers(mqtt_config(broker, discovery_prefix="ha")).start()
+        seen.wait_for(topic)
+        after = seen.mark()
+        seen.publish("ha/status", "online")
+        seen.wait_for(topic, after=after)
+
+
+def test_removed_classes_are_removed_from_home_assistant(broker, publishers):
+    with Observer(broker, DISCOVERY) as seen:
+        pub = publishers(mqtt_config(broker, commands=True))
+        pub.set_classes(["apple", "pear"])
+        pub.start()
+        seen.wait_for(DISCOVERY)
+        after = seen.mark()
+        pub.set_classes(["apple"])
+        removal, clean = [json.loads(m.payload) for m in seen.wait_until(
+            lambda m: len(m) >= after + 2)[after:]]
+    assert removal["cmps"][component_key("pear")] == {"p": "button"}
+    assert component_key("pear") not in clean["cmps"]
+    with Observer(broker, DISCOVERY) as late:  # the retained copy is the clean one
+        assert json.loads(late.wait_for(DISCOVERY).payload) == clean
+
+
+def test_no_discovery_when_it_is_disabled(broker, publishers):
+    with Observer(broker, "homeassistant/#", f"{BASE}/stats") as seen:
+        pub = publishers(mqtt_config(broker, discovery=False)).start()
+        pub.set_classes(["apple"])
+        pub.publish_stats({"end": True})
+        seen.wait_for(f"{BASE}/stats")
+        assert seen.matching(DISCOVERY) == []
