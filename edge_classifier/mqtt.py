@@ -11,24 +11,21 @@ Topics under ``config.base_topic``: ``availability`` (retained ``online``/``offl
 last will), ``state`` (retained label), ``prediction`` (rate-limited JSON), ``scores`` (retained
 ``{class: p}``), ``stats``, ``snapshot`` (retained JPEG), ``cmd/<action>`` (commands in) and
 ``cmd/result``. What waits while the broker is away, and what is dropped:
-:class:`~edge_classifier.discovery.Publisher`.
+:class:`~edge_classifier.publisher.Publisher`.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import socket
 import ssl
-import sys
-import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Tuple
 from urllib.parse import unquote, urlsplit
 
 from .commands import CommandQueueError, handle_command
-from .discovery import AVAILABLE, NOT_AVAILABLE, MqttError, Publisher, PublisherClosedError
+from .discovery import AVAILABLE, NOT_AVAILABLE
+from .publisher import MqttError, Publisher, PublisherClosedError, StdoutPublisher
 from .errors import ConfigError
 
 __all__ = ["BrokerUrl", "BrokerUrlError", "MqttError", "MqttPublisher", "Publisher",
@@ -94,58 +91,6 @@ def parse_broker_url(url: str) -> BrokerUrl:
     return BrokerUrl(host=host, port=port or DEFAULT_PORTS[scheme], tls=scheme == "mqtts",
                      username=unquote(parts.username or ""),
                      password=unquote(parts.password or ""))
-
-
-def _display(body: bytes) -> Tuple[Any, Optional[str]]:
-    try:
-        text = body.decode("utf-8")
-        return (json.loads(text) if text[:1] in ("{", "[") else text), None
-    except UnicodeDecodeError:
-        return base64.b64encode(body).decode("ascii"), "base64"
-    except ValueError:  # starts like JSON but is not
-        return text, None
-
-
-class StdoutPublisher(Publisher):
-    """Without a broker: every publish is one JSON line on standard output::
-
-        {"topic": "edge_classifier/pi/state", "payload": "apple", "retained": true}
-
-    JSON objects and arrays appear parsed; binary payloads (snapshots) as base64 with
-    ``"encoding": "base64"``. Commands need a broker.
-    """
-
-    def __init__(self, config, clock=None, log=None, stream=None):
-        super().__init__(config, clock=clock, log=log)
-        self._stream = stream  # None: sys.stdout at the time of writing
-        self._write_lock = threading.Lock()
-
-    def start(self) -> "StdoutPublisher":
-        if self._begin():
-            self._transmit(self.topics.availability, AVAILABLE.encode(), 1, True)
-            self._on_ready()
-        return self
-
-    def stop(self) -> None:
-        if self._end():
-            self._transmit(self.topics.availability, NOT_AVAILABLE.encode(), 1, True)
-            self._update(connected=False)
-
-    def _transmit(self, topic: str, body: bytes, qos: int, retain: bool) -> None:
-        payload, encoding = _display(body)
-        line: Dict[str, Any] = {"topic": topic, "payload": payload, "retained": retain}
-        if encoding:
-            line["encoding"] = encoding
-        try:
-            with self._write_lock:
-                stream = self._stream or sys.stdout
-                stream.write(json.dumps(line, ensure_ascii=False) + "\n")
-                stream.flush()
-        except (OSError, ValueError) as exc:  # closed pipe or stream
-            self._count("dropped")
-            self._update(last_error=f"cannot write to standard output: {exc}")
-            return
-        self._count("published")
 
 
 def _paho():
