@@ -244,6 +244,12 @@ def _validate(config: Config) -> Config:
     if not config.device_id or not all(ch.isalnum() or ch in "-_" for ch in config.device_id):
         raise ConfigError(f"device_id: use letters, digits, '-' and '_' only, not "
                           f"{config.device_id!r}")
+    if config.mqtt.broker:
+        from .mqtt import parse_broker_url
+        try:
+            parse_broker_url(config.mqtt.broker)
+        except ValueError as exc:
+            raise ConfigError(f"mqtt.broker: {exc}") from None
     for key in ("base_topic", "discovery_prefix"):
         topic = getattr(config.mqtt, key)
         if any(ch in topic for ch in "#+\0") or topic.startswith("/") or topic.endswith("/"):
