@@ -1,0 +1,94 @@
+"""Classification heads fitted in NumPy on the device, on top of backbone embeddings.
+
+Interface (every head; ``make_head(name)`` builds one, names in :data:`HEAD_NAMES`)::
+
+    head = make_head("auto")                    # or "kernel", "least_squares", "softmax", ...
+    head.fit(X, y, class_names, views=None)     # X: NxD raw embeddings, y: N ints in 0..C-1
+    i = head.add(x, label, views=None)          # absorb one sample (x: D), returns its index
+    head.remove(i)                              # forget sample i (later indices shift down)
+    head.remove_sample(x, label)                # forget the stored sample equal to x
+    c = head.add_class("bottle")                # a new class, no samples yet
+    P = head.predict_proba(X)                   # NxC calibrated probabilities
+    labels, P = head.predict(X)                 # labels: N ints, -1 = unknown
+    s = head.unknown_score(X)                   # N; unknown where s > head.unknown_threshold
+    arrays, meta = head.to_state()              # dict of arrays (.npz) + JSON-able dict
+    head = load_head(arrays, meta)
+    head.classes, head.dim, head.n_samples, head.labels, head.class_counts, head.temperature
+
+Embeddings are raw backbone outputs (float or dequantised); heads normalise internally
+(signed power 0.75, then L2; see :mod:`.preprocess`), so one head works on any backbone.
+``views`` are extra views of the same training sample captured together (e.g. the flipped
+frame, NxD or NxVxD); the stored point is their normalised mean. Queries are single views.
+
+Defined behaviour
+-----------------
+* no samples: ``fit`` on zero rows and any query on an empty head raise :class:`EmptyHeadError`;
+* a class with no samples (listed in ``class_names`` or made by ``add_class``) is kept, never
+  predicted and gets probability 0;
+* a single class: every frame is that class (probability 1) or unknown (-1);
+* duplicate samples are allowed and simply count twice (all solves are regularised);
+* NaN/inf, wrong-length or wrongly shaped embeddings raise :class:`InvalidEmbeddingError`;
+  labels out of range :class:`InvalidLabelError`; bad hyper-parameters
+  :class:`InvalidParameterError`;
+* removing a sample that is not there raises :class:`SampleNotFoundError` (a KeyError);
+* an unknown head name raises :class:`UnknownHeadError`; a corrupt state :class:`StateError`.
+
+All errors derive from :class:`HeadError` (a ValueError).
+
+Calibration and unknowns
+------------------------
+Probabilities are ``softmax(scores / T)`` with T fitted on the leave-one-out scores of the
+stored samples (cross-validated for the softmax head), see :mod:`.calibration`. The unknown
+score adds the robustly standardised distance to the nearest stored sample and the doubt
+``1 - max probability``; its threshold is the 95th percentile of the same score of the stored
+samples left out one at a time (:mod:`.openset`).
+
+Heads
+-----
+``kernel`` (:class:`KernelHead`): RBF kernel ridge onto one-hot targets; exact O(N^2)
+add/remove. ``least_squares`` (:class:`LeastSquaresHead`): linear ridge; exact rank-one
+add/remove. ``softmax`` (:class:`SoftmaxHead`): multinomial logistic regression, L-BFGS.
+``imprinting`` / ``knn``: Coral's baselines. ``auto`` (:class:`AutoHead`): kernel up to 3000
+samples, least squares above. ``multilabel`` (:class:`MultiLabelHead`): one-vs-rest sigmoids
+with per-class thresholds. Evaluation helpers live in :mod:`.metrics`; seeded synthetic
+embeddings for tests and demos in :mod:`.synthetic`.
+
+Benchmark (TrashNet, MobileNet V1 embeddings, 5 stratified 70/30 splits, k shots per class,
+training samples with their flipped view, queries one centre-crop view; accuracy / ECE)::
+
+    head           k=1          k=5          k=10         k=20         all
+    kernel (auto)  0.426/0.084  0.625/0.102  0.685/0.051  0.730/0.058  0.921/0.025
+    least_squares  0.442/0.082  0.622/0.086  0.672/0.058  0.716/0.050  0.870/0.033
+    softmax        0.433/0.173  0.619/0.088  0.669/0.059  0.715/0.056  0.874/0.029
+    imprinting     0.418/0.222  0.602/0.109  0.643/0.053  0.658/0.044  0.701/0.049
+    knn (k=3)      0.418/0.136  0.541/0.101  0.608/0.074  0.678/0.058  0.890/0.033
+
+Without the flipped views the kernel head reaches 0.916 with all samples. Unknown detection,
+one class held out (AUROC, mean of 6): kernel 0.869, least_squares 0.861, softmax 0.856,
+knn 0.843, imprinting 0.832. On a 2-core x86 machine the kernel head fits 1,769 samples in
+~0.24 s and absorbs a sample into 1,000 in ~9 ms (least squares 0.31 s / 11 ms, softmax 2.3 s).
+"""
+
+from __future__ import annotations
+
+from .auto import AutoHead, choose_head
+from .base import Head
+from .errors import (EmptyHeadError, HeadError, InvalidEmbeddingError, InvalidLabelError,
+                     InvalidParameterError, SampleNotFoundError, StateError, UnknownHeadError)
+from .kernel import KernelHead
+from .least_squares import LeastSquaresHead
+from .metrics import (ClassReport, accuracy, auroc, classification_report, confusion_matrix, draw_shots,
+                      expected_calibration_error, stratified_split)
+from .multilabel import MultiLabelHead
+from .prototypes import ImprintingHead, KnnHead
+from .registry import HEAD_NAMES, AnyHead, load_head, make_head
+from .softmax import SoftmaxHead
+
+__all__ = [
+    "AnyHead", "AutoHead", "ClassReport", "EmptyHeadError", "HEAD_NAMES", "Head", "HeadError",
+    "ImprintingHead", "InvalidEmbeddingError", "InvalidLabelError", "InvalidParameterError",
+    "KernelHead", "KnnHead", "LeastSquaresHead", "MultiLabelHead", "SampleNotFoundError",
+    "SoftmaxHead", "StateError", "UnknownHeadError", "accuracy", "auroc", "choose_head",
+    "classification_report", "confusion_matrix", "draw_shots", "expected_calibration_error",
+    "load_head", "make_head", "stratified_split",
+]
