@@ -15,7 +15,7 @@ classes are removed, and unreadable samples are skipped and reported in ``proble
 
     store = SampleStore("/var/lib/edge-classifier", backbone=backbone.identity)
     store.add_sample("apple", views, thumbnail)
-    X, y, names = store.training_data()
+    views, y, names = store.samples_matrix()   # NxVxD, N, C
 """
 
 from __future__ import annotations
@@ -88,6 +88,7 @@ class SampleStore:
         self.backbone = backbone
         self._load_meta(backbone)
         self._load_samples()
+        self._latest = max((max(s) for s in self._samples.values() if s), default="")
 
     # -- opening -------------------------------------------------------------------------------
     def _load_meta(self, backbone: Optional[dict]) -> None:
@@ -191,19 +192,20 @@ class SampleStore:
         except KeyError:
             raise UnknownClassError(f"no class {name!r}; classes: {', '.join(self._classes) or 'none'}") from None
 
-    def training_data(self, views: bool = True) -> Tuple[np.ndarray, np.ndarray, List[str]]:
-        """(X NxD, y N, class names) over every sample; with ``views`` all augmented views."""
-        rows, labels = [], []
+    def samples_matrix(self) -> Tuple[np.ndarray, np.ndarray, List[str]]:
+        """(NxVxD views, N labels, class names): one row per sample, row ``[:, 0]`` the frame
+        itself. Samples with more views than the fewest are cut to that many."""
+        blocks, labels = [], []
         for label, name in enumerate(self._classes):
             for v in self._samples[name].values():
-                block = v if views else v[:1]
-                rows.append(block)
-                labels.append(np.full(len(block), label))
-        if not rows:
+                blocks.append(v)
+                labels.append(label)
+        if not blocks:
             dim = self.backbone.get("embedding_dim", 0) if self.backbone else 0
-            return np.zeros((0, dim), np.float32), np.zeros(0, np.int64), self.classes
-        return (np.concatenate(rows).astype(np.float32), np.concatenate(labels).astype(np.int64),
-                self.classes)
+            return np.zeros((0, 1, dim), np.float32), np.zeros(0, np.int64), self.classes
+        v = min(b.shape[0] for b in blocks)
+        return (np.stack([b[:v] for b in blocks]).astype(np.float32),
+                np.asarray(labels, dtype=np.int64), self.classes)
 
     def fingerprint(self) -> str:
         """Changes whenever a class or sample is added, removed or renamed."""
@@ -277,9 +279,13 @@ class SampleStore:
         return count
 
     # -- samples -------------------------------------------------------------------------------
-    def add_sample(self, name: str, views: np.ndarray,
-                   thumbnail: Optional[np.ndarray] = None) -> str:
-        """Store one sample (creating its class); durable on return. Returns the sample id."""
+    def add_sample(self, name: str, views: np.ndarray, thumbnail: Optional[np.ndarray] = None,
+                   sample_id: Optional[str] = None) -> str:
+        """Store one sample (creating its class); durable on return. Returns the sample id.
+
+        ``sample_id`` reuses the id of a sample stored under another class: a multi-label
+        sample is stored once per label with the same id.
+        """
         views = np.atleast_2d(np.asarray(views, dtype=np.float32))
         if views.ndim != 2 or views.shape[0] < 1 or not np.isfinite(views).all():
             raise StoreError(f"sample for {name!r}: embedding must be finite VxD values")
@@ -290,8 +296,10 @@ class SampleStore:
         if name not in self._classes:
             self.add_class(name)
         samples = self._samples[name]
-        last = next(reversed(samples), "") if samples else ""
-        sample_id = _new_id(last)
+        if sample_id is None:
+            sample_id = self.new_sample_id()
+        elif not (len(sample_id) == 20 and all(c in "0123456789abcdef" for c in sample_id)):
+            raise StoreError(f"bad sample id {sample_id!r}")
         folder = self.root / SAMPLES / self._classes[name]
         with storage_errors(f"the sample for {name!r}"):
             if thumbnail is not None and self.thumbnail_size:
@@ -304,7 +312,12 @@ class SampleStore:
                 (folder / f"{sample_id}.jpg").unlink(missing_ok=True)
                 raise
         samples[sample_id] = views
+        self._latest = max(self._latest, sample_id)
         return sample_id
+
+    def new_sample_id(self) -> str:
+        """An id later than every stored sample's, even if the clock went back."""
+        return _new_id(self._latest)
 
     def _jpeg(self, rgb: np.ndarray) -> bytes:
         from PIL import Image

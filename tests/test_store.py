@@ -37,13 +37,13 @@ def test_samples_survive_reopening(store, tmp_path):
     assert min(Image.open(thumb).size) == 224  # downscaled to the thumbnail size
 
 
-def test_training_data_with_and_without_views(store):
+def test_samples_matrix_has_one_row_per_sample_with_its_views(store):
     store.add_sample("a", views(1, 3))
     store.add_sample("b", views(2, 3))
-    X, y, names = store.training_data()
-    assert X.shape == (6, 8) and y.tolist() == [0, 0, 0, 1, 1, 1] and names == ["a", "b"]
-    X1, y1, _ = store.training_data(views=False)
-    assert X1.shape == (2, 8) and y1.tolist() == [0, 1]
+    store.add_sample("b", views(3, 2))  # fewer views: every sample is cut to two
+    V, y, names = store.samples_matrix()
+    assert V.shape == (3, 2, 8) and y.tolist() == [0, 1, 1] and names == ["a", "b"]
+    np.testing.assert_array_equal(V[0], views(1, 3)[:2])
 
 
 def test_delete_last_removes_the_newest(store, tmp_path):
