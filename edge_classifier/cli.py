@@ -130,26 +130,6 @@ def cmd_embed(args) -> int:
     return 1 if result.errors else 0
 
 
-# -- demo --------------------------------------------------------------------------------------
-def cmd_demo(args) -> int:
-    """The built-in default: classify the sample photos fetched with the models."""
-    from .backbone import Backbone
-    from .fetch import fetch, installed_path
-    from .images import load_image
-    from .manifest import load_manifest
-    manifest = load_manifest()
-    model = manifest.default_classifier_model
-    images = manifest.images()
-    fetch([model] + [e.name for e in images], mirror=args.mirror, progress=_progress_factory())
-    backbone = Backbone.from_name(model, num_threads=args.threads)
-    print(f"edge-classifier demo: {backbone.name}, {backbone.embedding_dim}-d embeddings")
-    for entry in images:
-        result = backbone.run(load_image(installed_path(entry)))
-        (label, p), = backbone.top_k(result.scores, 1)
-        print(f"  {entry.name:<18} {label} ({p:.0%})")
-    return 0
-
-
 # -- parser ------------------------------------------------------------------------------------
 def _positive_int(text: str) -> int:
     value = int(text)
@@ -200,10 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_embed)
 
-    p = sub.add_parser("demo", help="the built-in demo (fetches what it needs)")
-    p.add_argument("--mirror", metavar="DIR", help="local folder to fetch files from")
-    p.add_argument("--threads", type=_positive_int, default=None)
-    p.set_defaults(func=cmd_demo)
+    from . import cli_learn
+    cli_learn.add_parsers(sub, backbone_opts, _positive_int, _err)
+    from . import cli_device
+    cli_device.add_parsers(sub, _positive_int, _err)
+
     return parser
 
 
