@@ -222,8 +222,8 @@ class Observer:
                    timeout: float = TIMEOUT) -> List[Message]:
         with self._cond:
             if not self._cond.wait_for(lambda: predicate(self.messages), timeout):
-                raise AssertionError(f"condition not met within {timeout} s; messages: "
-                                     f"{self.messages!r}")
+                raise AssertionError(f"condition not met within {timeout} s; {len(self.messages)} "
+                                     f"messages, the last: {self.messages[-5:]!r}")
             return list(self.messages)
 
     def matching(self, topic: str, payload: Union[None, str, bytes] = None,

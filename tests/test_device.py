@@ -1,0 +1,239 @@
+"""The device loop end to end with real parts: the real model, replayed photos, gpiozero's
+MockFactory, a real mosquitto, a real sd_notify socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+
+import pytest
+from mosquitto import TIMEOUT, Mosquitto, Observer, free_port, running_broker
+
+from edge_classifier.app import Device
+from edge_classifier.config import (ClassConfig, Config, GpioConfig, MqttConfig, SmoothingConfig)
+from edge_classifier.events import Capture
+from edge_classifier.sdnotify import Notifier
+from edge_classifier.sources import ReplaySource
+
+broker = pytest.fixture(running_broker, name="broker")
+BASE = "edge_classifier/dev1"
+BIRD_PIN, CAT_PIN, LED_PIN = 17, 27, 5
+
+
+def make_config(server=None, **mqtt) -> Config:
+    fields = dict(broker=server.url if server else "", keepalive=5, reconnect_min=0.05,
+                  reconnect_max=0.2, prediction_interval=0.0, stats_interval=1.0)
+    fields.update(mqtt)
+    return Config(device_id="dev1", keyboard="off",
+                  classes=(ClassConfig("bird", button=BIRD_PIN, led=LED_PIN),
+                           ClassConfig("cat", button=CAT_PIN)),
+                  gpio=GpioConfig(pin_factory="mock", bounce_time=0.0, hold_rate=50.0),
+                  smoothing=SmoothingConfig(frames=2, threshold=0.5),
+                  mqtt=MqttConfig(**fields))
+
+
+@pytest.fixture
+def device_factory(tmp_path, backbones, sample):
+    made = []
+
+    def make(config, photos=("bird.bmp", "cat.bmp"), state=None, **kwargs):
+        source = kwargs.pop("source", None) or ReplaySource([sample(p) for p in photos])
+        device = Device(config, backbone=backbones(), source=source,
+                        state_dir=state or tmp_path / "state", **kwargs)
+        made.append(device)
+        return device
+    yield make
+    for device in made:
+        device.stop()
+        device.close()
+
+
+class Running:
+    """The device loop in a background thread (as ``edge-classifier run`` runs it)."""
+
+    def __init__(self, device, frames=None):
+        self.device = device
+        self.error = None
+        self.thread = threading.Thread(target=self._run, args=(frames,), daemon=True)
+        self.thread.start()
+
+    def _run(self, frames):
+        try:
+            self.device.run(frames=frames)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            self.error = exc
+
+    def wait_frames(self, n, timeout=TIMEOUT):
+        target = self.device.counters.frames + n
+        deadline = threading.Event()
+        for _ in range(int(timeout / 0.01)):
+            if self.device.counters.frames >= target or not self.thread.is_alive():
+                break
+            deadline.wait(0.01)
+        assert self.device.counters.frames >= target, "the loop stopped making progress"
+
+    def finish(self):
+        self.device.stop()
+        self.thread.join(TIMEOUT)
+        assert not self.thread.is_alive()
+        if self.error:
+            raise self.error
+
+
+def press(device, pin):
+    factory = device.panel.pin_factory
+    factory.pin(pin).drive_low()
+    factory.pin(pin).drive_high()
+
+
+def wait_until(predicate, timeout=TIMEOUT):
+    done = threading.Event()
+    for _ in range(int(timeout / 0.01)):
+        if predicate():
+            return True
+        done.wait(0.01)
+    return predicate()
+
+
+def test_button_presses_add_samples_that_survive_a_restart(device_factory, tmp_path):
+    device = device_factory(make_config())
+    running = Running(device)
+    running.wait_frames(1)
+    press(device, BIRD_PIN)
+    assert wait_until(lambda: device.store.counts()["bird"] == 1)
+    press(device, CAT_PIN)
+    assert wait_until(lambda: device.store.counts()["cat"] == 1)
+    running.finish()
+    device.close()
+    again = device_factory(make_config())
+    assert again.store.counts() == {"bird": 1, "cat": 1}
+    assert again.learner.head is not None and list(again.learner.head.classes) == ["bird", "cat"]
+
+
+def test_a_capture_is_used_by_the_very_next_prediction(device_factory):
+    device = device_factory(make_config(), photos=("cat.bmp",))
+    device.step(device.source.read())
+    assert device.last_prediction.label == "unknown"  # nothing learned yet
+    device.post(Capture(class_name="cat", origin="test"))
+    device.apply_events()
+    device.step(device.source.read())  # captures this frame, then predicts it
+    assert device.store.counts()["cat"] == 1
+    assert device.last_prediction.best == "cat"
+
+
+def test_predictions_state_and_availability_reach_a_subscriber(broker, device_factory):
+    config = make_config(broker)
+    with Observer(broker, f"{BASE}/#") as seen:
+        device = device_factory(config)
+        device.learner.capture("bird", device.source.read())
+        device.learner.capture("cat", device.source.read())
+        running = Running(device)
+        seen.wait_for(f"{BASE}/availability", "online")
+        message = seen.wait_for(f"{BASE}/prediction")
+        payload = json.loads(message.payload)
+        assert set(payload) >= {"label", "confidence", "scores", "unknown", "timestamp", "frame",
+                                "model", "head"}
+        assert set(payload["scores"]) == {"bird", "cat"}
+        assert payload["model"] == device.backbone.name
+        state = seen.wait_for(f"{BASE}/state")
+        assert state.payload.decode() in ("bird", "cat", "unknown")
+        stats = json.loads(seen.wait_for(f"{BASE}/stats").payload)
+        assert stats["samples"] == {"bird": 1, "cat": 1} and stats["frames"] >= 1
+        running.finish()
+        seen.wait_for(f"{BASE}/availability", "offline")
+
+
+def test_broker_started_late_and_restarted_never_stops_inference(tmp_path, device_factory):
+    server = Mosquitto(tmp_path / "broker", port=free_port())
+    device = device_factory(make_config(server))
+    running = Running(device)
+    running.wait_frames(3)  # no broker yet: frames go on
+    assert not device.publisher.stats["connected"]
+    server.start()
+    try:
+        with Observer(server, f"{BASE}/availability") as seen:
+            seen.wait_for(f"{BASE}/availability", "online")
+            mark = seen.mark()
+            server.restart()
+            running.wait_frames(3)
+            seen.wait_for(f"{BASE}/availability", "online", after=mark)
+        assert wait_until(lambda: device.publisher.stats["reconnects"] >= 1)
+        running.wait_frames(3)
+        running.finish()
+    finally:
+        server.stop()
+
+
+def command(seen, action, payload):
+    mark = seen.mark()
+    seen.publish(f"{BASE}/cmd/{action}", json.dumps(payload))
+    return json.loads(seen.wait_for(f"{BASE}/cmd/result", after=mark).payload)
+
+
+def test_remote_commands(broker, device_factory):
+    device = device_factory(make_config(broker, commands=True))
+    running = Running(device)
+    with Observer(broker, f"{BASE}/cmd/result", f"{BASE}/snapshot") as seen:
+        assert wait_until(lambda: device.publisher.stats["connected"])
+        r = command(seen, "capture", {"class": "cat", "count": 2, "id": "c1"})
+        assert r["ok"] and r["id"] == "c1" and r["samples"] == 2
+        assert device.store.counts()["cat"] == 2
+        r = command(seen, "capture", {"class": "dog", "id": "new"})
+        assert r["ok"] and device.store.counts()["dog"] == 1  # capture creates a class
+        r = command(seen, "delete_last", {"class": "cat"})
+        assert r["ok"] and device.store.counts()["cat"] == 1
+        r = command(seen, "rename_class", {"class": "dog", "to": "puppy"})
+        assert r["ok"] and "puppy" in device.store.classes
+        r = command(seen, "clear_class", {"class": "puppy"})
+        assert r["ok"] and r["deleted"] == 1
+        r = command(seen, "delete_class", {"class": "puppy"})
+        assert r["ok"] and "puppy" not in device.store.classes
+        r = command(seen, "snapshot", {"id": "s"})
+        assert r["ok"] and seen.wait_for(f"{BASE}/snapshot").payload[:2] == b"\xff\xd8"
+        # refused: unknown class, a class bound to a button, malformed and path-like input
+        assert not command(seen, "delete_last", {"class": "nope"})["ok"]
+        assert "bound to a button" in command(seen, "rename_class",
+                                              {"class": "cat", "to": "kitty"})["error"]
+        assert not command(seen, "capture", {"class": "../etc"})["ok"]
+        assert not command(seen, "capture", {"class": "cat", "count": "many"})["ok"]
+        mark = seen.mark()
+        seen.publish(f"{BASE}/cmd/capture", b"{not json")
+        assert not json.loads(seen.wait_for(f"{BASE}/cmd/result", after=mark).payload)["ok"]
+        mark = seen.mark()
+        seen.publish(f"{BASE}/cmd/format_disk", b"{}")
+        assert "format_disk" in json.loads(seen.wait_for(f"{BASE}/cmd/result", after=mark).payload)["error"]
+    assert device.store.counts() == {"bird": 0, "cat": 1}  # nothing lost by the bad ones
+    running.wait_frames(2)
+    running.finish()
+
+
+def test_sd_notify_ready_watchdog_and_stopping(device_factory, tmp_path, monkeypatch):
+    path = str(tmp_path / "notify.sock")
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(path)
+    receiver.settimeout(TIMEOUT)
+    monkeypatch.setenv("WATCHDOG_USEC", "20000")
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    device = device_factory(make_config(), notifier=Notifier(address=path))
+    device.run(frames=5)
+    messages = []
+    receiver.setblocking(False)
+    while True:
+        try:
+            messages.append(receiver.recv(4096).decode())
+        except BlockingIOError:
+            break
+    receiver.close()
+    assert "READY=1" in messages[0]
+    assert any("WATCHDOG=1" in m for m in messages)
+    assert "STOPPING=1" in messages[-1]
+
+
+def test_stdout_publishing_without_a_broker(device_factory, capsys):
+    device = device_factory(make_config())
+    device.run(frames=3)
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    topics = {line["topic"] for line in lines}
+    assert f"{BASE}/prediction" in topics and f"{BASE}/availability" in topics
