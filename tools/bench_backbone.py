@@ -20,7 +20,6 @@ import resource
 import sys
 import time
 
-import numpy as np
 
 from edge_classifier.backbone import Backbone
 from edge_classifier.fetch import installed_path
