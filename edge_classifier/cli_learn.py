@@ -35,13 +35,21 @@ def open_learner(args, model: Optional[str] = None, load: bool = True):
     from .store import SampleStore
     root = state_dir(args)
     name = model or stored_model(root)
+    head = getattr(args, "head", None) or saved_head_name(root) or "auto"
     backbone = Backbone.from_name(name, num_threads=args.threads,
                                   resize=getattr(args, "resize", None) or "crop")
     store = SampleStore(root, backbone=backbone.identity)
     augmentation = Augmentation(flip=not getattr(args, "no_flip", False),
                                 crops=getattr(args, "crops", 0) or 0)
-    return Learner(backbone, store, head_name=getattr(args, "head", None) or "auto",
-                   augmentation=augmentation, load=load)
+    return Learner(backbone, store, head_name=head, augmentation=augmentation, load=load)
+
+
+def saved_head_name(root: Path) -> Optional[str]:
+    """The head a state directory was last trained with (e.g. multilabel), if any."""
+    try:
+        return json.loads((root / "head.json").read_text("utf-8"))["edge_classifier"]["head"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _load_dataset(path: str):
@@ -54,11 +62,26 @@ def _load_dataset(path: str):
     return data.paths, [[data.class_names[i]] for i in data.labels], data.class_names
 
 
+def dataset_views(dataset: str, backbone, augmentation, progress: bool = False, err=None):
+    """(NxVxD views, N labels, class names, errors) of a single-label data set, cached."""
+    from .embedcache import embed_files
+    paths, label_sets, class_names = _load_dataset(dataset)
+    if any(len(s) != 1 for s in label_sets):
+        raise EdgeClassifierError(f"{dataset}: needs one label per file (a folder data set)")
+    y = np.array([class_names.index(s[0]) for s in label_sets])
+    views, ok, errors = embed_files(backbone, paths, augmentation, progress=progress,
+                                    on_error=err)
+    return views, y[ok], class_names, errors
+
+
 def cmd_train(args, err) -> int:
     from . import atomic
     from .embedcache import embed_files
     from .images import load_image
     paths, label_sets, class_names = _load_dataset(args.dataset)
+    if args.head is None:
+        multi = any(len(s) != 1 for s in label_sets)
+        args.head = "multilabel" if multi else (saved_head_name(state_dir(args)) or "auto")
     learner = open_learner(args, args.model, load=False)
     for p in learner.problems:
         err(f"warning: {p}")
@@ -144,7 +167,6 @@ def cmd_predict(args, err) -> int:
 def cmd_eval(args, err) -> int:
     from .augment import Augmentation
     from .backbone import Backbone
-    from .embedcache import embed_files
     from .evaluate import few_shot_eval, format_report, format_table, parse_shots
     from .heads import HEAD_NAMES
     try:
@@ -158,23 +180,17 @@ def cmd_eval(args, err) -> int:
                                       f"{', '.join(HEAD_NAMES)}")
     backbone = Backbone.from_name(args.model, num_threads=args.threads, resize=args.resize)
     augmentation = Augmentation(flip=not args.no_flip, crops=args.crops)
-    paths, label_sets, class_names = _load_dataset(args.dataset)
-    if any(len(s) != 1 for s in label_sets):
-        raise EdgeClassifierError("eval needs one label per file (a folder data set)")
-    y_all = np.array([class_names.index(s[0]) for s in label_sets])
-    views, ok, errors = embed_files(backbone, paths, augmentation, progress=not args.quiet,
-                                    on_error=err)
-    y = y_all[ok]
+    views, y, class_names, errors = dataset_views(args.dataset, backbone, augmentation,
+                                                  not args.quiet, err)
     val = None
     if args.val:
-        vpaths, vlabels, vnames = _load_dataset(args.val)
+        vviews, vy, vnames, verrors = dataset_views(args.val, backbone, augmentation,
+                                                    not args.quiet, err)
         unknown = sorted(set(vnames) - set(class_names))
         if unknown:
             raise EdgeClassifierError(f"--val has classes not in the training set: {unknown}")
-        vviews, vok, verrors = embed_files(backbone, vpaths, augmentation,
-                                           progress=not args.quiet, on_error=err)
         errors += verrors
-        vy = np.array([class_names.index(s[0]) for s in vlabels])[vok]
+        vy = np.array([class_names.index(vnames[i]) for i in vy])
         val = (vviews, vy)
     results = few_shot_eval(views, y, class_names, heads, shots, seeds=args.seeds, val=val,
                             progress=not args.quiet)
@@ -203,7 +219,9 @@ def add_parsers(sub, backbone_opts, positive_int, err) -> None:
                        help="import a data set (class folders or file,labels CSV) and fit")
     p.add_argument("dataset", metavar="DATASET_DIR")
     p.add_argument("--state", **state_opt)
-    p.add_argument("--head", default="auto", help="head (default auto)")
+    p.add_argument("--head", default=None,
+                   help="auto (default), kernel, least_squares, softmax, imprinting, knn, or "
+                        "multilabel (the default for a CSV with several labels per file)")
     p.add_argument("--no-flip", action="store_true", help="do not add mirrored views")
     p.add_argument("--crops", type=int, default=0, choices=range(0, 6),
                    help="zoomed-crop views per sample (0-5)")

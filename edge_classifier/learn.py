@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import time
+import zipfile
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
@@ -61,6 +62,7 @@ class Learner:
         self.head_name = head_name
         self.augmentation = augmentation
         self.head = None
+        self.multilabel = head_name == "multilabel"
         self.problems: List[str] = list(store.problems)
         self.last_fit_ms = 0.0
         self._dirty = False
@@ -70,7 +72,10 @@ class Learner:
     # -- fitting -------------------------------------------------------------------------------
     def fit(self) -> None:
         """Fit the head on every stored sample (classes without samples are left out)."""
-        views, y, names = self.store.samples_matrix()
+        if self.multilabel:
+            views, y, names = self.store.multilabel_matrix()
+        else:
+            views, y, names = self.store.samples_matrix()
         if len(y) == 0:
             self.head = None
             return
@@ -107,7 +112,7 @@ class Learner:
             with np.load(arrays_path, allow_pickle=False) as data:
                 arrays = {k: data[k] for k in data.files}
             ours = meta["edge_classifier"]
-        except (OSError, ValueError, KeyError, TypeError, EOFError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
             raise HeadLoadError(f"{arrays_path}: head file is corrupt or incomplete ({exc})") from None
         backbone = ours.get("backbone", {})
         if backbone.get("sha256") != self.backbone.identity["sha256"]:
@@ -154,7 +159,8 @@ class Learner:
                   thumbnail: Optional[np.ndarray] = None) -> str:
         sample_id = self.store.add_sample(class_name, views, thumbnail)
         head = self.head
-        if head is not None and list(head.classes) == self.store.classes[:len(head.classes)]:
+        if head is not None and not self.multilabel and \
+                list(head.classes) == self.store.classes[:len(head.classes)]:
             t0 = time.perf_counter()
             if class_name not in head.classes:
                 head.add_class(class_name)
@@ -182,6 +188,11 @@ class Learner:
         best = int(np.argmax(p))
         names = list(self.head.classes)
         scores = {n: float(v) for n, v in zip(names, p)}
+        if self.multilabel:  # every class above its threshold; none: unknown
+            active = [n for n, on in zip(names, labels[0]) if on]
+            confidence = min((scores[n] for n in active), default=float(p[best]))
+            return Prediction(";".join(active) if active else UNKNOWN, confidence, scores,
+                              not active, names[best], embedding)
         rejected = int(labels[0]) < 0
         return Prediction(UNKNOWN if rejected else names[best], float(p[best]), scores, rejected,
                           names[best], embedding)

@@ -207,6 +207,26 @@ class SampleStore:
         return (np.stack([b[:v] for b in blocks]).astype(np.float32),
                 np.asarray(labels, dtype=np.int64), self.classes)
 
+    def multilabel_matrix(self) -> Tuple[np.ndarray, np.ndarray, List[str]]:
+        """(NxVxD views, NxC 0/1 labels, class names): one row per sample id, a multi-label
+        sample being stored once per label under the same id."""
+        rows: Dict[str, np.ndarray] = {}
+        labels: Dict[str, List[int]] = {}
+        for label, name in enumerate(self._classes):
+            for sid, v in self._samples[name].items():
+                rows.setdefault(sid, v)
+                labels.setdefault(sid, []).append(label)
+        ids = sorted(rows)
+        dim = self.backbone.get("embedding_dim", 0) if self.backbone else 0
+        if not ids:
+            return (np.zeros((0, 1, dim), np.float32), np.zeros((0, len(self._classes))),
+                    self.classes)
+        v = min(rows[i].shape[0] for i in ids)
+        Y = np.zeros((len(ids), len(self._classes)), dtype=np.float32)
+        for r, sid in enumerate(ids):
+            Y[r, labels[sid]] = 1.0
+        return np.stack([rows[i][:v] for i in ids]).astype(np.float32), Y, self.classes
+
     def fingerprint(self) -> str:
         """Changes whenever a class or sample is added, removed or renamed."""
         import hashlib
