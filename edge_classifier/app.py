@@ -281,7 +281,9 @@ class Device:
         now = self.clock.now()
         name = event.class_name
         min_gap = 1.0 / self.config.gpio.hold_rate
-        if event.origin == "button" and now - self.counters.last.get("capture:" + name, -1e9) < min_gap:
+        # 10 % slack, so the repeats of a held button (jittery, every 1/hold_rate) all count
+        if event.origin == "button" and \
+                now - self.counters.last.get("capture:" + name, -1e9) < 0.9 * min_gap:
             # Rate limit: a bouncing or held button cannot capture faster than hold_rate. The
             # press is dropped, not deferred: a later frame may no longer show the object.
             self._pending.pop(0)

@@ -17,6 +17,16 @@ from pathlib import Path
 from typing import IO, Iterator, Union
 
 TEMP_PREFIX = ".tmp-"
+
+
+def _file_mode() -> int:
+    """What ``open()`` would give a new file: 0o666 less the process's umask."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_MODE = _file_mode()  # read once: changing the umask is not thread-safe
 PathLike = Union[str, "os.PathLike[str]"]
 
 
@@ -46,6 +56,7 @@ def atomic_writer(path: PathLike, mode: str = "wb") -> Iterator[IO]:
     folder = target.parent
     fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX + target.name + ".", dir=folder)
     try:
+        os.fchmod(fd, _MODE)  # mkstemp makes 0600; keep the umask's usual permissions
         with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
             yield f
             f.flush()

@@ -66,10 +66,44 @@ def run_device(device, frames: Optional[int]) -> int:
     return 0
 
 
+LAST_GOOD = "config.last-good.toml"
+
+
+def load_run_config(args):
+    """The config for ``run``. A config that cannot be read or is invalid is an error, unless
+    a copy of the last config this device started with is in the state directory: then that
+    one is used and the problem logged (a device in a shed keeps running after a bad edit).
+    Every config that starts the device is kept as that copy."""
+    from pathlib import Path
+
+    from . import atomic
+    from .config import DEFAULT_PATH, load_config, parse_config
+    from .paths import default_state_dir
+    path = args.config or (DEFAULT_PATH if os.path.exists(DEFAULT_PATH) else None)
+    try:
+        config = load_config(path)
+        text = Path(path).read_text("utf-8") if path else None
+    except ConfigError as exc:
+        state = Path(args.state or default_state_dir()).expanduser()
+        backup = state / LAST_GOOD
+        if not backup.is_file():
+            raise
+        log.error("%s; using the last config that worked, %s", exc, backup)
+        config, text = parse_config(backup.read_text("utf-8"), str(backup)), None
+    config = apply_overrides(config, args)
+    if text is not None:
+        state = Path(config.state_dir or default_state_dir()).expanduser()
+        try:
+            state.mkdir(parents=True, exist_ok=True)
+            atomic.write_text(state / LAST_GOOD, text)
+        except OSError as exc:
+            log.warning("cannot keep a copy of the config in %s: %s", state, exc)
+    return config
+
+
 def cmd_run(args, err) -> int:
-    from .config import load_config
     setup_logging(args.verbose)
-    config = apply_overrides(load_config(args.config), args)
+    config = load_run_config(args)
     from .app import Device
     device = Device(config)
     log.info("running: model %s, head %s, %d classes, state %s, publishing to %s",

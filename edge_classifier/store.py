@@ -135,6 +135,7 @@ class SampleStore:
             if entry.is_dir() and entry.name not in known:
                 shutil.rmtree(entry, ignore_errors=True)
         atomic.remove_stale_temps(samples_dir)
+        atomic.remove_stale_temps(self.root)  # a crash while saving the class list or the head
         dim = self.backbone.get("embedding_dim") if self.backbone else None
         for name, folder in self._classes.items():
             path = samples_dir / folder

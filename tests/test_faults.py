@@ -1,0 +1,313 @@
+"""Fault injection against the real parts: kill -9, corrupt files, a full disk, a hung camera,
+SIGTERM, a held button, callbacks that raise, the service's hardening."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mosquitto import TIMEOUT, Observer, running_broker
+from test_device import BASE, Running, device_factory, make_config, press, wait_until  # noqa: F401
+
+from edge_classifier import cli
+from edge_classifier.clock import FakeClock
+from edge_classifier.config import HeadConfig
+from edge_classifier.errors import EndOfStream
+from edge_classifier.events import Capture
+from edge_classifier.images import load_image
+from edge_classifier.learn import HEAD_ARRAYS, Learner
+from edge_classifier.policy import redundant_order
+from edge_classifier.sdnotify import Notifier
+from edge_classifier.sources import FrameSource
+from edge_classifier.store import SampleStore
+
+broker = pytest.fixture(running_broker, name="broker")
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+
+# -- 1. kill -9 while capturing and saving ---------------------------------------------------
+def test_kill_9_at_random_moments_loses_nothing_acknowledged(tmp_path, backbones, sample):
+    backbone = backbones()
+    base = np.stack([backbone.embed(load_image(sample(p)))
+                     for p in ("cat.bmp", "owl.jpg", "hot_dog.jpg")])
+    embeddings = tmp_path / "base.npy"
+    np.save(embeddings, np.stack([base, base[:, ::-1]], axis=1))
+    state = tmp_path / "state"
+    rng = np.random.default_rng(1)
+    acked, deleted, deleting = set(), set(), set()
+    env = dict(os.environ, PYTHONPATH=str(HERE) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    for round_ in range(50):
+        proc = subprocess.Popen([sys.executable, str(HERE / "crash_worker.py"), str(state),
+                                 str(embeddings), str(round_)], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True, env=env)
+        lines = []
+        assert proc.stdout.readline().strip() == "READY"
+        stop_at = time.monotonic() + rng.uniform(0.0, 0.25)
+        timer = threading.Timer(max(0.0, stop_at - time.monotonic()), proc.kill)
+        timer.start()
+        for line in proc.stdout:
+            lines.append(line.split())
+        proc.wait()
+        timer.cancel()
+        for word, *rest in lines:
+            if word == "ACK":
+                acked.add(tuple(rest))
+            elif word == "DELETING":
+                deleting.add(tuple(rest))
+            elif word == "DEL":
+                deleted.add(tuple(rest))
+        store = SampleStore(state, backbone=backbone.identity)
+        present = {(c, sid) for c in store.classes for sid in store.sample_ids(c)}
+        must_have = acked - deleting
+        assert must_have <= present, f"round {round_}: lost {sorted(must_have - present)[:3]}"
+        assert not (deleted & present)
+        assert store.problems == []  # no truncated or half-written sample
+        assert not list(state.rglob(".tmp-*"))  # stray temporaries cleaned up
+        learner = Learner(backbone, store)
+        assert learner.head is not None and learner.head.n_samples == len(store)
+    assert len(acked) > 100  # the kills really happened mid-work
+
+
+# -- 2. corrupt files: the device starts and says what it discarded --------------------------
+def test_device_starts_with_corrupt_head_sample_and_class_list(device_factory, tmp_path,
+                                                               caplog):
+    device = device_factory(make_config())
+    frame = device.source.read()
+    keep = [device.learner.capture("bird", frame) for _ in range(3)]
+    device.learner.save()
+    device.close()
+    state = tmp_path / "state"
+    (state / HEAD_ARRAYS).write_bytes(b"garbage")
+    victim = next(state.glob(f"samples/*/{keep[1]}.npy"))
+    victim.write_bytes(victim.read_bytes()[:50])
+    (state / "store.json").write_text('{"classes": [')
+    with caplog.at_level(logging.WARNING, logger="edge_classifier"):
+        again = device_factory(make_config())
+    text = caplog.text
+    assert "store.json: unreadable" in text and f"{keep[1]}.npy: unreadable sample skipped" in text
+    assert "head file is corrupt" in text and "rebuilding the head" in text
+    assert again.store.sample_ids("bird") == [keep[0], keep[2]]
+    again.run(frames=2)
+    assert again.last_prediction.best == "bird"
+
+
+def test_corrupt_config_falls_back_to_the_last_good_one(tmp_path, capsys, caplog, models_dir,
+                                                       sample):
+    config = tmp_path / "c.toml"
+    config.write_text('device_id = "shed"\nkeyboard = "off"\n')
+    argv = ["run", "--config", str(config), "--state", str(tmp_path / "s"), "--source",
+            f"replay:{sample('cat.bmp')}", "--frames", "2"]
+    assert cli.main(argv) == 0
+    config.write_text('device_id = "shed"\nkeyboard = "of')  # truncated by a power cut
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "not valid TOML" in caplog.text and "using the last config that worked" in caplog.text
+    assert '"topic": "edge_classifier/shed/availability"' in out
+
+
+# -- 3. disk full ----------------------------------------------------------------------------
+def test_full_disk_refuses_captures_and_inference_goes_on(broker, device_factory, tmp_path):
+    point = tmp_path / "small"
+    point.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=320k", "tmpfs", str(point)], check=True)
+    try:
+        device = device_factory(make_config(broker, commands=True), state=point / "state")
+        running = Running(device)
+        acked = []
+        with Observer(broker, f"{BASE}/cmd/result") as seen:
+            assert wait_until(lambda: device.publisher.stats["connected"])
+            for i in range(200):
+                mark = seen.mark()
+                seen.publish(f"{BASE}/cmd/capture", json.dumps({"class": "cat", "id": str(i)}))
+                result = json.loads(seen.wait_for(f"{BASE}/cmd/result", after=mark).payload)
+                if not result["ok"]:
+                    break
+                acked.append(result["sample"])
+        assert "disk full" in result["error"] and acked
+        running.wait_frames(3)  # inference goes on
+        running.finish()
+        device.close()
+        again = SampleStore(point / "state", backbone=device.backbone.identity)
+        assert again.sample_ids("cat") == acked and again.problems == []
+    finally:
+        subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+# -- 6. a hung camera stops the watchdog; a missing camera is fatal --------------------------
+class HangingSource(FrameSource):
+    """Delivers ``good`` frames, then blocks as a wedged camera driver would."""
+
+    def __init__(self, frame, good):
+        super().__init__()
+        self.frame, self.good = frame, good
+        self.release = threading.Event()
+
+    def _read(self):
+        if self.frames_read >= self.good:
+            self.release.wait(30)
+            raise EndOfStream("released")
+        return self.frame.copy()
+
+
+def test_hung_camera_stops_the_watchdog_pings(device_factory, tmp_path, monkeypatch, sample):
+    path = str(tmp_path / "notify.sock")
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(path)
+    monkeypatch.setenv("WATCHDOG_USEC", "100000")
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    source = HangingSource(load_image(sample("cat.bmp")), good=5)
+    device = device_factory(make_config(), source=source, notifier=Notifier(address=path))
+    running = Running(device)
+    assert wait_until(lambda: device.counters.frames >= 5)
+    receiver.settimeout(0.5)
+    messages = []
+    try:
+        while True:
+            messages.append(receiver.recv(4096).decode())
+    except socket.timeout:
+        pass  # 0.5 s of silence: five watchdog periods without a ping
+    assert any("WATCHDOG=1" in m for m in messages)
+    receiver.settimeout(1.0)
+    with pytest.raises(socket.timeout):
+        receiver.recv(4096)  # still hung: no more pings, systemd would restart us
+    source.release.set()
+    running.finish()
+    receiver.close()
+
+
+def test_camera_that_cannot_be_opened_is_fatal(tmp_path, capsys, models_dir):
+    code = cli.main(["run", "--source", "picamera2", "--state", str(tmp_path / "s"),
+                     "--frames", "1"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "picamera2" in err or "camera" in err
+
+
+# -- 7. SIGTERM and kill -9 of the real command ------------------------------------------------
+def start_device_process(broker, tmp_path, sample, notify=None):
+    config = tmp_path / "c.toml"
+    config.write_text(f'device_id = "dev1"\nkeyboard = "off"\n[mqtt]\nbroker = "{broker.url}"\n'
+                      'keepalive = 5\nreconnect_min = 0.1\nreconnect_max = 0.5\n[source]\n'
+                      'fps = 20.0\n')
+    env = dict(os.environ)
+    if notify:
+        env["NOTIFY_SOCKET"] = notify
+    return subprocess.Popen(
+        [sys.executable, "-m", "edge_classifier", "run", "--config", str(config), "--state",
+         str(tmp_path / "s"), "--source", f"replay:{sample('cat.bmp')}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def test_sigterm_publishes_offline_sends_stopping_and_exits_0(broker, tmp_path, sample,
+                                                              models_dir):
+    path = str(tmp_path / "notify.sock")
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(path)
+    receiver.settimeout(TIMEOUT * 2)
+    with Observer(broker, f"{BASE}/availability") as seen:
+        proc = start_device_process(broker, tmp_path, sample, notify=path)
+        try:
+            assert "READY=1" in receiver.recv(4096).decode()
+            seen.wait_for(f"{BASE}/availability", "online")
+            mark = seen.mark()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(TIMEOUT) == 0
+            seen.wait_for(f"{BASE}/availability", "offline", after=mark)
+        finally:
+            proc.kill()
+    rest = []
+    receiver.settimeout(0.2)
+    try:
+        while True:
+            rest.append(receiver.recv(4096).decode())
+    except socket.timeout:
+        pass
+    assert any("STOPPING=1" in m for m in rest)
+    assert (tmp_path / "s" / "store.json").is_file()
+
+
+def test_kill_9_gets_the_last_will_published(broker, tmp_path, sample, models_dir):
+    with Observer(broker, f"{BASE}/availability") as seen:
+        proc = start_device_process(broker, tmp_path, sample)
+        try:
+            seen.wait_for(f"{BASE}/availability", "online", timeout=TIMEOUT * 2)
+            mark = seen.mark()
+            proc.kill()
+            proc.wait(TIMEOUT)
+            # keepalive 5 s: the broker gives up after 1.5 x keepalive and sends the will
+            seen.wait_for(f"{BASE}/availability", "offline", after=mark, timeout=15)
+        finally:
+            proc.kill()
+
+
+# -- 10. a button held for minutes, or bouncing ---------------------------------------------
+def test_held_button_is_rate_limited_and_the_store_bounded(device_factory):
+    clock = FakeClock()
+    config = make_config()
+    config = config.replace(head=HeadConfig(max_samples_per_class=10),
+                            gpio=config.gpio.__class__(pin_factory="mock", hold_rate=5.0))
+    device = device_factory(config, photos=("cat.bmp", "owl.jpg"), clock=clock)
+    sizes = []
+    for _ in range(200):  # 200 frames at 20 fps = 10 s with a capture event every frame
+        device.post(Capture(class_name="cat", origin="button"))
+        device.apply_events()
+        device.step(device.source.read())
+        clock.advance(0.05)
+        sizes.append(device.store.counts()["cat"])
+    assert device.counters.captures <= 5 * 10 + 1  # hold_rate per second, never more
+    assert device.counters.captures >= 5 * 10 - 5
+    assert max(sizes) <= 10  # bounded by max_samples_per_class
+    assert device.counters.dropped_captures > 0
+
+
+def test_redundant_policy_drops_near_duplicates_first():
+    rng = np.random.default_rng(0)
+    distinct = rng.normal(size=(5, 16))
+    frames = np.vstack([distinct, distinct[2] + 1e-3])  # the last is a copy of the third
+    assert set(redundant_order(frames, 1)) <= {2, 5}
+
+
+# -- 5. exceptions inside callbacks ----------------------------------------------------------
+def test_a_raising_button_callback_is_counted_and_the_next_press_works(device_factory):
+    device = device_factory(make_config())
+    calls = {"n": 0}
+    post = device.post
+
+    def flaky(event):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("queue exploded")
+        post(event)
+    device.panel._on_event = flaky
+    press(device, 17)
+    press(device, 17)
+    assert wait_until(lambda: device.panel.callback_errors == 1)
+    device.apply_events()
+    device.step(device.source.read())
+    assert device.store.counts()["bird"] == 1
+    assert device.stats()["callback_errors"] >= 1
+
+
+# -- the service -----------------------------------------------------------------------------
+def test_service_unit_exposure_is_at_most_2_5():
+    analyze = shutil.which("systemd-analyze")
+    assert analyze, "systemd-analyze is needed (Debian package systemd)"
+    proc = subprocess.run([analyze, "security", "--offline=true",
+                           str(REPO / "systemd" / "edge-classifier.service")],
+                          capture_output=True, text=True, timeout=60)
+    match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", proc.stdout)
+    assert match, proc.stdout[-500:] + proc.stderr[-500:]
+    assert float(match.group(1)) <= 2.5
