@@ -75,8 +75,8 @@ def _count(action: str, fields: Dict[str, Any]) -> int:
         raise CommandError(f'{action}: "count" must be a whole number, not {_show(count)}',
                            action)
     if not 1 <= count <= MAX_COUNT:
-        raise CommandError(f'{action}: "count" must be between 1 and {MAX_COUNT}, not {count}',
-                           action)
+        raise CommandError(f'{action}: "count" must be between 1 and {MAX_COUNT}, not '
+                           f'{_show(count)}', action)
     return count
 
 
@@ -103,13 +103,22 @@ _ACTIONS: Dict[str, tuple] = {
 ACTIONS = tuple(_ACTIONS)
 
 
+def _printable(text: str) -> str:
+    """``text`` with lone surrogates (from JSON's ``"\\ud800"``) escaped: results encode as
+    UTF-8."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _show(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    try:
+        text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else repr(value)
+    except (ValueError, RecursionError):  # nested nearly as deep as json.loads allows
+        text = type(value).__name__
+    return _printable(text if len(text) <= 40 else text[:37] + "...")
 
 
 def _show_key(key: str) -> str:
-    return json.dumps(key if len(key) <= 40 else key[:37] + "...", ensure_ascii=False)
+    return _printable(json.dumps(key if len(key) <= 40 else key[:37] + "...", ensure_ascii=False))
 
 
 def _request_id(action: str, fields: Dict[str, Any]) -> Optional[str]:
@@ -120,6 +129,8 @@ def _request_id(action: str, fields: Dict[str, Any]) -> Optional[str]:
         raise CommandError(f'{action}: "id" must be a string, not {_show(rid)}', action)
     if len(rid) > MAX_ID_LENGTH:
         raise CommandError(f'{action}: "id" is longer than {MAX_ID_LENGTH} characters', action)
+    if _printable(rid) != rid:
+        raise CommandError(f'{action}: "id" is not valid Unicode text', action)
     return rid
 
 

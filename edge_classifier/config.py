@@ -168,7 +168,10 @@ def _check_value(key: str, value: Any, kind: Any) -> Any:
     elif kind is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # a whole number too large for a float
+            raise ConfigError(f"{key}: too large ({len(str(value))} digits)") from None
     elif kind is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected text, got {value!r}")
@@ -261,8 +264,9 @@ def parse_config(text: str, source: str = "config") -> Config:
     """Parse TOML text into a validated :class:`Config`."""
     try:
         data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: not valid TOML ({exc})") from None
+    except (ValueError, RecursionError) as exc:  # TOMLDecodeError, a huge integer, deep nesting
+        reason = exc if isinstance(exc, ValueError) else "nested too deeply"
+        raise ConfigError(f"{source}: not valid TOML ({reason})") from None
     try:
         return _validate(_build(Config, data, ""))
     except ConfigError as exc:
