@@ -77,8 +77,10 @@ class Device:
     # -- construction --------------------------------------------------------------------------
     def _build(self, backbone, source, publisher, pin_factory, notifier, keyboard_stream,
                default_paths, state_dir):
+        from . import blas
         from .backbone import Backbone
         from .cli_learn import stored_model
+        blas.set_threads(1)  # per-frame head maths must not steal the interpreter's cores
         from .mqtt import make_publisher
         from .paths import default_state_dir
         from .sdnotify import Notifier, watchdog_interval

@@ -23,7 +23,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from . import atomic
+from . import atomic, blas
 from .augment import Augmentation, embed_views
 from .errors import HeadLoadError, StoreError
 from .heads import load_head, make_head
@@ -82,7 +82,8 @@ class Learner:
         head = make_head(self.head_name)
         t0 = time.perf_counter()
         # Classes without samples are kept by the head (never predicted) so labels stay aligned.
-        head.fit(views[:, 0], y, names, views=views[:, 1:] if views.shape[1] > 1 else None)
+        with blas.threads(None):  # every core for the fit (the device runs BLAS on one)
+            head.fit(views[:, 0], y, names, views=views[:, 1:] if views.shape[1] > 1 else None)
         self.last_fit_ms = (time.perf_counter() - t0) * 1000
         self.head = head
         self._dirty = True
