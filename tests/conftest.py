@@ -57,3 +57,11 @@ def backbones(models_dir):
             cache[key] = Backbone.from_name(name, models_dir=models_dir, resize=resize)
         return cache[key]
     return get
+
+
+@pytest.fixture
+def device_factory(tmp_path, backbones, sample):
+    """``make(config, photos, state, **parts)``: devices on the session's backbone (see
+    devicekit.device_factory)."""
+    from devicekit import device_factory as body
+    yield from body(tmp_path, backbones, sample)

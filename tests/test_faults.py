@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from devicekit import BASE, Running, make_config, press, wait_until
 from mosquitto import TIMEOUT, Observer, running_broker
-from test_device import BASE, Running, device_factory, make_config, press, wait_until  # noqa: F401
 
 from edge_classifier import cli
 from edge_classifier.clock import FakeClock
