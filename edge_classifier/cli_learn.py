@@ -211,6 +211,20 @@ def cmd_eval(args, err) -> int:
     return 1 if errors else 0
 
 
+def cmd_export(args, err) -> int:
+    """Copy every sample's thumbnail into OUT/<class>/ (a folder data set ``train`` reads)."""
+    from .store import SampleStore
+    root = state_dir(args)
+    if not (root / "store.json").is_file():
+        raise EdgeClassifierError(f"{root} is not a state directory (no store.json)")
+    store = SampleStore(root)
+    copied = store.export_folders(args.out)
+    missing = len(store) - copied
+    print(f"{copied} thumbnails of {len(store.classes)} classes exported to {args.out}"
+          + (f"; {missing} samples had no thumbnail" if missing else ""))
+    return 0
+
+
 def add_parsers(sub, backbone_opts, positive_int, err) -> None:
     """Register train, predict and eval on the main parser's subparsers."""
     state_opt = {"metavar": "DIR", "help": "state directory (default: <data home>/state)"}
@@ -235,6 +249,11 @@ def add_parsers(sub, backbone_opts, positive_int, err) -> None:
     p.add_argument("--json", action="store_true")
     p.add_argument("--threads", type=positive_int, default=None)
     p.set_defaults(func=functools.partial(cmd_predict, err=err))
+
+    p = sub.add_parser("export", help="export the samples' thumbnails as class folders")
+    p.add_argument("out", metavar="OUT_DIR")
+    p.add_argument("--state", **state_opt)
+    p.set_defaults(func=functools.partial(cmd_export, err=err))
 
     p = sub.add_parser("eval", parents=[backbone_opts],
                        help="few-shot evaluation of heads on a folder data set")

@@ -217,3 +217,13 @@ def test_folder_named_unknown_is_refused(tmp_path):
     (tmp_path / "unknown" / "a.jpg").write_bytes(b"x")
     with pytest.raises(DatasetError, match="not a valid class name"):
         scan_folder(tmp_path)
+
+
+def test_export_round_trip(dataset, tmp_path, capsys):
+    state = tmp_path / "state"
+    run(capsys, "train", dataset / "train", "--state", state, "-q")
+    code, out, _ = run(capsys, "export", tmp_path / "out", "--state", state)
+    assert code == 0 and "18 thumbnails of 3 classes" in out
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["bird", "cat", "food"]
+    code, out, _ = run(capsys, "train", tmp_path / "out", "--state", tmp_path / "again", "-q")
+    assert code == 0 and "18 samples added" in out
