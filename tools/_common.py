@@ -28,3 +28,101 @@ def load_views(args):
                                        Augmentation(flip=not args.no_flip, crops=args.crops),
                                        progress=True)
     return backbone.name, views, y, names
+
+
+def decoded_frames(size=(240, 320)):
+    """The sample photos decoded once and sized like a Pi camera's lores stream."""
+    from edge_classifier.fetch import installed_path
+    from edge_classifier.images import load_image, preprocess
+    from edge_classifier.manifest import load_manifest
+    return [preprocess(load_image(installed_path(e)), size, "squash")
+            for e in load_manifest().images()]
+
+
+def memory_source(frames):
+    """A frame source cycling through pre-decoded frames (no decoding cost in the loop)."""
+    from edge_classifier.sources import FrameSource
+
+    class MemorySource(FrameSource):
+        def _read(self):
+            return frames[self.frames_read % len(frames)]
+    return MemorySource()
+
+
+def bare_interpreter(backbone, threads):
+    """``run(n)``: n set_tensor/invoke/get_tensor rounds of the plain model, nothing else."""
+    from edge_classifier.runtime import make_interpreter
+    interpreter = make_interpreter(backbone.path.read_bytes(), threads, backbone.name)
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    ready = [backbone.prepare(f)[None] for f in decoded_frames()]
+
+    def run(n):
+        for i in range(n):
+            interpreter.set_tensor(inp["index"], ready[i % len(ready)])
+            interpreter.invoke()
+            interpreter.get_tensor(out["index"])
+    return run
+
+
+def alternate(run_a, run_b, rounds: int, frames: int):
+    """Seconds per frame of ``run_a`` and ``run_b``, measured in alternating rounds (after a
+    warm-up) so that machine noise hits both alike."""
+    import time
+    run_a(3)
+    run_b(3)
+    t_a = t_b = 0.0
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        run_a(frames)
+        t1 = time.perf_counter()
+        run_b(frames)
+        t2 = time.perf_counter()
+        t_a += t1 - t0
+        t_b += t2 - t1
+    n = rounds * frames
+    return t_a / n, t_b / n
+
+
+class Broker:
+    """A throwaway mosquitto on a free 127.0.0.1 port (None ``url`` if it is not installed)."""
+
+    def __init__(self, folder: Path):
+        import shutil
+        import socket
+        self.exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.conf = Path(folder) / "mosquitto.conf"
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n")
+        self.proc = None
+        self.restarts = 0
+
+    @property
+    def available(self) -> bool:
+        return os.path.exists(self.exe)
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> "Broker":
+        import socket
+        import subprocess
+        import time
+        self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(500):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.1).close()
+                return self
+            except OSError:
+                time.sleep(0.01)
+        self.stop()
+        raise RuntimeError("mosquitto did not start")
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None

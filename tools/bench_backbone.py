@@ -18,23 +18,17 @@ import json
 import os
 import resource
 import sys
-import time
 
+
+from _common import alternate, bare_interpreter, decoded_frames
 
 from edge_classifier.backbone import Backbone
-from edge_classifier.fetch import installed_path
-from edge_classifier.images import load_image, preprocess
 from edge_classifier.manifest import load_manifest
-from edge_classifier.runtime import make_interpreter, runtime_version
+from edge_classifier.runtime import runtime_version
 
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
-
-
-def decoded_frames(size=(240, 320)):
-    manifest = load_manifest()
-    return [preprocess(load_image(installed_path(e)), size, "squash") for e in manifest.images()]
 
 
 def main(argv=None) -> int:
@@ -50,34 +44,13 @@ def main(argv=None) -> int:
     name = args.model or manifest.default_embedding_model
     backbone = Backbone.from_name(name, num_threads=threads)
     frames = decoded_frames()
-    ready = [backbone.prepare(f) for f in frames]  # the bare side gets model-sized frames
-
-    bare = make_interpreter(backbone.path.read_bytes(), threads, name)
-    inp = bare.get_input_details()[0]
-    out = bare.get_output_details()[0]
-    batch = [r[None].astype(inp["dtype"]) for r in ready]
-
-    def run_bare(n):
-        for i in range(n):
-            bare.set_tensor(inp["index"], batch[i % len(batch)])
-            bare.invoke()
-            bare.get_tensor(out["index"])
+    run_bare = bare_interpreter(backbone, threads)
 
     def run_package(n):
         for i in range(n):
-            backbone.run(frames[i % len(frames)])
+            backbone.run(frames[i % len(frames)])  # preprocessing, invoke, dequantisation
 
-    run_bare(3)  # warm up both
-    run_package(3)
-    t_bare = t_pkg = 0.0
-    for _ in range(args.rounds):
-        t0 = time.perf_counter()
-        run_bare(args.frames)
-        t1 = time.perf_counter()
-        run_package(args.frames)
-        t2 = time.perf_counter()
-        t_bare += t1 - t0
-        t_pkg += t2 - t1
+    t_bare, t_pkg = alternate(run_bare, run_package, args.rounds, args.frames)
     n = args.rounds * args.frames
     result = {
         "benchmark": "backbone",
@@ -85,8 +58,8 @@ def main(argv=None) -> int:
         "runtime": runtime_version(),
         "threads": threads,
         "frames_per_side": n,
-        "bare_invoke_fps": round(n / t_bare, 2),
-        "package_embed_fps": round(n / t_pkg, 2),
+        "bare_invoke_fps": round(1 / t_bare, 2),
+        "package_embed_fps": round(1 / t_pkg, 2),
         "ratio": round(t_bare / t_pkg, 4),
         "target_ratio": 0.95,
         "peak_rss_mib": round(peak_rss_mib(), 1),

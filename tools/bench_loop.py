@@ -22,63 +22,25 @@ import json
 import os
 import resource
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _common import Broker, alternate, bare_interpreter, decoded_frames, memory_source
 
 from edge_classifier.app import Device
 from edge_classifier.backbone import Backbone
 from edge_classifier.config import ClassConfig, Config, GpioConfig, HeadConfig, MqttConfig
-from edge_classifier.fetch import installed_path
-from edge_classifier.images import load_image, preprocess
-from edge_classifier.manifest import load_manifest
-from edge_classifier.runtime import make_interpreter
-from edge_classifier.sources import FrameSource
 
 CLASSES = ["bird", "cat", "hot dog", "flower"]
 PIN = 17
 
 
-class MemorySource(FrameSource):
-    """Pre-decoded frames, round robin."""
-
-    def __init__(self, frames):
-        super().__init__()
-        self.frames = frames
-
-    def _read(self):
-        return self.frames[self.frames_read % len(self.frames)]
-
-
-def start_broker(folder: Path):
-    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    if not os.path.exists(exe):
-        return None, ""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    conf = folder / "m.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
-    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    for _ in range(500):
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.1).close()
-            return proc, f"mqtt://127.0.0.1:{port}"
-        except OSError:
-            time.sleep(0.01)
-    proc.kill()
-    return None, ""
-
-
 def fill_store(device, n: int, rng) -> None:
     """``n`` samples: the sample photos' embeddings with noise, spread over the classes."""
-    base = [device.backbone.embed(f) for f in device.source.frames]
+    base = [device.backbone.embed(f) for f in decoded_frames()]
     per = n // len(CLASSES)
     views = []
     for i, name in enumerate(CLASSES):
@@ -98,12 +60,12 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     threads = args.threads or os.cpu_count() or 1
-    manifest = load_manifest()
-    frames = [preprocess(load_image(installed_path(e)), (240, 320), "squash")
-              for e in manifest.images()]
+    frames = decoded_frames()
     backbone = Backbone.from_name(None, num_threads=threads)
     tmp = Path(tempfile.mkdtemp(prefix="bench-loop-"))
-    broker, url = start_broker(tmp)
+    broker = Broker(tmp)
+    broker = broker.start() if broker.available else None
+    url = broker.url if broker else ""
     out = {"benchmark": "loop", "model": backbone.name, "threads": threads,
            "publishing": "mosquitto on 127.0.0.1" if broker else "standard output (/dev/null)"}
     saved_stdout = sys.stdout
@@ -116,7 +78,7 @@ def main(argv=None) -> int:
                         gpio=GpioConfig(pin_factory="mock", bounce_time=0.0),
                         head=HeadConfig(max_samples_per_class=args.samples),
                         mqtt=MqttConfig(broker=url, prediction_interval=0.0, qos=1))
-        device = Device(config, backbone=backbone, source=MemorySource(frames),
+        device = Device(config, backbone=backbone, source=memory_source(frames),
                         state_dir=tmp / "state")
         fill_store(device, args.samples, np.random.default_rng(0))
         out["stored_samples"] = len(device.store)
@@ -125,34 +87,15 @@ def main(argv=None) -> int:
         if broker:
             device.publisher.wait_for(lambda s: s["connected"], 10)
 
-        bare = make_interpreter(backbone.path.read_bytes(), threads, backbone.name)
-        inp, outp = bare.get_input_details()[0], bare.get_output_details()[0]
-        ready = [backbone.prepare(f)[None] for f in frames]
-
-        def run_bare(n):
-            for i in range(n):
-                bare.set_tensor(inp["index"], ready[i % len(ready)])
-                bare.invoke()
-                bare.get_tensor(outp["index"])
+        run_bare = bare_interpreter(backbone, threads)
 
         def run_loop(n):
             for _ in range(n):
                 device.apply_events()
                 device.step(device.source.read())
 
-        run_bare(3)
-        run_loop(3)
-        t_bare = t_loop = 0.0
-        for _ in range(args.rounds):
-            a = time.perf_counter()
-            run_bare(args.frames)
-            b = time.perf_counter()
-            run_loop(args.frames)
-            c = time.perf_counter()
-            t_bare += b - a
-            t_loop += c - b
-        n = args.rounds * args.frames
-        out.update(bare_invoke_fps=round(n / t_bare, 2), loop_fps=round(n / t_loop, 2),
+        t_bare, t_loop = alternate(run_bare, run_loop, args.rounds, args.frames)
+        out.update(bare_invoke_fps=round(1 / t_bare, 2), loop_fps=round(1 / t_loop, 2),
                    ratio=round(t_bare / t_loop, 4), target_ratio=0.90,
                    published=device.publisher.stats.get("published"))
 
@@ -181,8 +124,7 @@ def main(argv=None) -> int:
             sys.stdout.close()
             sys.stdout = saved_stdout
         if broker:
-            broker.terminate()
-            broker.wait(5)
+            broker.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     out["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     print(json.dumps(out, indent=2))

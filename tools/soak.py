@@ -18,67 +18,25 @@ import argparse
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
+from _common import Broker, decoded_frames, memory_source
+
 from edge_classifier.app import Device
 from edge_classifier.backbone import Backbone
 from edge_classifier.config import ClassConfig, Config, GpioConfig, HeadConfig, MqttConfig
 from edge_classifier.events import Capture
-from edge_classifier.fetch import installed_path
-from edge_classifier.images import load_image, preprocess
-from edge_classifier.manifest import load_manifest
-from edge_classifier.sources import FrameSource
 
 CLASSES = ["bird", "cat", "food"]
-
-
-class MemorySource(FrameSource):
-    def __init__(self, frames):
-        super().__init__()
-        self.frames = frames
-
-    def _read(self):
-        return self.frames[self.frames_read % len(self.frames)]
 
 
 def rss_mib() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
-
-
-class Broker:
-    def __init__(self, folder: Path):
-        self.exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.conf = folder / "mosquitto.conf"
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n")
-        self.proc = None
-        self.restarts = 0
-
-    def start(self):
-        self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(500):
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.1).close()
-                return
-            except OSError:
-                time.sleep(0.01)
-        raise RuntimeError("mosquitto did not start")
-
-    def stop(self):
-        if self.proc:
-            self.proc.terminate()
-            self.proc.wait(10)
-            self.proc = None
 
 
 class Subscriber:
@@ -111,8 +69,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
 
-    frames = [preprocess(load_image(installed_path(e)), (240, 320), "squash")
-              for e in load_manifest().images()]
+    frames = decoded_frames()
     tmp = Path(tempfile.mkdtemp(prefix="soak-"))
     broker = Broker(tmp)
     broker.start()
@@ -124,7 +81,7 @@ def main(argv=None) -> int:
                                     reconnect_min=0.1, reconnect_max=2.0,
                                     prediction_interval=0.0, stats_interval=5.0))
     device = Device(config, backbone=Backbone.from_name(None, num_threads=args.threads),
-                    source=MemorySource(frames), state_dir=tmp / "state")
+                    source=memory_source(frames), state_dir=tmp / "state")
     subscriber = Subscriber(broker.port, config.base_topic)
     samples, stop = [], threading.Event()
 
