@@ -161,7 +161,8 @@ def parse_command(action: str, payload: bytes, max_payload: int) -> Event:
     action and, when it could be read, the request ``id``, so :meth:`CommandError.result` can
     echo it.
     """
-    shown = action if len(action) <= MAX_ID_LENGTH else action[:MAX_ID_LENGTH - 3] + "..."
+    shown = _printable(action if len(action) <= MAX_ID_LENGTH
+                       else action[:MAX_ID_LENGTH - 3] + "...")
     spec = _ACTIONS.get(action)
     fields = _decode(shown, payload, max_payload)
     rid: Optional[str] = None

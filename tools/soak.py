@@ -65,7 +65,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, default=1200.0)
     parser.add_argument("--restart-every", type=float, default=180.0)
     parser.add_argument("--capture-every", type=float, default=5.0)
-    parser.add_argument("--max-per-class", type=int, default=40)
+    parser.add_argument("--max-per-class", type=int, default=15,
+                        help="small, so the store is full (and stays full) before the warm-up "
+                             "ends: a filling store is growth by design, not a leak")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
 
