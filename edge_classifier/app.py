@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from . import events as ev
-from .augment import Augmentation
+from .augment import Augmentation, embed_views
 from .clock import SYSTEM_CLOCK
 from .commands import result as command_result
 from .config import Config
@@ -176,11 +176,12 @@ class Device:
         c = self.counters
         c.frames += 1
         self._frame = frame
-        if self._pending:
-            self._capture(frame)
+        captured = self._capture(frame) if self._pending else None
         t0 = self.clock.now()
-        pixels = self.backbone.prepare(frame)
-        prediction = self.learner.predict_prepared(pixels)
+        # A captured frame was just embedded (its first view): predict from that, not again.
+        embedding = captured if captured is not None else \
+            self.backbone.run_prepared(self.backbone.prepare(frame)).embedding
+        prediction = self.learner.predict_embedding(embedding)
         self.last_prediction = prediction
         dt = self.clock.now() - t0
         c.infer_ms = dt * 1000 if c.frames == 1 else 0.9 * c.infer_ms + 100 * dt
@@ -278,7 +279,9 @@ class Device:
         else:
             raise StoreError(f"unsupported event {type(event).__name__}")
 
-    def _capture(self, frame: np.ndarray) -> None:
+    def _capture(self, frame: np.ndarray) -> Optional[np.ndarray]:
+        """Apply the first pending capture to this frame; returns the frame's embedding if a
+        sample was stored (so the prediction need not embed it again), else None."""
         event = self._pending[0]
         now = self.clock.now()
         name = event.class_name
@@ -290,15 +293,16 @@ class Device:
             # press is dropped, not deferred: a later frame may no longer show the object.
             self._pending.pop(0)
             self.counters.dropped_captures += 1
-            return
+            return None
+        views = embed_views(self.backbone, frame, self.learner.augmentation)
         try:
-            sid = self.learner.capture(name, frame)
+            sid = self.learner.add_views(name, views, frame)
         except StoreError as exc:
             self._pending.pop(0)
             self.counters.capture_errors += 1
             log.error("capture for %r refused: %s", name, exc)
             self._answer(event, False, str(exc))
-            return
+            return views[0]
         dropped = enforce_class_limit(self.learner, name, self.config.head)
         self.counters.captures += 1
         self.counters.last["capture:" + name] = now
@@ -309,11 +313,12 @@ class Device:
         if remaining > 0:
             self._pending[0] = ev.Capture(origin=event.origin, request_id=event.request_id,
                                           class_name=name, count=remaining)
-            return
+            return views[0]
         self._pending.pop(0)
         self.publisher.set_classes(self.store.classes)
         self._answer(event, True, **{"class": name, "sample": sid, "dropped": dropped,
                                      "samples": self.store.counts().get(name, 0)})
+        return views[0]
 
     def _changed(self) -> None:
         self.learner.changed()

@@ -201,9 +201,6 @@ class Learner:
     def predict(self, rgb: np.ndarray) -> Prediction:
         return self.predict_embedding(self.backbone.embed(rgb))
 
-    def predict_prepared(self, pixels: np.ndarray) -> Prediction:
-        return self.predict_embedding(self.backbone.run_prepared(pixels).embedding)
-
 
 def require_samples(store: SampleStore) -> None:
     if len(store) == 0:
