@@ -10,7 +10,6 @@ from edge_classifier.app import Device
 from edge_classifier.config import ClassConfig, Config, GpioConfig, MqttConfig, SmoothingConfig
 from edge_classifier.sources import ReplaySource
 
-BASE = "edge_classifier/dev1"
 BIRD_PIN, CAT_PIN, LED_PIN = 17, 27, 5
 
 

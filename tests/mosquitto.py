@@ -40,6 +40,11 @@ MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
 HOST = "127.0.0.1"
 TIMEOUT = 10.0
+# Topics of the device "dev1" that mqtt_config() configures.
+BASE = "edge_classifier/dev1"
+AVAILABILITY, STATE, PREDICTION, STATS = (f"{BASE}/availability", f"{BASE}/state",
+                                          f"{BASE}/prediction", f"{BASE}/stats")
+CMD, RESULT = f"{BASE}/cmd/", f"{BASE}/cmd/result"
 
 
 def free_port() -> int:

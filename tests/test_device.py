@@ -8,8 +8,8 @@ import os
 import socket
 
 import pytest
-from devicekit import BASE, BIRD_PIN, CAT_PIN, Running, make_config, press, wait_until
-from mosquitto import TIMEOUT, Mosquitto, Observer, free_port, running_broker
+from devicekit import BIRD_PIN, CAT_PIN, Running, make_config, press, wait_until
+from mosquitto import BASE, TIMEOUT, Mosquitto, Observer, free_port, running_broker
 
 from edge_classifier.events import Capture
 from edge_classifier.sdnotify import Notifier

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from devicekit import BASE, Running, make_config, press, wait_until
-from mosquitto import TIMEOUT, Observer, running_broker
+from devicekit import Running, make_config, press, wait_until
+from mosquitto import BASE, TIMEOUT, Observer, running_broker
 
 from edge_classifier import cli
 from edge_classifier.clock import FakeClock

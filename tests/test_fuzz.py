@@ -31,7 +31,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from mosquitto import TIMEOUT, Mosquitto, Observer, mqtt_config
+from mosquitto import CMD, RESULT, TIMEOUT, Mosquitto, Observer, mqtt_config
 
 from edge_classifier import commands, config as config_module
 from edge_classifier.commands import (ACTIONS, MAX_COUNT, MAX_ID_LENGTH, CommandError,
@@ -635,8 +635,6 @@ def test_the_sample_store_only_raises_store_errors_and_writes_only_its_folder(tm
 
 # --- commands end to end through a real mosquitto --------------------------------------------
 E2E_LIMIT = 512
-BASE = "edge_classifier/dev1"
-CMD, RESULT = f"{BASE}/cmd/", f"{BASE}/cmd/result"
 # One topic level mosquitto accepts and "cmd/+" matches: UTF-8 without control characters,
 # non-characters, '/', '+' or '#' (the parsing tests above cover every other action string).
 topic_level = st.text(st.characters(exclude_characters="/+#").filter(

@@ -13,8 +13,8 @@ import threading
 import time
 
 import pytest
-from mosquitto import (TIMEOUT, LogRecorder, Mosquitto, Observer, mqtt_config, publisher_factory,
-                       running_broker)
+from mosquitto import (AVAILABILITY, BASE, PREDICTION, STATE, STATS, TIMEOUT, LogRecorder,
+                       Mosquitto, Observer, mqtt_config, publisher_factory, running_broker)
 
 from edge_classifier.clock import FakeClock
 from edge_classifier.errors import ConfigError
@@ -22,9 +22,6 @@ from edge_classifier.errors import ConfigError
 broker = pytest.fixture(running_broker, name="broker")
 publishers = pytest.fixture(publisher_factory, name="publishers")
 
-BASE = "edge_classifier/dev1"
-AVAILABILITY, STATE, PREDICTION, STATS = (f"{BASE}/availability", f"{BASE}/state",
-                                          f"{BASE}/prediction", f"{BASE}/stats")
 PASSWORD = "s3cret-Pa55"
 
 

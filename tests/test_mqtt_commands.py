@@ -8,7 +8,8 @@ import time
 import queue
 
 import pytest
-from mosquitto import LogRecorder, Observer, mqtt_config, publisher_factory, running_broker
+from mosquitto import (CMD, RESULT, LogRecorder, Observer, mqtt_config, publisher_factory,
+                       running_broker)
 
 from edge_classifier.events import (Capture, ClearClass, DeleteClass, DeleteLast, RenameClass,
                                     Snapshot)
@@ -16,8 +17,6 @@ from edge_classifier.events import (Capture, ClearClass, DeleteClass, DeleteLast
 broker = pytest.fixture(running_broker, name="broker")
 publishers = pytest.fixture(publisher_factory, name="publishers")
 
-BASE = "edge_classifier/dev1"
-CMD, RESULT = f"{BASE}/cmd/", f"{BASE}/cmd/result"
 TIMEOUT = 10
 
 

@@ -7,7 +7,7 @@ import json
 import re
 
 import pytest
-from mosquitto import LogRecorder, Observer, mqtt_config, publisher_factory, running_broker
+from mosquitto import BASE, LogRecorder, Observer, mqtt_config, publisher_factory, running_broker
 
 from edge_classifier.commands import parse_command
 from edge_classifier.discovery import (DiscoveryTracker, Topics, component_key,
@@ -17,7 +17,6 @@ from edge_classifier.events import Capture, Snapshot
 broker = pytest.fixture(running_broker, name="broker")
 publishers = pytest.fixture(publisher_factory, name="publishers")
 
-BASE = "edge_classifier/dev1"
 DISCOVERY = "homeassistant/device/dev1/config"
 
 

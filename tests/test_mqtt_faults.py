@@ -15,8 +15,8 @@ import threading
 import time
 
 import pytest
-from mosquitto import (TIMEOUT, LogRecorder, Observer, mqtt_config, publisher_factory,
-                       running_broker)
+from mosquitto import (AVAILABILITY, BASE, CMD, PREDICTION, RESULT, STATE, STATS, TIMEOUT,
+                       LogRecorder, Observer, mqtt_config, publisher_factory, running_broker)
 from tcp_proxy import TcpProxy
 
 from edge_classifier.events import Capture
@@ -25,10 +25,6 @@ from edge_classifier.mqtt import MqttPublisher
 broker = pytest.fixture(running_broker, name="broker")
 publishers = pytest.fixture(publisher_factory, name="publishers")
 
-BASE = "edge_classifier/dev1"
-AVAILABILITY, STATE, PREDICTION, STATS = (f"{BASE}/availability", f"{BASE}/state",
-                                          f"{BASE}/prediction", f"{BASE}/stats")
-CMD, RESULT = f"{BASE}/cmd/", f"{BASE}/cmd/result"
 KEEPALIVE = 5
 # mosquitto gives up on a silent client after 1.5 x keepalive; 2.0.11 (Debian 12) was measured
 # sending the will 11-12 s after the last packet with keepalive 5 (its keep-alive buckets are
