@@ -7,8 +7,8 @@ are imported only by the modules that need them.
 
 Quick start::
 
-    from edge_classifier.backbone import Backbone
-    from edge_classifier.images import load_image
+    from edge_classifier.backbone.model import Backbone
+    from edge_classifier.frames.images import load_image
 
     backbone = Backbone.from_name("mobilenet_v2_1.0_224_quant")
     result = backbone.run(load_image("cat.bmp"))
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .errors import (  # noqa: F401  (re-exported)
+from edge_classifier.errors import (  # noqa: F401  (re-exported)
     ChecksumError,
     ConfigError,
     DatasetError,

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_classifier import paths
-from edge_classifier.fetch import fetch
-from edge_classifier.manifest import load_manifest
+from edge_classifier.core import paths
+from edge_classifier.backbone.fetch import fetch
+from edge_classifier.backbone.manifest import load_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,7 +48,7 @@ def sample(models_dir):
 @pytest.fixture(scope="session")
 def backbones(models_dir):
     """Backbones loaded once per session, by (model name, resize mode)."""
-    from edge_classifier.backbone import Backbone
+    from edge_classifier.backbone.model import Backbone
     cache = {}
 
     def get(name=None, resize="crop"):

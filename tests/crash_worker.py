@@ -10,10 +10,10 @@ import sys
 
 import numpy as np
 
-from edge_classifier.augment import Augmentation
-from edge_classifier.backbone import Backbone
-from edge_classifier.learn import Learner
-from edge_classifier.store import SampleStore
+from edge_classifier.learning.augment import Augmentation
+from edge_classifier.backbone.model import Backbone
+from edge_classifier.learning.learner import Learner
+from edge_classifier.learning.store import SampleStore
 
 
 def main() -> None:

@@ -6,9 +6,9 @@ import threading
 
 from mosquitto import TIMEOUT
 
-from edge_classifier.app import Device
+from edge_classifier.device.loop import Device
 from edge_classifier.config import ClassConfig, Config, GpioConfig, MqttConfig, SmoothingConfig
-from edge_classifier.sources import ReplaySource
+from edge_classifier.frames.sources import ReplaySource
 
 BIRD_PIN, CAT_PIN, LED_PIN = 17, 27, 5
 

@@ -331,7 +331,7 @@ def publisher_factory():
     """Fixture body: ``make(config, on_event=None, **kwargs)`` gives publishers from
     ``make_publisher`` (events ignored unless ``on_event`` is given), all closed after the
     test. Use it as ``publishers = pytest.fixture(publisher_factory, name="publishers")``."""
-    from edge_classifier.mqtt import make_publisher
+    from edge_classifier.comms.mqtt import make_publisher
     made = []
 
     def make(config, on_event=None, **kwargs):

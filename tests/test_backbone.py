@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_classifier.backbone import Backbone, dequantize
+from edge_classifier.backbone.model import Backbone, dequantize
 from edge_classifier.errors import InvalidModelError, ModelError, ModelNotInstalledError
-from edge_classifier.images import load_image
+from edge_classifier.frames.images import load_image
 
 import tflite_builder
 

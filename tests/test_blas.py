@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from edge_classifier import blas
+from edge_classifier.core import blas
 
 
 def test_set_and_restore_threads():

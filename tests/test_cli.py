@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from edge_classifier import cli
-from edge_classifier.images import load_image
+from edge_classifier.frames.images import load_image
 
 
 def run(capsys, *argv):

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from edge_classifier.commands import (ACTIONS, CommandError, CommandQueueError, handle_command,
+from edge_classifier.comms.commands import (ACTIONS, CommandError, CommandQueueError, handle_command,
                                       parse_command, result)
 from edge_classifier.errors import EdgeClassifierError
-from edge_classifier.events import (Capture, ClearClass, DeleteClass, DeleteLast, RenameClass,
+from edge_classifier.comms.events import (Capture, ClearClass, DeleteClass, DeleteLast, RenameClass,
                                     Snapshot)
 
 LIMIT = 4096

@@ -11,8 +11,8 @@ import pytest
 from devicekit import BIRD_PIN, CAT_PIN, Running, make_config, press, wait_until
 from mosquitto import BASE, TIMEOUT, Mosquitto, Observer, free_port, running_broker
 
-from edge_classifier.events import Capture
-from edge_classifier.sdnotify import Notifier
+from edge_classifier.comms.events import Capture
+from edge_classifier.device.sdnotify import Notifier
 
 broker = pytest.fixture(running_broker, name="broker")
 

@@ -22,16 +22,16 @@ from devicekit import Running, make_config, press, wait_until
 from mosquitto import BASE, TIMEOUT, Observer, running_broker
 
 from edge_classifier import cli
-from edge_classifier.clock import FakeClock
+from edge_classifier.core.clock import FakeClock
 from edge_classifier.config import HeadConfig
 from edge_classifier.errors import EndOfStream
-from edge_classifier.events import Capture
-from edge_classifier.images import load_image
-from edge_classifier.learn import HEAD_ARRAYS, Learner
-from edge_classifier.policy import redundant_order
-from edge_classifier.sdnotify import Notifier
-from edge_classifier.sources import FrameSource
-from edge_classifier.store import SampleStore
+from edge_classifier.comms.events import Capture
+from edge_classifier.frames.images import load_image
+from edge_classifier.learning.learner import HEAD_ARRAYS, Learner
+from edge_classifier.learning.limits import redundant_order
+from edge_classifier.device.sdnotify import Notifier
+from edge_classifier.frames.sources import FrameSource
+from edge_classifier.learning.store import SampleStore
 
 broker = pytest.fixture(running_broker, name="broker")
 HERE = Path(__file__).resolve().parent

@@ -14,8 +14,8 @@ import pytest
 
 from edge_classifier import cli
 from edge_classifier.errors import ChecksumError, FetchError, ModelNotInstalledError, UnknownModelError
-from edge_classifier.fetch import fetch, require, sha256_of
-from edge_classifier.manifest import load_manifest, parse_manifest
+from edge_classifier.backbone.fetch import fetch, require, sha256_of
+from edge_classifier.backbone.manifest import load_manifest, parse_manifest
 
 from conftest import mirror_dir
 
@@ -30,7 +30,7 @@ def one_file_manifest(url: str, sha: str, name: str = LABELS) -> object:
 
 
 def load_manifest_text() -> str:
-    from edge_classifier.manifest import manifest_path
+    from edge_classifier.backbone.manifest import manifest_path
     return manifest_path().read_text()
 
 

@@ -33,18 +33,19 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from mosquitto import CMD, RESULT, TIMEOUT, Mosquitto, Observer, mqtt_config
 
-from edge_classifier import commands, config as config_module
-from edge_classifier.commands import (ACTIONS, MAX_COUNT, MAX_ID_LENGTH, CommandError,
+from edge_classifier.comms import commands
+from edge_classifier.config import schema as config_module
+from edge_classifier.comms.commands import (ACTIONS, MAX_COUNT, MAX_ID_LENGTH, CommandError,
                                       CommandQueueError, handle_command, parse_command)
 from edge_classifier.config import Config, parse_config
-from edge_classifier.dataset import CsvDataset, FolderDataset, read_csv, scan_folder
-from edge_classifier.discovery import to_json
+from edge_classifier.datasets.folders import CsvDataset, FolderDataset, read_csv, scan_folder
+from edge_classifier.comms.discovery import to_json
 from edge_classifier.errors import ConfigError, DatasetError, StoreError
-from edge_classifier.events import (Capture, ClearClass, DeleteClass, DeleteLast, Event,
+from edge_classifier.comms.events import (Capture, ClearClass, DeleteClass, DeleteLast, Event,
                                     RenameClass, Snapshot)
-from edge_classifier.images import IMAGE_SUFFIXES
-from edge_classifier.names import validate_class_name
-from edge_classifier.store import SampleStore
+from edge_classifier.frames.images import IMAGE_SUFFIXES
+from edge_classifier.core.names import validate_class_name
+from edge_classifier.learning.store import SampleStore
 
 FUZZ = dict(deadline=None, database=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
@@ -653,7 +654,7 @@ def _paho_thread_alive(publisher):
 
 
 def test_generated_commands_through_a_real_broker_are_all_answered(tmp_path):
-    from edge_classifier.mqtt import make_publisher
+    from edge_classifier.comms.mqtt import make_publisher
     events = queue.Queue()
     tally = {"results": 0, "events": 0}
     broker = Mosquitto(tmp_path)

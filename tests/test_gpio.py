@@ -14,10 +14,10 @@ import pytest
 from gpiozero import Button
 from gpiozero.pins.mock import MockFactory
 
-from edge_classifier.clock import FakeClock
+from edge_classifier.core.clock import FakeClock
 from edge_classifier.config import ClassConfig, GpioConfig
-from edge_classifier.events import Capture, ClearClass, DeleteLast
-from edge_classifier.gpio import ButtonPanel, GpioError
+from edge_classifier.comms.events import Capture, ClearClass, DeleteLast
+from edge_classifier.device.gpio import ButtonPanel, GpioError
 
 APPLE_BUTTON, APPLE_LED, PEAR_BUTTON, PEAR_LED = 17, 22, 27, 23
 DELETE_BUTTON, STATUS_LED = 5, 6

@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from edge_classifier.heads import (HEAD_NAMES, AutoHead, KernelHead, LeastSquaresHead, auroc,
+from edge_classifier.learning.heads import (HEAD_NAMES, AutoHead, KernelHead, LeastSquaresHead, auroc,
                                    expected_calibration_error, load_head, make_head)
 
-from edge_classifier.heads.synthetic import make_blobs as blobs, make_centres as centres, make_task as task
+from edge_classifier.learning.heads.synthetic import make_blobs as blobs, make_centres as centres, make_task as task
 
 NAMES = ["c0", "c1", "c2", "c3"]
 EXACT = ["kernel", "least_squares", "imprinting", "knn", "auto"]

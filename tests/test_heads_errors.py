@@ -1,15 +1,15 @@
-"""Edge cases and bad input: each raises a clear exception from edge_classifier.heads.errors."""
+"""Edge cases and bad input: each raises a clear exception from edge_classifier.learning.heads.errors."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from edge_classifier.heads import (HEAD_NAMES, EmptyHeadError, HeadError, InvalidEmbeddingError,
+from edge_classifier.learning.heads import (HEAD_NAMES, EmptyHeadError, HeadError, InvalidEmbeddingError,
                                    InvalidLabelError, InvalidParameterError, SampleNotFoundError,
                                    StateError, UnknownHeadError, load_head, make_head)
 
-from edge_classifier.heads.synthetic import make_task as task
+from edge_classifier.learning.heads.synthetic import make_task as task
 
 NAMES = ["c0", "c1", "c2", "c3"]
 

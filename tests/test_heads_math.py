@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_classifier.heads import (InvalidLabelError, InvalidParameterError, MultiLabelHead, accuracy, auroc,
+from edge_classifier.learning.heads import (InvalidLabelError, InvalidParameterError, MultiLabelHead, accuracy, auroc,
                                    classification_report, confusion_matrix, draw_shots,
                                    expected_calibration_error, stratified_split)
-from edge_classifier.heads.calibration import best_f1_threshold, fit_platt, fit_temperature, softmax
-from edge_classifier.heads.linalg import chol_inv, factor_append, factor_delete
-from edge_classifier.heads.optim import lbfgs
+from edge_classifier.learning.heads.calibration import best_f1_threshold, fit_platt, fit_temperature, softmax
+from edge_classifier.learning.heads.linalg import chol_inv, factor_append, factor_delete
+from edge_classifier.learning.heads.optim import lbfgs
 
-from edge_classifier.heads.synthetic import make_blobs as blobs, make_centres as centres
+from edge_classifier.learning.heads.synthetic import make_blobs as blobs, make_centres as centres
 
 
 def test_stratified_split_is_seeded_stratified_and_disjoint():

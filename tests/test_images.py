@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from edge_classifier.errors import ImageError
-from edge_classifier.images import load_image, preprocess
+from edge_classifier.frames.images import load_image, preprocess
 
 
 def test_load_gives_rgb_uint8(sample):

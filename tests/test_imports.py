@@ -34,7 +34,7 @@ print("ok")
 
 def test_missing_runtime_is_a_clear_error():
     proc = run_python(BLOCK + """
-from edge_classifier.runtime import interpreter_class
+from edge_classifier.backbone.runtime import interpreter_class
 from edge_classifier.errors import RuntimeMissingError
 try:
     interpreter_class()

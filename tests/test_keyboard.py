@@ -10,8 +10,8 @@ import termios
 
 import pytest
 
-from edge_classifier.events import Capture, ClearClass, DeleteLast, Stop
-from edge_classifier.keyboard import KeyboardControl
+from edge_classifier.comms.events import Capture, ClearClass, DeleteLast, Stop
+from edge_classifier.device.keyboard import KeyboardControl
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from edge_classifier import cli
-from edge_classifier.cli_learn import open_learner
+from edge_classifier.cli.learn import open_learner
 from edge_classifier.errors import DatasetError
-from edge_classifier.learn import HEAD_ARRAYS, HEAD_META
+from edge_classifier.learning.learner import HEAD_ARRAYS, HEAD_META
 
 CLASSES = {"bird": ["bird.bmp", "parrot.jpg"], "cat": ["cat.bmp"], "food": ["hot_dog.jpg"]}
 
@@ -212,7 +212,7 @@ def test_bad_csv_names_the_line(tmp_path, capsys, text, message):
 
 
 def test_folder_named_unknown_is_refused(tmp_path):
-    from edge_classifier.dataset import scan_folder
+    from edge_classifier.datasets.folders import scan_folder
     (tmp_path / "unknown").mkdir()
     (tmp_path / "unknown" / "a.jpg").write_bytes(b"x")
     with pytest.raises(DatasetError, match="not a valid class name"):

@@ -16,7 +16,7 @@ import pytest
 from mosquitto import (AVAILABILITY, BASE, PREDICTION, STATE, STATS, TIMEOUT, LogRecorder,
                        Mosquitto, Observer, mqtt_config, publisher_factory, running_broker)
 
-from edge_classifier.clock import FakeClock
+from edge_classifier.core.clock import FakeClock
 from edge_classifier.errors import ConfigError
 
 broker = pytest.fixture(running_broker, name="broker")
@@ -58,7 +58,7 @@ def test_offline_is_published_retained_on_a_clean_stop(broker, publishers):
 CHILD = textwrap.dedent("""
     import sys, threading
     from edge_classifier.config import Config, MqttConfig
-    from edge_classifier.mqtt import make_publisher
+    from edge_classifier.comms.mqtt import make_publisher
     config = Config(device_id="dev1", mqtt=MqttConfig(broker={url!r}, keepalive=5,
                                                       discovery=False))
     publisher = make_publisher(config, on_event=None).start()

@@ -11,7 +11,7 @@ import pytest
 from mosquitto import (CMD, RESULT, LogRecorder, Observer, mqtt_config, publisher_factory,
                        running_broker)
 
-from edge_classifier.events import (Capture, ClearClass, DeleteClass, DeleteLast, RenameClass,
+from edge_classifier.comms.events import (Capture, ClearClass, DeleteClass, DeleteLast, RenameClass,
                                     Snapshot)
 
 broker = pytest.fixture(running_broker, name="broker")

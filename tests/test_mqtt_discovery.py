@@ -9,10 +9,10 @@ import re
 import pytest
 from mosquitto import BASE, LogRecorder, Observer, mqtt_config, publisher_factory, running_broker
 
-from edge_classifier.commands import parse_command
-from edge_classifier.discovery import (DiscoveryTracker, Topics, component_key,
+from edge_classifier.comms.commands import parse_command
+from edge_classifier.comms.discovery import (DiscoveryTracker, Topics, component_key,
                                        discovery_payload)
-from edge_classifier.events import Capture, Snapshot
+from edge_classifier.comms.events import Capture, Snapshot
 
 broker = pytest.fixture(running_broker, name="broker")
 publishers = pytest.fixture(publisher_factory, name="publishers")

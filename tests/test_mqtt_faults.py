@@ -19,8 +19,8 @@ from mosquitto import (AVAILABILITY, BASE, CMD, PREDICTION, RESULT, STATE, STATS
                        LogRecorder, Observer, mqtt_config, publisher_factory, running_broker)
 from tcp_proxy import TcpProxy
 
-from edge_classifier.events import Capture
-from edge_classifier.mqtt import MqttPublisher
+from edge_classifier.comms.events import Capture
+from edge_classifier.comms.mqtt import MqttPublisher
 
 broker = pytest.fixture(running_broker, name="broker")
 publishers = pytest.fixture(publisher_factory, name="publishers")

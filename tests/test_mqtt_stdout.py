@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from mosquitto import mqtt_config
 
-from edge_classifier.clock import FakeClock
-from edge_classifier.mqtt import (PublisherClosedError, StdoutPublisher, make_publisher)
+from edge_classifier.core.clock import FakeClock
+from edge_classifier.comms.mqtt import (PublisherClosedError, StdoutPublisher, make_publisher)
 
 BASE = "edge_classifier/dev1"
 PREDICTION = {"label": "apple", "confidence": 0.9, "scores": {"apple": 0.9, "pear": 0.1},

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edge_classifier.errors import EdgeClassifierError
-from edge_classifier.mqtt import BrokerUrl, BrokerUrlError, parse_broker_url, redact
+from edge_classifier.comms.mqtt import BrokerUrl, BrokerUrlError, parse_broker_url, redact
 
 
 @pytest.mark.parametrize("url, expected", [

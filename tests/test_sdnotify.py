@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from edge_classifier.sdnotify import Notifier, watchdog_interval
+from edge_classifier.device.sdnotify import Notifier, watchdog_interval
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from edge_classifier.config import SmoothingConfig
-from edge_classifier.names import UNKNOWN
-from edge_classifier.smoothing import (ConsecutiveSmoother, EmaSmoother, NoSmoothing,
+from edge_classifier.core.names import UNKNOWN
+from edge_classifier.learning.smoothing import (ConsecutiveSmoother, EmaSmoother, NoSmoothing,
                                        make_smoother)
 
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edge_classifier.clock import FakeClock
+from edge_classifier.core.clock import FakeClock
 from edge_classifier.config import SourceConfig
-from edge_classifier.sources import (CameraError, EndOfStream, NoImagesError, PicameraSource,
+from edge_classifier.frames.sources import (CameraError, EndOfStream, NoImagesError, PicameraSource,
                                      ReplaySource, SourceClosedError, lores_to_rgb, make_source,
                                      yuv420_to_rgb)
 
@@ -87,7 +87,7 @@ def test_replay_accepts_a_list_of_files(folder):
 
 
 def test_replay_decodes_each_file_once(folder, monkeypatch):
-    import edge_classifier.sources as sources
+    import edge_classifier.frames.sources as sources
     calls = []
     real = sources.load_image
     monkeypatch.setattr(sources, "load_image", lambda p: calls.append(p) or real(p))
@@ -107,7 +107,7 @@ def test_replay_frames_are_independent_copies(folder):
 
 def test_replay_skips_corrupt_file_with_one_warning(folder, caplog):
     (folder / "b.png").write_bytes(b"not an image")
-    with caplog.at_level(logging.WARNING, logger="edge_classifier.sources"):
+    with caplog.at_level(logging.WARNING, logger="edge_classifier.frames.sources"):
         with ReplaySource(folder) as source:
             colours = [colour_of(source.read()) for _ in range(6)]
     assert colours == [RED, BLUE] * 3

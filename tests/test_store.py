@@ -11,7 +11,7 @@ import pytest
 
 from edge_classifier.errors import (ClassNameError, ReadOnlyStoreError, StorageFullError,
                                     StoreError, UnknownClassError)
-from edge_classifier.store import SampleStore
+from edge_classifier.learning.store import SampleStore
 
 IDENTITY = {"model": "m", "sha256": "abc", "embedding_dim": 8, "resize": "crop"}
 

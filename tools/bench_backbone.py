@@ -22,9 +22,9 @@ import sys
 
 from _common import alternate, bare_interpreter, decoded_frames
 
-from edge_classifier.backbone import Backbone
-from edge_classifier.manifest import load_manifest
-from edge_classifier.runtime import runtime_version
+from edge_classifier.backbone.model import Backbone
+from edge_classifier.backbone.manifest import load_manifest
+from edge_classifier.backbone.runtime import runtime_version
 
 
 def peak_rss_mib() -> float:

@@ -18,7 +18,7 @@ import time
 import numpy as np
 from _common import dataset_arguments, load_views
 
-from edge_classifier.heads import HEAD_NAMES, make_head, stratified_split
+from edge_classifier.learning.heads import HEAD_NAMES, make_head, stratified_split
 
 
 def time_head(name, views, y, names, repeats):

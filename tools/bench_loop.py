@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 from _common import Broker, alternate, bare_interpreter, decoded_frames, memory_source
 
-from edge_classifier.app import Device
-from edge_classifier.backbone import Backbone
+from edge_classifier.device.loop import Device
+from edge_classifier.backbone.model import Backbone
 from edge_classifier.config import ClassConfig, Config, GpioConfig, HeadConfig, MqttConfig
 
 CLASSES = ["bird", "cat", "hot dog", "flower"]

@@ -19,7 +19,7 @@ import sys
 import numpy as np
 from _common import dataset_arguments, load_views
 
-from edge_classifier.heads import HEAD_NAMES, auroc, make_head, stratified_split
+from edge_classifier.learning.heads import HEAD_NAMES, auroc, make_head, stratified_split
 
 
 def leave_one_class_out(name, views, y, names, seeds):

@@ -26,10 +26,10 @@ from pathlib import Path
 
 from _common import Broker, decoded_frames, memory_source
 
-from edge_classifier.app import Device
-from edge_classifier.backbone import Backbone
+from edge_classifier.device.loop import Device
+from edge_classifier.backbone.model import Backbone
 from edge_classifier.config import ClassConfig, Config, GpioConfig, HeadConfig, MqttConfig
-from edge_classifier.events import Capture
+from edge_classifier.comms.events import Capture
 
 CLASSES = ["bird", "cat", "food"]
 

@@ -1,0 +1,217 @@
+"""The backbone: a TFLite image model, loaded once, that turns a frame into an embedding.
+
+Any TFLite image model works: uint8, int8 or float32 input, quantised or float outputs. An
+embedding extractor's output is the embedding; for a classifier the layer before its last
+fully-connected layer is exposed as a second output (see :mod:`edge_classifier.backbone.graph`), so one
+invoke yields both the embedding and the class scores::
+
+    backbone = Backbone.from_name("mobilenet_v2_1.0_224_quant")
+    result = backbone.run(load_image("parrot.jpg"))
+    result.embedding.shape            # (1280,)
+    backbone.top_k(result.scores, 1)  # [('macaw', 0.97...)]
+
+The interpreter is created once, never per frame. Not thread-safe: use one backbone per thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from edge_classifier.backbone import fetch, graph, runtime
+from edge_classifier.errors import InvalidModelError, ModelError, ModelNotInstalledError
+from edge_classifier.frames.images import preprocess
+from edge_classifier.backbone.manifest import Manifest, load_manifest
+
+# MobileNet's training normalisation: pixels mapped to [-1, 1].
+PIXEL_MEAN = 127.5
+PIXEL_STD = 127.5
+
+
+@dataclass(frozen=True)
+class BackboneResult:
+    embedding: np.ndarray  # D float32
+    scores: Optional[np.ndarray]  # C float32 probabilities, classifiers only
+
+
+def dequantize(values: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """Real values of a quantised tensor, with int64 arithmetic (uint8 maths overflows)."""
+    if not scale:
+        return values.astype(np.float32)
+    return (scale * (values.astype(np.int64) - int(zero_point))).astype(np.float32)
+
+
+def read_labels(path: "os.PathLike[str] | str") -> List[str]:
+    with open(path, encoding="utf-8") as f:
+        return [line.rstrip("\r\n") for line in f]
+
+
+class Backbone:
+    """A TFLite image model run on one thread's frames.
+
+    :param model_path: the ``.tflite`` file.
+    :param num_threads: interpreter threads; default all cores.
+    :param labels: class names of a classifier, one per output score.
+    :param resize: ``"crop"`` (centre crop, the default) or ``"squash"``; see :func:`preprocess`.
+    :param name: the model's name, for messages and for head metadata.
+    :param embedding: ``"auto"`` (a classifier's penultimate layer, else the output),
+        or ``"output"`` to use the model's output as the embedding.
+    """
+
+    def __init__(self, model_path: "os.PathLike[str] | str", *, num_threads: Optional[int] = None,
+                 labels: Optional[Sequence[str]] = None, resize: str = "crop",
+                 name: Optional[str] = None, embedding: str = "auto"):
+        self.path = Path(model_path)
+        self.name = name or self.path.stem
+        self.resize = resize
+        try:
+            content = self.path.read_bytes()
+        except FileNotFoundError:
+            raise ModelNotInstalledError(f"{self.path}: model file not found") from None
+        except OSError as exc:
+            raise ModelError(f"{self.path}: cannot read model ({exc.strerror or exc})") from None
+        source = str(self.path)
+        graph.check_tflite_bytes(content, source)
+        self.sha256 = hashlib.sha256(content).hexdigest()
+        interpreter = runtime.make_interpreter(content, num_threads, source)
+        self._check_image_input(interpreter, source)
+        outputs = interpreter.get_output_details()
+        self._embedding_out = outputs[0]
+        self._scores_out = None
+        self.penultimate = None
+        if embedding == "auto" and self._looks_like_classifier(outputs[0]):
+            # Classifier: add the penultimate tensor as an output and reload.
+            try:
+                content, self.penultimate = graph.expose_penultimate(content, source)
+            except InvalidModelError:
+                pass  # a classifier-shaped output without a findable embedding: use the output
+            else:
+                interpreter = runtime.make_interpreter(content, num_threads, source)
+                by_index = {d["index"]: d for d in interpreter.get_output_details()}
+                self._scores_out = outputs[0]
+                self._embedding_out = by_index[self.penultimate.tensor_index]
+        elif embedding not in ("auto", "output"):
+            raise ValueError(f"embedding must be 'auto' or 'output', not {embedding!r}")
+        self._interpreter = interpreter
+        self._input = interpreter.get_input_details()[0]
+        self.labels = list(labels) if labels is not None else None
+        if self.labels is not None and self._scores_out is not None:
+            n = int(np.prod(self._scores_out["shape"][1:]))
+            if len(self.labels) != n:
+                raise InvalidModelError(f"{source}: {len(self.labels)} labels for {n} scores")
+        self.embedding_dim = int(np.prod(self._embedding_out["shape"][1:]))
+        self._direct_input = self._pixels_are_input()
+
+    # -- construction helpers ------------------------------------------------------------------
+    @classmethod
+    def from_name(cls, name: Optional[str] = None, *, models_dir: Optional[Path] = None,
+                  manifest: Optional[Manifest] = None, **kwargs) -> "Backbone":
+        """Load an installed model by its manifest name (default: the embedding extractor)."""
+        manifest = manifest or load_manifest()
+        entry = manifest.model(name or manifest.default_embedding_model)
+        path = fetch.require(entry.name, models_dir, manifest)
+        labels = None
+        if entry.labels:
+            labels = read_labels(fetch.require(entry.labels, models_dir, manifest))
+        return cls(path, labels=labels, name=entry.name, **kwargs)
+
+    @staticmethod
+    def _check_image_input(interpreter, source: str) -> None:
+        inputs = interpreter.get_input_details()
+        if len(inputs) != 1:
+            raise InvalidModelError(f"{source}: not an image model ({len(inputs)} inputs)")
+        d = inputs[0]
+        shape = [int(v) for v in d["shape"]]
+        if len(shape) != 4 or shape[0] != 1 or shape[3] != 3 or shape[1] < 8 or shape[2] < 8:
+            raise InvalidModelError(
+                f"{source}: not an image model (input shape {shape}, expected 1xHxWx3)")
+        if d["dtype"] not in (np.uint8, np.int8, np.float32):
+            raise InvalidModelError(f"{source}: unsupported input type {np.dtype(d['dtype'])}")
+
+    @staticmethod
+    def _looks_like_classifier(out) -> bool:
+        shape = list(out["shape"])
+        return len(shape) == 2 and shape[0] == 1 and shape[1] > 1
+
+    def _pixels_are_input(self) -> bool:
+        """True when raw uint8 pixels already are the model's quantised input (MobileNet)."""
+        scale, zero = self._input["quantization"]
+        return (self._input["dtype"] == np.uint8 and scale > 0
+                and abs(scale * PIXEL_STD - 1) < 0.01 and abs(zero - PIXEL_MEAN) <= 1)
+
+    # -- properties ----------------------------------------------------------------------------
+    @property
+    def input_size(self) -> Tuple[int, int]:
+        """(height, width) of the model's input."""
+        shape = self._input["shape"]
+        return int(shape[1]), int(shape[2])
+
+    @property
+    def has_scores(self) -> bool:
+        return self._scores_out is not None
+
+    @property
+    def identity(self) -> dict:
+        """What a head trained on this backbone must match to be reused."""
+        return {"model": self.name, "sha256": self.sha256, "embedding_dim": self.embedding_dim,
+                "resize": self.resize}
+
+    # -- running -------------------------------------------------------------------------------
+    def prepare(self, rgb: np.ndarray) -> np.ndarray:
+        """The shared preprocessing: an HxWx3 uint8 RGB frame to the model's input size."""
+        return preprocess(rgb, self.input_size, self.resize)
+
+    def _to_input(self, pixels: np.ndarray) -> np.ndarray:
+        d = self._input
+        if self._direct_input:
+            return pixels[None]
+        real = (pixels.astype(np.float32) - PIXEL_MEAN) / PIXEL_STD
+        if d["dtype"] == np.float32:
+            return real[None]
+        scale, zero = d["quantization"]
+        info = np.iinfo(d["dtype"])
+        q = np.clip(np.round(real / scale + zero), info.min, info.max)
+        return q.astype(d["dtype"])[None]
+
+    def _read(self, detail) -> np.ndarray:
+        raw = self._interpreter.get_tensor(detail["index"]).reshape(-1)
+        if raw.dtype in (np.uint8, np.int8, np.int16, np.int32):
+            scale, zero = detail["quantization"]
+            return dequantize(raw, scale, zero)
+        return raw.astype(np.float32)
+
+    def run_prepared(self, pixels: np.ndarray) -> BackboneResult:
+        """Invoke on a frame already at the input size (see :meth:`prepare`)."""
+        self._interpreter.set_tensor(self._input["index"], self._to_input(pixels))
+        self._interpreter.invoke()
+        scores = self._read(self._scores_out) if self._scores_out is not None else None
+        return BackboneResult(self._read(self._embedding_out), scores)
+
+    def run(self, rgb: np.ndarray) -> BackboneResult:
+        """Preprocess and invoke on an HxWx3 uint8 RGB frame of any size."""
+        return self.run_prepared(self.prepare(rgb))
+
+    def embed(self, rgb: np.ndarray) -> np.ndarray:
+        return self.run(rgb).embedding
+
+    def top_k(self, scores: np.ndarray, k: int = 5) -> List[Tuple[str, float]]:
+        """The ``k`` best (label, probability) pairs of a classifier's scores."""
+        if scores is None:
+            raise ModelError(f"{self.name} is an embedding extractor: it has no class scores")
+        order = np.argsort(-scores, kind="stable")[:k]
+        names = self.labels or [str(i) for i in range(len(scores))]
+        return [(names[i], float(scores[i])) for i in order]
+
+    def close(self) -> None:
+        self._interpreter = None
+
+    def __enter__(self) -> "Backbone":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

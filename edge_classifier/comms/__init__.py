@@ -1,0 +1,2 @@
+"""Transports and commands: events, command parsing and routing, the output bus, stdout, MQTT
+and Home Assistant discovery."""

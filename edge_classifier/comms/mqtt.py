@@ -1,0 +1,382 @@
+"""Publishing over MQTT (paho-mqtt 2.x), or as JSON lines on standard output without a broker.
+
+::
+
+    with make_publisher(config, on_event=queue.put) as publisher:   # start() ... close()
+        publisher.set_classes(["apple", "pear"])      # Home Assistant discovery
+        publisher.publish_state("apple")              # retained, only when it changes
+        publisher.publish_prediction({"label": "apple", "confidence": 0.93, ...})
+
+Topics under ``config.base_topic``: ``availability`` (retained ``online``/``offline``, also the
+last will), ``state`` (retained label), ``prediction`` (rate-limited JSON), ``scores`` (retained
+``{class: p}``), ``stats``, ``snapshot`` (retained JPEG), ``cmd/<action>`` (commands in) and
+``cmd/result``. What waits while the broker is away, and what is dropped:
+:class:`~edge_classifier.comms.publisher.Publisher`.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Optional, Tuple
+from urllib.parse import unquote, urlsplit
+
+from edge_classifier.comms.commands import CommandQueueError, handle_command
+from edge_classifier.comms.discovery import AVAILABLE, NOT_AVAILABLE
+from edge_classifier.comms.publisher import MqttError, Publisher, PublisherClosedError, StdoutPublisher
+from edge_classifier.errors import ConfigError
+
+__all__ = ["BrokerUrl", "BrokerUrlError", "MqttError", "MqttPublisher", "Publisher",
+           "PublisherClosedError", "StdoutPublisher", "make_publisher", "parse_broker_url",
+           "redact"]
+
+DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+STOP_TIMEOUT = 3.0  # seconds stop() waits for the broker to acknowledge "offline"
+_AUTH_HINT = " (check mqtt.username and the password, and the broker's users)"
+
+
+class BrokerUrlError(MqttError, ValueError):
+    """``mqtt.broker`` is not a valid ``mqtt://`` or ``mqtts://`` URL (messages hide secrets)."""
+
+
+@dataclass(frozen=True)
+class BrokerUrl:
+    """A parsed broker URL; ``str()`` and ``repr()`` never show the password."""
+
+    host: str
+    port: int
+    tls: bool
+    username: str = ""
+    password: str = field(default="", repr=False)
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        user = f"{self.username}@" if self.username else ""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{host}:{self.port}"
+
+
+def redact(text: str) -> str:
+    """``text`` with a URL's password replaced: ``mqtt://bob:***@host:1883``."""
+    head, sep, rest = str(text).partition("://")
+    at = rest.rfind("@")
+    if not sep or at < 0 or ":" not in rest[:at]:
+        return str(text)
+    user = rest[:at].split(":", 1)[0]
+    return f"{head}://{user}:***@{rest[at + 1:]}"
+
+
+def parse_broker_url(url: str) -> BrokerUrl:
+    """``mqtt://[user[:password]@]host[:port]`` or ``mqtts://`` (TLS), IPv6 hosts in brackets,
+    default ports 1883 and 8883; user and password may be %-encoded."""
+    if not isinstance(url, str) or not url.strip():
+        raise BrokerUrlError("broker URL is empty; use mqtt://host[:port] or mqtts://host[:port]")
+    shown = redact(url)
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError as exc:
+        raise BrokerUrlError(f"broker URL {shown!r} is not valid ({redact(str(exc))})") from None
+    scheme = parts.scheme.lower()
+    if scheme not in DEFAULT_PORTS:
+        raise BrokerUrlError(f"broker URL {shown!r} must start with mqtt:// or mqtts://")
+    host = parts.hostname or ""
+    if not host or any(ch.isspace() or ch in "/\\" for ch in host):
+        raise BrokerUrlError(f"broker URL {shown!r} has no valid host")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise BrokerUrlError(f"broker URL {shown!r} must not have a path, query or fragment")
+    if port == 0:
+        raise BrokerUrlError(f"broker URL {shown!r}: port must be between 1 and 65535")
+    return BrokerUrl(host=host, port=port or DEFAULT_PORTS[scheme], tls=scheme == "mqtts",
+                     username=unquote(parts.username or ""),
+                     password=unquote(parts.password or ""))
+
+
+def _paho():
+    """paho (imported on first use) and a client that remembers why connecting failed."""
+    import paho.mqtt.client as paho
+
+    class Client(paho.Client):
+        connect_error: Optional[BaseException] = None
+
+        def reconnect(self):  # paho's thread calls this for every (re)connect attempt
+            try:
+                return super().reconnect()
+            except OSError as exc:
+                self.connect_error = exc
+                raise
+    return paho, Client
+
+
+def _describe(exc: Optional[BaseException]) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate verification failed ({exc.verify_message or exc.reason})"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed ({exc.reason or exc})"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is the broker running and listening on that port?)"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the host name ({exc.strerror or exc})"
+    return (exc.strerror or str(exc) or type(exc).__name__) if exc else "unknown error"
+
+
+def _read_password(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+        raise ConfigError(f"mqtt.password_file: cannot read {path} ({reason})") from None
+
+
+class MqttPublisher(Publisher):
+    """Publishes to a broker with paho-mqtt 2.x over MQTT 5 (so the broker says which messages
+    its ACL refused), with ``connect_async`` + ``loop_start``: nothing here waits for the network.
+
+    paho reconnects with exponential back-off from ``mqtt.reconnect_min`` to ``reconnect_max``;
+    each failure is logged with its reason (never a password) and kept in ``stats["last_error"]``.
+    On every connect ``online`` goes first; once the broker has acknowledged it and the
+    subscriptions (by then paho has re-sent what it kept from the previous connection), the
+    discovery payload, the current state and scores and the queue follow.
+    """
+
+    def __init__(self, config, on_event: Callable[[Any], Any], clock=None,
+                 log: Optional[logging.Logger] = None):
+        super().__init__(config, clock=clock, log=log)
+        m = config.mqtt
+        self.url = parse_broker_url(m.broker)
+        if m.commands and not callable(on_event):
+            raise TypeError("mqtt.commands is on: on_event must be a callable taking an event")
+        self._on_event = on_event
+        self._awaiting: set = set()  # ("pub"|"sub", mid) acknowledgements before going live
+        self._link_up = False
+        self._mid_topics: Dict[int, str] = {}  # mid -> topic, to name refused messages
+        self._early_refusals: Dict[int, str] = {}  # refused before _transmit recorded the mid
+        self._sub_topics: Dict[int, Tuple[str, ...]] = {}
+        self._last_failure: Optional[str] = None
+        self._ever_connected = False  # reconnects count the connects after the first
+        self._paho_error: Optional[str] = None  # paho's last error message, e.g. a TLS alert
+        self._connack_refused = False
+        paho, client_class = _paho()
+        self._paho = paho
+        self.client_id = m.client_id or f"edge-classifier-{config.device_id}"
+        self._client = client = client_class(paho.CallbackAPIVersion.VERSION2,
+                                             client_id=self.client_id, protocol=paho.MQTTv5)
+        username = m.username or self.url.username
+        password = (_read_password(m.password_file) if m.password_file
+                    else m.password or self.url.password)
+        if password and not username:
+            raise ConfigError("mqtt.password: a password needs a user name (mqtt.username or "
+                              "the broker URL)")
+        if username:
+            client.username_pw_set(username, password or None)
+        self._configure_tls(m)
+        client.will_set(self.topics.availability, NOT_AVAILABLE, qos=1, retain=True)
+        client.reconnect_delay_set(m.reconnect_min, m.reconnect_max)
+        self._paho_log = logging.getLogger(self._log.name + ".paho")
+        for name in ("connect", "connect_fail", "disconnect", "publish", "subscribe", "message",
+                     "log"):
+            setattr(client, f"on_{name}", self._guard(getattr(self, f"_on_{name}")))
+
+    def _configure_tls(self, m) -> None:
+        if not self.url.tls:
+            if m.tls_ca or m.tls_cert or m.tls_key or m.tls_insecure:
+                raise ConfigError("mqtt.tls_*: TLS options are set but mqtt.broker is not an "
+                                  "mqtts:// URL")
+            return
+        try:
+            self._client.tls_set(ca_certs=m.tls_ca or None, certfile=m.tls_cert or None,
+                                 keyfile=m.tls_key or None)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"mqtt.tls_ca/tls_cert/tls_key: cannot load the TLS files "
+                              f"({getattr(exc, 'strerror', None) or exc})") from None
+        if m.tls_insecure:
+            self._client.tls_insecure_set(True)
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> "MqttPublisher":
+        """Connect in the background (returns at once); paho keeps reconnecting."""
+        if self._begin():
+            self._log.info("MQTT: connecting to %s as %s", self.url, self.client_id)
+            self._client.connect_async(self.url.host, self.url.port, self.config.mqtt.keepalive)
+            self._client.loop_start()
+        return self
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Publish ``offline`` (retained; waits up to ``timeout`` s for the broker's
+        acknowledgement when connected) and disconnect cleanly, so no last will is sent."""
+        if not self._end():
+            return
+        client = self._client
+        if client.is_connected():
+            info = client.publish(self.topics.availability, NOT_AVAILABLE, qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout)
+            except (RuntimeError, ValueError):  # not queued: the connection just went
+                pass
+        client.disconnect()
+        client.loop_stop()
+        self._update(connected=False)
+        self._log.info("MQTT: disconnected from %s", self.url)
+
+    # --- sending ------------------------------------------------------------------------------
+    def _transmit(self, topic: str, body: bytes, qos: int, retain: bool):
+        try:
+            info = self._client.publish(topic, body, qos=qos, retain=retain)
+        except ValueError as exc:  # an invalid topic: a bug, not the network
+            self._log.error("MQTT: cannot publish on %r: %s", topic, exc)
+            self._count("dropped")
+            return None
+        lost = info.rc != self._paho.MQTT_ERR_SUCCESS and not (
+            qos > 0 and info.rc == self._paho.MQTT_ERR_NO_CONN)  # paho re-sends those
+        self._count("dropped" if lost else "published")
+        if qos > 0 and not lost:
+            with self._status:
+                refusal = self._early_refusals.pop(info.mid, None)
+                if refusal is None:
+                    self._mid_topics[info.mid] = topic
+            if refusal is not None:
+                self._refused(f"message on {topic!r}", refusal)
+        return info
+
+    def _refused(self, what: str, reason: str) -> None:
+        self._count("refused")
+        self._log.error("MQTT: the broker refused the %s: %s (check the broker's ACL for this "
+                        "user)", what, reason)
+
+    def _resend_discovery(self) -> None:
+        with self._lock:
+            for body in self._discovery.messages() if self._ready else []:
+                self._transmit(self.topics.discovery, body, self._qos, True)
+
+    # --- paho callbacks (paho's thread); _guard keeps exceptions away from paho ---------------
+    def _guard(self, callback: Callable) -> Callable:
+        def guarded(*args: Any) -> None:
+            try:
+                callback(*args)
+            except Exception as exc:  # an exception would end paho's network thread
+                self._callback_failed(callback.__name__, exc)
+        return guarded
+
+    def _callback_failed(self, where: str, exc: BaseException) -> None:
+        self._count("callback_errors")
+        self._log.error("MQTT: error in %s: %s: %s", where.strip("_"), type(exc).__name__,
+                        redact(str(exc)), exc_info=exc)
+
+    def _failed(self, message: str) -> None:
+        self._update(last_error=message, connected=False)
+        level = logging.DEBUG if message == self._last_failure else logging.ERROR
+        self._last_failure = message
+        self._log.log(level, "MQTT: %s; retrying (back-off up to %g s)", message,
+                      self.config.mqtt.reconnect_max)
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            hint = _AUTH_HINT if reason_code.value in (134, 135) else ""
+            self._connack_refused = True
+            self._failed(f"{self.url} refused the connection: {reason_code}{hint}")
+            return
+        first, self._ever_connected = not self._ever_connected, True
+        self._last_failure, self._link_up, self._paho_error = None, True, None
+        self._update(last_error=None)
+        self._count("reconnects", 0 if first else 1)
+        self._log.info("MQTT: connected to %s", self.url)
+        # "online" first; _on_ready sends the rest once it and the subscriptions are acknowledged
+        info = self._transmit(self.topics.availability, AVAILABLE.encode(), 1, True)
+        self._awaiting = {("pub", info.mid)} if info is not None else set()
+        opts = self._paho.SubscribeOptions
+        subs = []
+        if self.config.mqtt.commands:
+            subs.append((self.topics.command_prefix + "+", opts(qos=self._qos, noLocal=True)))
+        if self.config.mqtt.discovery:
+            subs.append((self.topics.ha_status, opts(qos=self._qos)))
+        if subs:
+            _, mid = client.subscribe(subs)
+            self._sub_topics[mid] = tuple(topic for topic, _ in subs)
+            self._awaiting.add(("sub", mid))
+        if not self._awaiting:
+            self._on_ready()
+
+    def _acknowledged(self, kind: str, mid: int) -> None:
+        if (kind, mid) in self._awaiting:
+            self._awaiting.discard((kind, mid))
+            if not self._awaiting:
+                self._on_ready()
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        self._failed(f"cannot connect to {self.url}: {_describe(client.connect_error)}")
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self._ready, self._awaiting = False, set()  # plain stores: no lock in this callback
+        was_connected, self._link_up = self._link_up, False
+        refused, self._connack_refused = self._connack_refused, False
+        self._update(connected=False)
+        if self._stopped or refused:
+            return
+        if was_connected:
+            self._log.warning("MQTT: lost the connection to %s (%s); reconnecting", self.url,
+                              reason_code)
+        else:  # closed before CONNACK, e.g. a TLS 1.3 alert for a missing client certificate
+            detail, self._paho_error = self._paho_error or str(reason_code), None
+            self._failed(f"{self.url} closed the connection before accepting it "
+                         f"({redact(detail)})")
+
+    def _on_log(self, client, userdata, level, text) -> None:
+        # paho's messages only at DEBUG (it calls a clean disconnect an error); the failures
+        # that matter are reported with their reason by the callbacks above.
+        if level == self._paho.MQTT_LOG_ERR:
+            self._paho_error = text
+        self._paho_log.debug("%s", text)
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        # paho holds its message lock here: take only the leaf _status lock, except when
+        # _on_ready publishes (a user thread never waits for paho while holding self._lock,
+        # so this cannot deadlock).
+        with self._status:
+            topic = self._mid_topics.pop(mid, None)
+            if topic is None and reason_code.is_failure:
+                self._early_refusals[mid] = str(reason_code)
+        if topic is not None and reason_code.is_failure:
+            self._refused(f"message on {topic!r}", str(reason_code))
+        self._acknowledged("pub", mid)
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        for topic, code in zip(self._sub_topics.pop(mid, ()), reason_codes):
+            if code.is_failure:
+                self._refused(f"subscription to {topic!r}", str(code))
+        self._acknowledged("sub", mid)
+
+    def _on_message(self, client, userdata, message) -> None:
+        topic = message.topic
+        if topic == self.topics.ha_status:
+            if message.payload.strip() == b"online" and self.config.mqtt.discovery:
+                self._log.info("MQTT: Home Assistant is online; sending discovery again")
+                self._resend_discovery()
+            return
+        if not topic.startswith(self.topics.command_prefix):
+            return
+        try:
+            answer = handle_command(topic[len(self.topics.command_prefix):], message.payload,
+                                    self.config.mqtt.max_payload, self._on_event,
+                                    retained=message.retain)
+        except CommandQueueError as exc:
+            self._callback_failed("on_event", exc.__cause__ or exc)
+            answer = exc.result()
+        if answer is not None:
+            if answer.get("error"):
+                self._log.warning("MQTT: rejected command on %r: %s", topic, answer["error"])
+            self.publish_result(answer)
+
+
+def make_publisher(config, on_event: Callable[[Any], Any], clock=None,
+                   log: Optional[logging.Logger] = None) -> Publisher:
+    """The publisher ``config`` asks for: :class:`MqttPublisher` when ``mqtt.broker`` is set,
+    else :class:`StdoutPublisher`. ``on_event`` receives valid remote commands (from paho's thread;
+    it should only enqueue). Not started: call ``start()`` or use it as a context manager."""
+    if not config.mqtt.broker:
+        if config.mqtt.commands:
+            (log or logging.getLogger(__name__)).warning(
+                "mqtt.commands is on but there is no mqtt.broker: remote commands are off")
+        return StdoutPublisher(config, clock=clock, log=log)
+    return MqttPublisher(config, on_event, clock=clock, log=log)

@@ -1,0 +1,275 @@
+"""The transport-independent publisher: retained values, the prediction rate limit and the
+offline queue (:class:`Publisher`), and :class:`StdoutPublisher`, used when no broker is
+configured. :mod:`edge_classifier.comms.mqtt` adds the MQTT transport.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import json
+import logging
+import sys
+import threading
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from edge_classifier.core.clock import SYSTEM_CLOCK
+from edge_classifier.comms.discovery import AVAILABLE, NOT_AVAILABLE, DiscoveryTracker, Topics, to_json
+from edge_classifier.errors import EdgeClassifierError
+
+
+class MqttError(EdgeClassifierError):
+    """Publishing over MQTT failed or was misused."""
+
+
+class PublisherClosedError(MqttError, RuntimeError):
+    """The publisher was stopped and cannot be started again."""
+
+
+class Publisher:
+    """What the device loop publishes through (:mod:`edge_classifier.comms.mqtt` has the transports).
+
+    Thread-safe; publishing never blocks on the network. While disconnected, the retained values
+    (state, scores, discovery, the newest snapshot) are only remembered, and sent on every
+    connect; other messages at QoS >= 1 wait in a queue of ``mqtt.max_queued`` and are sent in
+    order after them. When the queue is full its *oldest* message is dropped (newer predictions
+    matter more); QoS 0 messages are dropped while disconnected; ``stats["dropped"]`` counts both.
+
+    ``stats`` keys: published, dropped, reconnects (connects after the first), connected (and
+    the remembered values sent: what is published now goes out at once), callback_errors,
+    rate_limited, refused (messages or subscriptions the broker refused), queued, last_error.
+    """
+
+    def __init__(self, config, clock=None, log: Optional[logging.Logger] = None):
+        self.config = config
+        self.topics = Topics.from_config(config)
+        self._qos = config.mqtt.qos
+        self._clock = clock or SYSTEM_CLOCK
+        self._log = log or logging.getLogger("edge_classifier.comms.mqtt")
+        # _lock guards the fields below. A user thread never calls paho while holding it (paho
+        # calls back into us while holding its own locks); paho's thread may.
+        self._lock = threading.RLock()
+        self._started = self._stopped = self._closed = False
+        self._ready = False  # connected, and the values remembered meanwhile have been sent
+        self._label: Optional[str] = None
+        self._scores: Optional[bytes] = None
+        self._snapshot: Optional[bytes] = None  # waiting to be sent
+        self._last_prediction: Optional[float] = None
+        self._queue: collections.deque = collections.deque(maxlen=config.mqtt.max_queued)
+        self._discovery = DiscoveryTracker(config)
+        # _status guards _stats and wakes wait_for(); a leaf lock, safe in any paho callback.
+        self._status = threading.Condition(threading.Lock())
+        self._stats: Dict[str, Any] = dict(
+            published=0, dropped=0, reconnects=0, connected=False, callback_errors=0,
+            rate_limited=0, refused=0, queued=0, last_error=None)
+
+    # --- status -----------------------------------------------------------------------------
+    @property
+    def stats(self) -> Dict[str, Any]:
+        with self._status:
+            return dict(self._stats)
+
+    def wait_for(self, predicate: Callable[[Dict[str, Any]], bool], timeout: float) -> bool:
+        """Block until ``predicate(stats)`` is true (True) or ``timeout`` seconds pass (False)."""
+        with self._status:
+            return self._status.wait_for(lambda: predicate(dict(self._stats)), timeout)
+
+    def _update(self, **changes: Any) -> None:
+        with self._status:
+            for key, value in changes.items():
+                self._stats[key] = value
+            self._status.notify_all()
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._status:
+            self._stats[key] += n
+            self._status.notify_all()
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> "Publisher":
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stop (publishing ``offline``) and release everything; safe to call twice."""
+        try:
+            self.stop()
+        finally:
+            self._closed = True
+
+    def __enter__(self) -> "Publisher":
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def _begin(self) -> bool:
+        """Mark the publisher started; False when it already was."""
+        with self._lock:
+            if self._closed or self._stopped:
+                raise PublisherClosedError("the publisher was stopped; make a new one")
+            if self._started:
+                return False
+            self._started = True
+            return True
+
+    def _end(self) -> bool:
+        """Mark the publisher stopped; False when there is nothing to stop."""
+        with self._lock:
+            was_running = self._started and not self._stopped
+            self._stopped, self._ready = True, False
+            return was_running
+
+    # --- what the loop publishes ----------------------------------------------------------------
+    def set_classes(self, names) -> None:
+        """The classes the head knows; updates (and re-sends) Home Assistant discovery."""
+        with self._lock:
+            changed = self._discovery.set_classes(names)
+            send = changed and self._ready and self.config.mqtt.discovery
+            messages = self._discovery.messages() if send else []
+        for body in messages:
+            self._transmit(self.topics.discovery, body, self._qos, True)
+
+    def publish_state(self, label: str) -> bool:
+        """Publish the smoothed label (retained) if it changed; True when it did."""
+        with self._lock:
+            if label == self._label:
+                return False
+            self._label = label
+            ready = self._ready
+        if ready:
+            self._transmit(self.topics.state, label.encode("utf-8"), self._qos, True)
+        return True
+
+    def publish_prediction(self, payload: Dict[str, Any]) -> bool:
+        """Publish a prediction (and its scores) unless one went out less than
+        ``mqtt.prediction_interval`` ago by the clock; True when it was published."""
+        body = to_json(payload)
+        scores = payload.get("scores")
+        scores_body = to_json(scores) if isinstance(scores, dict) else None
+        now = self._clock.now()
+        with self._lock:
+            last = self._last_prediction
+            limited = last is not None and now - last < self.config.mqtt.prediction_interval
+            if not limited:
+                self._last_prediction, self._scores = now, scores_body or self._scores
+            ready = self._ready
+        if limited:
+            self._count("rate_limited")
+            return False
+        self._emit(self.topics.prediction, body)
+        if scores_body is not None and ready:
+            self._transmit(self.topics.scores, scores_body, self._qos, True)
+        return True
+
+    def publish_stats(self, payload: Dict[str, Any]) -> None:
+        self._emit(self.topics.stats, to_json(payload))
+
+    def publish_result(self, payload: Dict[str, Any]) -> None:
+        """Answer a command on ``<base>/cmd/result``."""
+        self._emit(self.topics.result, to_json(payload))
+
+    def publish_snapshot(self, jpeg: bytes) -> None:
+        """Publish a JPEG (retained); while disconnected only the newest one waits."""
+        with self._lock:
+            ready = self._ready
+            if not ready:
+                self._snapshot = bytes(jpeg)
+        if ready:
+            self._transmit(self.topics.snapshot, bytes(jpeg), self._qos, True)
+
+    # --- machinery ----------------------------------------------------------------------------
+    def _emit(self, topic: str, body: bytes) -> None:
+        """Send a non-retained message now, or queue it (QoS >= 1) until connected."""
+        with self._lock:
+            ready, queueing = self._ready, not (self._ready or self._stopped or self._qos == 0)
+            dropped = not ready and (not queueing or len(self._queue) == self._queue.maxlen)
+            if queueing:
+                self._queue.append((topic, body))  # a full deque drops its oldest
+            queued = len(self._queue)
+        if ready:
+            self._transmit(topic, body, self._qos, False)
+            return
+        if dropped:
+            self._count("dropped")
+        self._update(queued=queued)
+
+    def _on_ready(self) -> None:
+        """Connected: send discovery, the remembered values and the queue, then go live."""
+        with self._lock:
+            if self._stopped:
+                return
+            messages = []
+            if self.config.mqtt.discovery:
+                messages += [(self.topics.discovery, body, True)
+                             for body in self._discovery.messages()]
+            if self._label is not None:
+                messages.append((self.topics.state, self._label.encode("utf-8"), True))
+            if self._scores is not None:
+                messages.append((self.topics.scores, self._scores, True))
+            if self._snapshot is not None:
+                messages.append((self.topics.snapshot, self._snapshot, True))
+                self._snapshot = None
+            messages += [(topic, body, False) for topic, body in self._queue]
+            self._queue.clear()
+            self._ready = True
+            for topic, body, retain in messages:
+                self._transmit(topic, body, self._qos, retain)
+        self._update(queued=0, connected=True)
+
+    def _transmit(self, topic: str, body: bytes, qos: int, retain: bool) -> None:
+        raise NotImplementedError
+
+
+def _display(body: bytes) -> Tuple[Any, Optional[str]]:
+    try:
+        text = body.decode("utf-8")
+        return (json.loads(text) if text[:1] in ("{", "[") else text), None
+    except UnicodeDecodeError:
+        return base64.b64encode(body).decode("ascii"), "base64"
+    except ValueError:  # starts like JSON but is not
+        return text, None
+
+
+class StdoutPublisher(Publisher):
+    """Without a broker: every publish is one JSON line on standard output::
+
+        {"topic": "edge_classifier/pi/state", "payload": "apple", "retained": true}
+
+    JSON objects and arrays appear parsed; binary payloads (snapshots) as base64 with
+    ``"encoding": "base64"``. Commands need a broker.
+    """
+
+    def __init__(self, config, clock=None, log=None, stream=None):
+        super().__init__(config, clock=clock, log=log)
+        self._stream = stream  # None: sys.stdout at the time of writing
+        self._write_lock = threading.Lock()
+
+    def start(self) -> "StdoutPublisher":
+        if self._begin():
+            self._transmit(self.topics.availability, AVAILABLE.encode(), 1, True)
+            self._on_ready()
+        return self
+
+    def stop(self) -> None:
+        if self._end():
+            self._transmit(self.topics.availability, NOT_AVAILABLE.encode(), 1, True)
+            self._update(connected=False)
+
+    def _transmit(self, topic: str, body: bytes, qos: int, retain: bool) -> None:
+        payload, encoding = _display(body)
+        line: Dict[str, Any] = {"topic": topic, "payload": payload, "retained": retain}
+        if encoding:
+            line["encoding"] = encoding
+        try:
+            with self._write_lock:
+                stream = self._stream or sys.stdout
+                stream.write(json.dumps(line, ensure_ascii=False) + "\n")
+                stream.flush()
+        except (OSError, ValueError) as exc:  # closed pipe or stream
+            self._count("dropped")
+            self._update(last_error=f"cannot write to standard output: {exc}")
+            return
+        self._count("published")

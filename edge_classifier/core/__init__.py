@@ -1,0 +1,1 @@
+"""Foundations every stage uses: crash-safe writes, clocks, data paths, class names, BLAS threads."""

@@ -1,0 +1,1 @@
+"""Data sets: folder and CSV import, the embedding cache, and the few-shot evaluation."""

@@ -1,0 +1,163 @@
+"""The few-shot evaluation protocol behind ``edge-classifier eval``.
+
+For seed s in 0..N-1: a stratified 70/30 split of the data set (or all of it for training and a
+separate validation set for testing), then k shots per class drawn with seed s from the
+training part; each head is fitted on the shots' embedding views (augmented views included)
+and tested on the test part's plain frames. Results are means over the seeds::
+
+    results = few_shot_eval(views, y, names, heads=["auto", "knn"], shots=[1, 5, "all"])
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from edge_classifier.learning.heads import make_head
+from edge_classifier.learning.heads.metrics import (accuracy, classification_report, confusion_matrix, draw_shots,
+                            expected_calibration_error, stratified_split)
+
+Shots = Union[int, str]
+TEST_FRACTION = 0.3
+
+
+def parse_shots(text: str) -> List[Shots]:
+    """``"1,5,10,all"`` -> ``[1, 5, 10, "all"]``."""
+    out: List[Shots] = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        if part == "all":
+            out.append("all")
+        elif part.isdigit() and int(part) > 0:
+            out.append(int(part))
+        else:
+            raise ValueError(f"shots must be positive integers or 'all', not {part!r}")
+    if not out:
+        raise ValueError("no shots given")
+    return out
+
+
+@dataclass
+class EvalResult:
+    head: str
+    shots: Shots
+    accuracy: float
+    ece: float
+    fit_ms: float
+    per_class: Dict[str, Dict[str, float]]
+    confusion: List[List[int]] = field(default_factory=list)
+
+    def as_dict(self, confusion: bool = False) -> dict:
+        d = {"head": self.head, "shots": self.shots, "accuracy": round(self.accuracy, 4),
+             "ece": round(self.ece, 4), "fit_ms": round(self.fit_ms, 2),
+             "per_class": self.per_class}
+        if confusion:
+            d["confusion"] = self.confusion
+        return d
+
+
+def _splits(y: np.ndarray, seeds: int, val_y: Optional[np.ndarray]):
+    for s in range(seeds):
+        if val_y is None:
+            train, test = stratified_split(y, TEST_FRACTION, np.random.default_rng(s))
+        else:
+            train, test = np.arange(len(y)), None
+        yield s, train, test
+
+
+def few_shot_eval(views: np.ndarray, y: np.ndarray, class_names: Sequence[str],
+                  heads: Sequence[str], shots: Sequence[Shots], seeds: int = 5,
+                  val: Optional[Tuple[np.ndarray, np.ndarray]] = None,
+                  progress: bool = False) -> List[EvalResult]:
+    """Evaluate ``heads`` at every number of ``shots`` (NxVxD ``views``, N labels ``y``)."""
+    n_classes = len(class_names)
+    acc: Dict[Tuple[str, Shots], List[float]] = {}
+    ece: Dict[Tuple[str, Shots], List[float]] = {}
+    fit: Dict[Tuple[str, Shots], List[float]] = {}
+    cms: Dict[Tuple[str, Shots], np.ndarray] = {}
+    total = seeds * len(shots) * len(heads)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=total, desc="evaluating", unit="fit", disable=None, leave=False)
+    for s, train, test in _splits(y, seeds, None if val is None else val[1]):
+        if test is None:
+            X_test, y_test = val[0][:, 0], val[1]
+        else:
+            X_test, y_test = views[test, 0], y[test]
+        for k in shots:
+            pick = train[draw_shots(y[train], None if k == "all" else int(k),
+                                    np.random.default_rng(s))]
+            X_fit, y_fit = views[pick, 0], y[pick]
+            extra = views[pick, 1:] if views.shape[1] > 1 else None
+            for name in heads:
+                head = make_head(name)
+                t0 = time.perf_counter()
+                head.fit(X_fit, y_fit, list(class_names), views=extra)
+                fit_ms = (time.perf_counter() - t0) * 1000
+                proba = head.predict_proba(X_test)
+                pred = proba.argmax(axis=1)
+                key = (name, k)
+                acc.setdefault(key, []).append(accuracy(pred, y_test))
+                ece.setdefault(key, []).append(expected_calibration_error(proba, y_test))
+                fit.setdefault(key, []).append(fit_ms)
+                cm = confusion_matrix(y_test, pred, n_classes)
+                cms[key] = cms.get(key, 0) + cm
+                if bar is not None:
+                    bar.update(1)
+    if bar is not None:
+        bar.close()
+    results = []
+    for name in heads:
+        for k in shots:
+            key = (name, k)
+            cm = cms[key]
+            true = np.repeat(np.arange(n_classes), cm.sum(axis=1))
+            pred = np.concatenate([np.repeat(np.arange(n_classes), row) for row in cm])
+            report = classification_report(true, pred, n_classes)
+            per_class = {c: {"precision": round(float(report.precision[i]), 4),
+                             "recall": round(float(report.recall[i]), 4),
+                             "f1": round(float(report.f1[i]), 4),
+                             "support": int(report.support[i])}
+                         for i, c in enumerate(class_names)}
+            results.append(EvalResult(name, k, float(np.mean(acc[key])), float(np.mean(ece[key])),
+                                      float(np.median(fit[key])), per_class, cm.tolist()))
+    return results
+
+
+def format_table(results: Sequence[EvalResult], shots: Sequence[Shots]) -> str:
+    """Accuracy (ECE) of each head at each number of shots, as a text table."""
+    heads = list(dict.fromkeys(r.head for r in results))
+    by = {(r.head, r.shots): r for r in results}
+    width = 15
+    lines = ["head".ljust(14) + "".join(f"k={k}".rjust(width) for k in shots),
+             " " * 14 + "".join("acc (ECE)".rjust(width) for _ in shots)]
+    for h in heads:
+        cells = [f"{by[h, k].accuracy:.3f} ({by[h, k].ece:.3f})".rjust(width) for k in shots]
+        lines.append(h.ljust(14) + "".join(cells))
+    lines.append("fit ms".ljust(14))
+    for h in heads:
+        lines.append(("  " + h).ljust(14) + "".join(f"{by[h, k].fit_ms:.1f}".rjust(width)
+                                                    for k in shots))
+    return "\n".join(lines)
+
+
+def format_report(result: EvalResult, class_names: Sequence[str]) -> str:
+    """Per-class precision/recall/F1 and the confusion matrix (summed over seeds)."""
+    w = max(8, max(len(c) for c in class_names) + 1)
+    lines = [f"{result.head}, k={result.shots}: per-class scores",
+             "class".ljust(w) + "precision".rjust(10) + "recall".rjust(8) + "f1".rjust(8)
+             + "support".rjust(9)]
+    for c in class_names:
+        p = result.per_class[c]
+        lines.append(c.ljust(w) + f"{p['precision']:10.3f}{p['recall']:8.3f}{p['f1']:8.3f}"
+                     f"{p['support']:9d}")
+    lines.append("confusion matrix (rows: true, columns: predicted)")
+    short = [c[:6] for c in class_names]
+    lines.append(" " * w + "".join(s.rjust(7) for s in short))
+    for c, row in zip(class_names, result.confusion):
+        lines.append(c.ljust(w) + "".join(str(v).rjust(7) for v in row))
+    return "\n".join(lines)

@@ -1,0 +1,147 @@
+"""Folder data sets (one subfolder per class) and embedding them with a backbone.
+
+::
+
+    data = scan_folder("trashnet/")         # paths, labels, class names
+    result = embed_paths(backbone, data.paths, progress=True)
+    result.embeddings.shape                 # (N_ok, D); result.errors lists the bad files
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Sequence
+
+import numpy as np
+
+from edge_classifier.errors import ClassNameError, DatasetError, ImageError
+from edge_classifier.frames.images import list_images, load_image
+from edge_classifier.core.names import validate_class_name
+
+
+@dataclass(frozen=True)
+class FolderDataset:
+    root: str
+    paths: List[str]
+    labels: np.ndarray  # N int
+    class_names: List[str]
+
+
+def scan_folder(root: "os.PathLike[str] | str") -> FolderDataset:
+    """Every image in ``root/<class>/``, classes sorted by name."""
+    root = os.fspath(root)
+    if not os.path.isdir(root):
+        raise DatasetError(f"{root}: not a folder (expected one subfolder of images per class)")
+    classes = sorted(e for e in os.listdir(root)
+                     if not e.startswith(".") and os.path.isdir(os.path.join(root, e)))
+    if not classes:
+        raise DatasetError(f"{root}: no class subfolders (expected {root}/<class>/<image>)")
+    for name in classes:
+        try:
+            validate_class_name(name)
+        except ClassNameError as exc:
+            raise DatasetError(f"{root}/{name}: folder name is not a valid class name ({exc})") from None
+    paths, labels, empty = [], [], []
+    for index, name in enumerate(classes):
+        files = list_images(os.path.join(root, name))
+        if not files:
+            empty.append(name)
+        paths.extend(files)
+        labels.extend([index] * len(files))
+    if empty:
+        classes_kept = [c for c in classes if c not in empty]
+        if not classes_kept:
+            raise DatasetError(f"{root}: the class folders hold no images")
+        # Re-number without the empty classes so every class has samples.
+        remap = {classes.index(c): i for i, c in enumerate(classes_kept)}
+        labels = [remap[i] for i in labels]
+        classes = classes_kept
+    return FolderDataset(root, paths, np.asarray(labels, dtype=np.int64), classes)
+
+
+@dataclass
+class EmbeddedFiles:
+    embeddings: np.ndarray  # N_ok x D float32
+    ok: np.ndarray  # N bool: which input paths produced an embedding
+    errors: List[str] = field(default_factory=list)  # one line per failed file
+
+
+def embed_paths(backbone, paths: Sequence[str], progress: bool = False,
+                on_error: Optional[Callable[[str], None]] = None) -> EmbeddedFiles:
+    """Embed image files; a bad file is reported and skipped, the others still processed."""
+    rows, ok, errors = [], np.zeros(len(paths), dtype=bool), []
+    iterator = paths
+    if progress:
+        from tqdm import tqdm
+        iterator = tqdm(paths, desc="embedding", unit="img", disable=None)
+    for i, path in enumerate(iterator):
+        try:
+            rows.append(backbone.embed(load_image(path)))
+        except ImageError as exc:
+            errors.append(str(exc))
+            if on_error:
+                on_error(str(exc))
+            continue
+        ok[i] = True
+    dim = backbone.embedding_dim
+    embeddings = np.stack(rows).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
+    return EmbeddedFiles(embeddings, ok, errors)
+
+
+@dataclass(frozen=True)
+class CsvDataset:
+    """A multi-label data set: ``file,label1;label2`` lines (paths relative to the CSV)."""
+
+    path: str
+    paths: List[str]
+    label_sets: List[List[str]]
+    class_names: List[str]
+
+    def indicator(self) -> np.ndarray:
+        """NxC 0/1 matrix of which labels each file has."""
+        index = {c: i for i, c in enumerate(self.class_names)}
+        out = np.zeros((len(self.paths), len(self.class_names)), dtype=np.float32)
+        for row, labels in enumerate(self.label_sets):
+            for label in labels:
+                out[row, index[label]] = 1.0
+        return out
+
+
+def read_csv(path: "os.PathLike[str] | str") -> CsvDataset:
+    """Read a ``file,label1;label2`` CSV; an optional header ``file,labels`` is skipped.
+
+    Raises :class:`DatasetError` naming the line of the first malformed row.
+    """
+    import csv
+
+    path = os.fspath(path)
+    base = os.path.dirname(os.path.abspath(path))
+    paths, label_sets, names = [], [], {}
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DatasetError(f"{path}: cannot read CSV ({exc})") from None
+    for number, row in enumerate(rows, start=1):
+        if not row or all(not cell.strip() for cell in row):
+            continue
+        if number == 1 and [c.strip().lower() for c in row[:2]] == ["file", "labels"]:
+            continue
+        if len(row) != 2:
+            raise DatasetError(f"{path}:{number}: expected 'file,label1;label2', got {len(row)} "
+                               "fields")
+        file, labels = row[0].strip(), [x.strip() for x in row[1].split(";") if x.strip()]
+        if not file:
+            raise DatasetError(f"{path}:{number}: empty file name")
+        try:
+            labels = [validate_class_name(x) for x in labels]
+        except ClassNameError as exc:
+            raise DatasetError(f"{path}:{number}: {exc}") from None
+        for label in labels:
+            names.setdefault(label, None)
+        paths.append(file if os.path.isabs(file) else os.path.join(base, file))
+        label_sets.append(sorted(set(labels)))
+    if not paths:
+        raise DatasetError(f"{path}: no rows")
+    return CsvDataset(path, paths, label_sets, sorted(names))

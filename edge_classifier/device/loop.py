@@ -1,0 +1,369 @@
+"""The device: one capture/inference thread wiring frame source → backbone → head → smoother →
+publisher, with the sample store beside the head.
+
+Buttons, the keyboard and MQTT commands only put events on :attr:`Device.events`; the loop
+applies them between frames, so a capture uses the next frame and the very next prediction
+already uses the updated head::
+
+    with Device(load_config("config.toml")) as device:
+        device.run()            # until stop(), SIGTERM, or the replay ends
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import queue
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from edge_classifier.comms import events as ev
+from edge_classifier.learning.augment import Augmentation, embed_views
+from edge_classifier.core.clock import SYSTEM_CLOCK
+from edge_classifier.comms.commands import result as command_result
+from edge_classifier.config import Config
+from edge_classifier.errors import EdgeClassifierError, EndOfStream, StoreError
+from edge_classifier.learning.learner import Learner
+from edge_classifier.learning.limits import enforce_class_limit
+from edge_classifier.learning.store import SampleStore
+
+log = logging.getLogger("edge_classifier.device")
+HEAD_SAVE_INTERVAL = 30.0  # seconds between saves of a changed head (samples are saved at once)
+
+
+@dataclass
+class Counters:
+    frames: int = 0
+    captures: int = 0
+    capture_errors: int = 0
+    dropped_captures: int = 0
+    events: int = 0
+    event_errors: int = 0
+    infer_ms: float = 0.0  # exponential average
+    fps: float = 0.0
+    started: float = 0.0
+    last: Dict[str, float] = field(default_factory=dict)
+
+
+class Device:
+    """The running classifier. Every part may be passed in (tests, the demo); the rest is built
+    from ``config``. ``close()`` is safe twice; parts built here are closed on a failed start."""
+
+    def __init__(self, config: Config, *, backbone=None, source=None, publisher=None,
+                 pin_factory=None, clock=None, notifier=None, keyboard_stream=None,
+                 default_paths: Optional[Sequence] = None, state_dir: Optional[Path] = None):
+        self.config = config
+        self.clock = clock or SYSTEM_CLOCK
+        self.events: "queue.Queue[ev.Event]" = queue.Queue(maxsize=10000)
+        self.counters = Counters(started=self.clock.now())
+        self.state: Optional[str] = None  # nothing published yet
+        self.last_prediction = None
+        self._stop = threading.Event()
+        self._pending: List[ev.Capture] = []
+        self._last_captured: Optional[str] = None
+        self._frame: Optional[np.ndarray] = None
+        self._closers = []
+        try:
+            self._build(backbone, source, publisher, pin_factory, notifier, keyboard_stream,
+                        default_paths, state_dir)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- construction --------------------------------------------------------------------------
+    def _build(self, backbone, source, publisher, pin_factory, notifier, keyboard_stream,
+               default_paths, state_dir):
+        from edge_classifier.core import blas
+        from edge_classifier.backbone.model import Backbone
+        from edge_classifier.cli.learn import stored_model
+        blas.set_threads(1)  # per-frame head maths must not steal the interpreter's cores
+        from edge_classifier.comms.mqtt import make_publisher
+        from edge_classifier.core.paths import default_state_dir
+        from edge_classifier.device.sdnotify import Notifier, watchdog_interval
+        from edge_classifier.learning.smoothing import make_smoother
+        from edge_classifier.frames.sources import make_source
+        cfg = self.config
+        root = Path(state_dir or cfg.state_dir or default_state_dir()).expanduser()
+        if backbone is None:
+            backbone = Backbone.from_name(cfg.model.name or stored_model(root) or None,
+                                          num_threads=cfg.model.threads or None,
+                                          resize=cfg.model.resize)
+        self.backbone = backbone
+        self.store = SampleStore(root, backbone=backbone.identity)
+        for c in cfg.classes:
+            self.store.add_class(c.name)
+        self.learner = Learner(backbone, self.store, cfg.head.name,
+                               Augmentation(flip=cfg.head.flip, crops=cfg.head.crops))
+        for problem in self.learner.problems:
+            log.warning("%s", problem)
+        self.smoother = make_smoother(cfg.smoothing)
+        self.notifier = notifier or Notifier()
+        self._closers.append(self.notifier.close)
+        self.watchdog_every = watchdog_interval()
+        self.publisher = publisher or make_publisher(cfg, self.post, clock=self.clock)
+        self._closers.append(self.publisher.close)
+        self.publisher.set_classes(self.store.classes)
+        self.panel = None
+        if any(c.button is not None or c.led is not None for c in cfg.classes) or \
+                cfg.gpio.delete_button is not None or cfg.gpio.status_led is not None:
+            from edge_classifier.device.gpio import ButtonPanel, make_pin_factory
+            factory = pin_factory or make_pin_factory(cfg.gpio.pin_factory)
+            self.panel = ButtonPanel(cfg.classes, cfg.gpio, self.post, pin_factory=factory,
+                                     clock=self.clock)
+            self._closers.append(self.panel.close)
+        self.keyboard = None
+        if cfg.keyboard != "off":
+            from edge_classifier.device.keyboard import KeyboardControl
+            kb = KeyboardControl(lambda: self.store.classes, self.post, stream=keyboard_stream)
+            if kb.active or cfg.keyboard == "on":
+                self.keyboard = kb
+                self._closers.append(kb.close)
+            else:
+                kb.close()
+        self.source = source or make_source(cfg.source, default_paths=default_paths,
+                                            clock=self.clock)
+        self._closers.append(self.source.close)
+
+    def post(self, event: ev.Event) -> None:
+        """Queue an event for the loop (any thread). A full queue drops it, counted."""
+        try:
+            self.events.put_nowait(event)
+        except queue.Full:
+            self.counters.dropped_captures += 1
+
+    def stop(self) -> None:
+        """Ask the loop to finish after the current frame (any thread, signal handlers too)."""
+        self._stop.set()
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self, frames: Optional[int] = None) -> None:
+        """Process frames until :meth:`stop`, a ``Stop`` event, ``frames`` frames, or the end of
+        a non-looping replay. Camera failures propagate (the caller exits non-zero)."""
+        self.publisher.start()
+        self.notifier.ready(status=f"classifying with {self.backbone.name}")
+        last_ping = last_stats = last_save = self.clock.now()
+        try:
+            while not self._stop.is_set():
+                self.apply_events()
+                if self._stop.is_set():
+                    break
+                try:
+                    frame = self.source.read()
+                except EndOfStream:
+                    break
+                self.step(frame)
+                now = self.clock.now()
+                if self.watchdog_every is None or now - last_ping >= self.watchdog_every:
+                    self.notifier.watchdog()  # tied to frame progress: a hung camera stops it
+                    last_ping = now
+                if now - last_stats >= self.config.mqtt.stats_interval:
+                    self.publisher.publish_stats(self.stats())
+                    last_stats = now
+                if self.learner.dirty and now - last_save >= HEAD_SAVE_INTERVAL:
+                    self._save_head()
+                    last_save = now
+                if frames is not None and self.counters.frames >= frames:
+                    break
+        finally:
+            self.shutdown()
+
+    def step(self, frame: np.ndarray) -> None:
+        """One frame: pending capture, prediction, smoothing, publishing."""
+        c = self.counters
+        c.frames += 1
+        self._frame = frame
+        captured = self._capture(frame) if self._pending else None
+        t0 = self.clock.now()
+        # A captured frame was just embedded (its first view): predict from that, not again.
+        embedding = captured if captured is not None else \
+            self.backbone.run_prepared(self.backbone.prepare(frame)).embedding
+        prediction = self.learner.predict_embedding(embedding)
+        self.last_prediction = prediction
+        dt = self.clock.now() - t0
+        c.infer_ms = dt * 1000 if c.frames == 1 else 0.9 * c.infer_ms + 100 * dt
+        previous = c.last.get("frame_time")
+        now = self.clock.now()
+        if previous is not None and now > previous:
+            c.fps = 1 / (now - previous) if c.fps == 0 else 0.9 * c.fps + 0.1 / (now - previous)
+        c.last["frame_time"] = now
+        state = self.smoother.update(prediction.label, prediction.confidence, prediction.scores)
+        if state != self.state:
+            self.state = state
+            self.publisher.publish_state(state)
+            if self.panel is not None:
+                self.panel.show_prediction(state)
+        self.publisher.publish_prediction(dict(
+            prediction.as_dict(), state=state, timestamp=round(self.clock.wall(), 3),
+            frame=c.frames, model=self.backbone.name, head=self.learner.head_name))
+
+    def stats(self) -> dict:
+        c, p = self.counters, self.publisher.stats
+        return {"frames": c.frames, "fps": round(c.fps, 2), "inference_ms": round(c.infer_ms, 2),
+                "samples": self.store.counts(), "uptime": round(self.clock.now() - c.started, 1),
+                "reconnects": p.get("reconnects", 0), "dropped": p.get("dropped", 0),
+                "published": p.get("published", 0), "captures": c.captures,
+                "capture_errors": c.capture_errors, "dropped_captures": c.dropped_captures,
+                "event_errors": c.event_errors,
+                "callback_errors": p.get("callback_errors", 0) + self._panel_errors(),
+                "state": self.state}
+
+    def _panel_errors(self) -> int:
+        errors = getattr(self.panel, "callback_errors", 0) if self.panel else 0
+        return errors + (getattr(self.keyboard, "callback_errors", 0) if self.keyboard else 0)
+
+    # -- events --------------------------------------------------------------------------------
+    def apply_events(self) -> None:
+        """Apply queued events (the loop does this between frames)."""
+        while True:
+            try:
+                event = self.events.get_nowait()
+            except queue.Empty:
+                return
+            self.counters.events += 1
+            try:
+                self._apply(event)
+            except EdgeClassifierError as exc:
+                self.counters.event_errors += 1
+                log.warning("%s: %s", type(event).__name__, exc)
+                self._answer(event, False, str(exc))
+            except Exception as exc:  # a bug must not stop the device
+                self.counters.event_errors += 1
+                log.exception("event %r failed", event)
+                self._answer(event, False, f"internal error: {exc}")
+
+    def _apply(self, event: ev.Event) -> None:
+        store = self.store
+        if isinstance(event, ev.Stop):
+            self._stop.set()
+            self._answer(event, True)
+        elif isinstance(event, ev.Capture):
+            if event.origin == "button" and any(p.class_name == event.class_name
+                                                 for p in self._pending):
+                self.counters.dropped_captures += 1  # one pending capture per held button
+                return
+            self._pending.append(event)
+        elif isinstance(event, (ev.DeleteLast, ev.ClearClass)):
+            name = event.class_name or self._last_captured
+            if name is None:
+                raise StoreError("no class given and nothing captured yet")
+            if isinstance(event, ev.DeleteLast):
+                sid = store.delete_last(name)
+                self._changed()
+                self._answer(event, True, **{"class": name, "deleted": sid})
+            else:
+                count = store.clear_class(name)
+                self._changed()
+                self._answer(event, True, **{"class": name, "deleted": count})
+        elif isinstance(event, (ev.RenameClass, ev.DeleteClass)):
+            if event.class_name in {c.name for c in self.config.classes}:
+                raise StoreError(f"class {event.class_name!r} is bound to a button in the "
+                                 "config; change it there")
+            if isinstance(event, ev.RenameClass):
+                store.rename_class(event.class_name, event.new_name)
+            else:
+                store.delete_class(event.class_name)
+            self._changed()
+            self._answer(event, True, **{"class": event.class_name})
+        elif isinstance(event, ev.Snapshot):
+            if self._frame is None:
+                raise StoreError("no frame yet")
+            from PIL import Image
+            out = io.BytesIO()
+            Image.fromarray(self._frame).save(out, "JPEG", quality=85)
+            self.publisher.publish_snapshot(out.getvalue())
+            self._answer(event, True, bytes=out.tell())
+        else:
+            raise StoreError(f"unsupported event {type(event).__name__}")
+
+    def _capture(self, frame: np.ndarray) -> Optional[np.ndarray]:
+        """Apply the first pending capture to this frame; returns the frame's embedding if a
+        sample was stored (so the prediction need not embed it again), else None."""
+        event = self._pending[0]
+        now = self.clock.now()
+        name = event.class_name
+        min_gap = 1.0 / self.config.gpio.hold_rate
+        # 10 % slack, so the repeats of a held button (jittery, every 1/hold_rate) all count
+        if event.origin == "button" and \
+                now - self.counters.last.get("capture:" + name, -1e9) < 0.9 * min_gap:
+            # Rate limit: a bouncing or held button cannot capture faster than hold_rate. The
+            # press is dropped, not deferred: a later frame may no longer show the object.
+            self._pending.pop(0)
+            self.counters.dropped_captures += 1
+            return None
+        views = embed_views(self.backbone, frame, self.learner.augmentation)
+        try:
+            sid = self.learner.add_views(name, views, frame)
+        except StoreError as exc:
+            self._pending.pop(0)
+            self.counters.capture_errors += 1
+            log.error("capture for %r refused: %s", name, exc)
+            self._answer(event, False, str(exc))
+            return views[0]
+        dropped = enforce_class_limit(self.learner, name, self.config.head)
+        self.counters.captures += 1
+        self.counters.last["capture:" + name] = now
+        self._last_captured = name
+        if self.panel is not None:
+            self.panel.blink_capture(name)
+        remaining = event.count - 1
+        if remaining > 0:
+            self._pending[0] = ev.Capture(origin=event.origin, request_id=event.request_id,
+                                          class_name=name, count=remaining)
+            return views[0]
+        self._pending.pop(0)
+        self.publisher.set_classes(self.store.classes)
+        self._answer(event, True, **{"class": name, "sample": sid, "dropped": dropped,
+                                     "samples": self.store.counts().get(name, 0)})
+        return views[0]
+
+    def _changed(self) -> None:
+        self.learner.changed()
+        self.smoother.reset()
+        self.publisher.set_classes(self.store.classes)
+
+    def _answer(self, event: ev.Event, ok: bool, error: Optional[str] = None, **details) -> None:
+        if event.origin != "mqtt":
+            return
+        action = {"Capture": "capture", "DeleteLast": "delete_last", "ClearClass": "clear_class",
+                  "DeleteClass": "delete_class", "RenameClass": "rename_class",
+                  "Snapshot": "snapshot", "Stop": "stop"}.get(type(event).__name__, "?")
+        self.publisher.publish_result(command_result(action, ok, error if not ok else None,
+                                                     event.request_id, **details))
+
+    # -- shutdown ------------------------------------------------------------------------------
+    def _save_head(self) -> None:
+        try:
+            self.learner.save()
+        except StoreError as exc:
+            log.error("head not saved: %s", exc)
+
+    def shutdown(self) -> None:
+        """Flush state, publish ``offline``, tell systemd we are stopping. Safe twice."""
+        if getattr(self, "_shut", False):
+            return
+        self._shut = True
+        self.notifier.stopping()
+        if self.learner.dirty:
+            self._save_head()
+        try:
+            self.publisher.stop()
+        except Exception:  # noqa: BLE001 - never fail a shutdown on the network
+            log.exception("publisher stop failed")
+
+    def close(self) -> None:
+        for closer in reversed(self._closers):
+            try:
+                closer()
+            except Exception:  # noqa: BLE001
+                log.exception("closing %r failed", closer)
+        self._closers = []
+
+    def __enter__(self) -> "Device":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
