@@ -11,6 +11,8 @@ matching builtin, so callers may catch either (``except ModelError`` or ``except
 
 from __future__ import annotations
 
+from typing import Optional
+
 
 class EdgeClassifierError(Exception):
     """Root of every error edge-classifier raises on purpose."""
@@ -91,6 +93,50 @@ class HeadLoadError(StoreError):
     """A saved head is corrupt or belongs to another backbone; it can be rebuilt from samples."""
 
 
+class StateLockedError(StoreError, BlockingIOError):
+    """Another process holds the state directory; the message names it and what to do."""
+
+
+# --- heads --------------------------------------------------------------------------------------
+class HeadError(EdgeClassifierError, ValueError):
+    """Root of every error raised on purpose by :mod:`edge_classifier.learning.heads`."""
+
+
+class _NoQuoteKeyError(KeyError):
+    """A ``KeyError`` whose ``str`` is the plain message (``KeyError`` quotes it)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class EmptyHeadError(HeadError):
+    """The head holds no samples (never fitted, or every sample was removed)."""
+
+
+class InvalidEmbeddingError(HeadError):
+    """An embedding has the wrong shape or length, or holds NaN or infinity."""
+
+
+class InvalidLabelError(HeadError):
+    """A label is not an integer in ``0..C-1``, or labels and embeddings disagree in number."""
+
+
+class InvalidParameterError(HeadError):
+    """A hyper-parameter is out of range or of the wrong type."""
+
+
+class SampleNotFoundError(HeadError, _NoQuoteKeyError):
+    """:meth:`remove` was asked for a sample the head does not hold."""
+
+
+class UnknownHeadError(HeadError, _NoQuoteKeyError):
+    """:func:`make_head` or :func:`load_head` got a head name that is not registered."""
+
+
+class StateError(HeadError):
+    """A saved head state (arrays + metadata) is incomplete, inconsistent or from another version."""
+
+
 # --- frame sources ------------------------------------------------------------------------------
 class SourceError(EdgeClassifierError):
     """A frame source cannot deliver frames."""
@@ -110,3 +156,47 @@ class EndOfStream(SourceError, EOFError):
 
 class SourceClosedError(SourceError, ValueError):
     """``read()`` on a closed source."""
+
+
+# --- buttons and LEDs ---------------------------------------------------------------------------
+class GpioError(EdgeClassifierError, RuntimeError):
+    """A button or LED cannot be set up (pin in use, no pin factory, invalid pin)."""
+
+
+# --- transports and commands --------------------------------------------------------------------
+class CommsError(EdgeClassifierError):
+    """Publishing or receiving over a transport (MQTT, stdout, the web) failed or was misused."""
+
+
+class MqttError(CommsError):
+    """Publishing over MQTT failed or was misused."""
+
+
+class PublisherClosedError(MqttError, RuntimeError):
+    """The publisher was stopped and cannot be started again."""
+
+
+class BrokerUrlError(MqttError, ValueError):
+    """``mqtt.broker`` is not a valid ``mqtt://`` or ``mqtts://`` URL (messages hide secrets)."""
+
+
+class CommandError(CommsError, ValueError):
+    """A command is malformed; the message says why (and never echoes a whole payload).
+
+    ``action`` and ``request_id`` (when it could be read) let the answer echo them.
+    """
+
+    def __init__(self, message: str, action: str = "", request_id: Optional[str] = None):
+        super().__init__(message)
+        self.action = action
+        self.request_id = request_id
+
+
+class CommandQueueError(CommsError, RuntimeError):
+    """A valid command could not be handed to the loop (its queue raised)."""
+
+    def __init__(self, action: str, request_id: Optional[str], cause: BaseException):
+        super().__init__(f"{action}: the device could not accept the command "
+                         f"({type(cause).__name__})")
+        self.action = action
+        self.request_id = request_id

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from edge_classifier.comms.commands import (ACTIONS, CommandError, CommandQueueError, handle_command,
+from edge_classifier.comms.commands import (ACTIONS, error_result, CommandError, CommandQueueError, handle_command,
                                       parse_command, result)
 from edge_classifier.errors import EdgeClassifierError
 from edge_classifier.comms.events import (Capture, ClearClass, DeleteClass, DeleteLast, RenameClass,
@@ -84,7 +84,7 @@ def test_payload_must_be_a_json_object(payload, kind):
 def test_unknown_action_names_the_known_ones_and_keeps_the_id():
     exc = error("explode", {"id": "r9"})
     assert "unknown action 'explode'" in str(exc) and "capture" in str(exc)
-    assert exc.result() == {"ok": False, "action": "explode", "id": "r9", "error": str(exc)}
+    assert error_result(exc) == {"ok": False, "action": "explode", "id": "r9", "error": str(exc)}
 
 
 def test_long_unknown_action_is_shortened():
@@ -127,11 +127,11 @@ def test_bad_new_name_in_rename_is_rejected():
 
 def test_error_result_echoes_the_id_when_it_could_be_read():
     exc = error("capture", {"class": "../x", "id": "req-1"})
-    assert exc.result() == {"ok": False, "action": "capture", "id": "req-1", "error": str(exc)}
+    assert error_result(exc) == {"ok": False, "action": "capture", "id": "req-1", "error": str(exc)}
 
 
 def test_error_result_has_a_null_id_when_the_payload_is_unreadable():
-    assert error("capture", b"nope").result()["id"] is None
+    assert error_result(error("capture", b"nope"))["id"] is None
 
 
 def test_command_error_is_a_value_error_and_a_project_error():
@@ -174,5 +174,5 @@ def test_handle_command_reports_a_failing_queue():
         raise RuntimeError("queue is full")
     with pytest.raises(CommandQueueError) as info:
         handle_command("snapshot", b'{"id": "q"}', LIMIT, full)
-    assert info.value.result()["id"] == "q"
+    assert error_result(info.value)["id"] == "q"
     assert isinstance(info.value.__cause__, RuntimeError)

@@ -35,7 +35,7 @@ from mosquitto import CMD, RESULT, TIMEOUT, Mosquitto, Observer, mqtt_config
 
 from edge_classifier.comms import commands
 from edge_classifier.config import schema as config_module
-from edge_classifier.comms.commands import (ACTIONS, MAX_COUNT, MAX_ID_LENGTH, CommandError,
+from edge_classifier.comms.commands import (ACTIONS, error_result, MAX_COUNT, MAX_ID_LENGTH, CommandError,
                                       CommandQueueError, handle_command, parse_command)
 from edge_classifier.config import Config, parse_config
 from edge_classifier.datasets.folders import CsvDataset, FolderDataset, read_csv, scan_folder
@@ -161,7 +161,7 @@ def test_parse_command_gives_a_valid_event_or_a_small_command_error(action, payl
     try:
         event = parse_command(action, payload, max_payload)
     except CommandError as exc:
-        check_result(exc.result(), payload)
+        check_result(error_result(exc), payload)
     else:
         check_event(event, action, payload, max_payload)
 
@@ -183,7 +183,7 @@ def test_handle_command_passes_on_valid_commands_and_answers_the_rest(action, pa
     try:
         answer = handle_command(action, payload, max_payload, on_event, retained=retained)
     except CommandQueueError as exc:  # on_event raised: the caller logs it and answers
-        raised, answer = exc, exc.result()
+        raised, answer = exc, error_result(exc)
     if action == "result":  # answers on <base>/cmd/result are never commands
         assert answer is None and received == [] and raised is None
         return
@@ -227,7 +227,7 @@ def test_a_payload_over_the_limit_is_rejected_before_it_is_decoded(action, max_p
     with mock.patch.object(commands, "json", _NoDecoding):
         with pytest.raises(CommandError, match=f"more than the limit of {max_payload}") as info:
             parse_command(action, payload, max_payload)
-    check_result(info.value.result(), payload)
+    check_result(error_result(info.value), payload)
 
 
 def test_a_huge_payload_is_rejected_without_copying_it():
@@ -673,7 +673,7 @@ def test_generated_commands_through_a_real_broker_are_all_answered(tmp_path):
             try:
                 expected = parse_command(action, payload, E2E_LIMIT)
             except CommandError as exc:
-                expected = exc.result()
+                expected = error_result(exc)
             after = seen.mark()
             seen.publish(CMD + action, payload)
             if isinstance(expected, Event):

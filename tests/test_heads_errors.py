@@ -1,4 +1,4 @@
-"""Edge cases and bad input: each raises a clear exception from edge_classifier.learning.heads.errors."""
+"""Edge cases and bad input: each raises a clear exception from edge_classifier.errors."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ Actions and their JSON object payloads (every one may also carry ``"id"``, a str
 ========================  ================================================================
 
 Parsing is pure (no I/O), so every rule is tested without a broker; the publisher sends
-:meth:`CommandError.result` for a bad command at once, and the device loop answers the good ones
+:func:`error_result` for a bad command at once, and the device loop answers the good ones
 with :func:`result` once it has applied them.
 """
 
@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Dict, Optional
 
-from edge_classifier.errors import EdgeClassifierError
+from edge_classifier.errors import CommandError, CommandQueueError
 from edge_classifier.comms.events import (Capture, ClearClass, DeleteClass, DeleteLast, Event, RenameClass,
                      Snapshot)
 from edge_classifier.core.names import validate_class_name
@@ -39,19 +39,6 @@ MAX_COUNT = 100
 RESULT_ACTION = "result"  # <base>/cmd/result carries answers, never commands
 
 
-class CommandError(EdgeClassifierError, ValueError):
-    """A remote command is malformed; the message says why (and never echoes a whole payload)."""
-
-    def __init__(self, message: str, action: str = "", request_id: Optional[str] = None):
-        super().__init__(message)
-        self.action = action
-        self.request_id = request_id
-
-    def result(self) -> Dict[str, Any]:
-        """The answer published on ``<base>/cmd/result``."""
-        return result(self.action, False, error=str(self), request_id=self.request_id)
-
-
 def result(action: str, ok: bool, error: Optional[str] = None, request_id: Optional[str] = None,
            **details: Any) -> Dict[str, Any]:
     """A command result: ``{"ok": ..., "action": ..., "id": ..., ["error": ...], **details}``."""
@@ -60,6 +47,11 @@ def result(action: str, ok: bool, error: Optional[str] = None, request_id: Optio
         answer["error"] = error
     answer.update(details)
     return answer
+
+
+def error_result(exc: "CommandError | CommandQueueError") -> Dict[str, Any]:
+    """The failed result published for a bad or unqueueable command."""
+    return result(exc.action, False, error=str(exc), request_id=exc.request_id)
 
 
 def _class(action: str, fields: Dict[str, Any], key: str = "class") -> str:
@@ -158,7 +150,7 @@ def parse_command(action: str, payload: bytes, max_payload: int) -> Event:
     """Turn one command message into an event (origin ``"mqtt"``), or raise :class:`CommandError`.
 
     ``action`` is the last topic level; ``payload`` the raw message body. The error carries the
-    action and, when it could be read, the request ``id``, so :meth:`CommandError.result` can
+    action and, when it could be read, the request ``id``, so :func:`error_result` can
     echo it.
     """
     shown = _printable(action if len(action) <= MAX_ID_LENGTH
@@ -206,22 +198,9 @@ def handle_command(action: str, payload: bytes, max_payload: int,
                                f"on every reconnect); clear it with an empty retained message",
                                action, event.request_id)
     except CommandError as exc:
-        return exc.result()
+        return error_result(exc)
     try:
         on_event(event)
     except Exception as exc:
         raise CommandQueueError(action, event.request_id, exc) from exc
     return None
-
-
-class CommandQueueError(EdgeClassifierError, RuntimeError):
-    """``on_event`` raised while a valid command was handed to the loop."""
-
-    def __init__(self, action: str, request_id: Optional[str], cause: BaseException):
-        super().__init__(f"{action}: the device could not accept the command "
-                         f"({type(cause).__name__})")
-        self.action = action
-        self.request_id = request_id
-
-    def result(self) -> Dict[str, Any]:
-        return result(self.action, False, error=str(self), request_id=self.request_id)

@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Tuple
 from urllib.parse import unquote, urlsplit
 
-from edge_classifier.comms.commands import CommandQueueError, handle_command
+from edge_classifier.comms.commands import error_result, handle_command
 from edge_classifier.comms.discovery import AVAILABLE, NOT_AVAILABLE
-from edge_classifier.comms.publisher import MqttError, Publisher, PublisherClosedError, StdoutPublisher
-from edge_classifier.errors import ConfigError
+from edge_classifier.comms.publisher import Publisher, StdoutPublisher
+from edge_classifier.errors import (BrokerUrlError, CommandQueueError, ConfigError, MqttError,
+                                     PublisherClosedError)
 
 __all__ = ["BrokerUrl", "BrokerUrlError", "MqttError", "MqttPublisher", "Publisher",
            "PublisherClosedError", "StdoutPublisher", "make_publisher", "parse_broker_url",
@@ -35,10 +36,6 @@ __all__ = ["BrokerUrl", "BrokerUrlError", "MqttError", "MqttPublisher", "Publish
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 STOP_TIMEOUT = 3.0  # seconds stop() waits for the broker to acknowledge "offline"
 _AUTH_HINT = " (check mqtt.username and the password, and the broker's users)"
-
-
-class BrokerUrlError(MqttError, ValueError):
-    """``mqtt.broker`` is not a valid ``mqtt://`` or ``mqtts://`` URL (messages hide secrets)."""
 
 
 @dataclass(frozen=True)
@@ -362,7 +359,7 @@ class MqttPublisher(Publisher):
                                     retained=message.retain)
         except CommandQueueError as exc:
             self._callback_failed("on_event", exc.__cause__ or exc)
-            answer = exc.result()
+            answer = error_result(exc)
         if answer is not None:
             if answer.get("error"):
                 self._log.warning("MQTT: rejected command on %r: %s", topic, answer["error"])

@@ -15,15 +15,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 from edge_classifier.core.clock import SYSTEM_CLOCK
 from edge_classifier.comms.discovery import AVAILABLE, NOT_AVAILABLE, DiscoveryTracker, Topics, to_json
-from edge_classifier.errors import EdgeClassifierError
-
-
-class MqttError(EdgeClassifierError):
-    """Publishing over MQTT failed or was misused."""
-
-
-class PublisherClosedError(MqttError, RuntimeError):
-    """The publisher was stopped and cannot be started again."""
+from edge_classifier.errors import EdgeClassifierError, MqttError, PublisherClosedError  # noqa: F401 (re-exported)
 
 
 class Publisher:

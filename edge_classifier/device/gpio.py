@@ -49,17 +49,13 @@ import threading
 from typing import Callable, Dict, Iterable, List, Optional
 
 from edge_classifier.core.clock import SYSTEM_CLOCK, Clock
-from edge_classifier.errors import EdgeClassifierError
+from edge_classifier.errors import EdgeClassifierError, GpioError
 from edge_classifier.comms.events import Capture, ClearClass, DeleteLast, Event
 from edge_classifier.core.names import UNKNOWN
 
 __all__ = ["ButtonPanel", "GpioError", "make_pin_factory"]
 
 _log = logging.getLogger(__name__)
-
-
-class GpioError(EdgeClassifierError, RuntimeError):
-    """A button or LED cannot be set up (pin in use, no pin factory, invalid pin)."""
 
 
 def make_pin_factory(name: str):

@@ -73,7 +73,7 @@ from __future__ import annotations
 
 from .auto import AutoHead, choose_head
 from .base import Head
-from .errors import (EmptyHeadError, HeadError, InvalidEmbeddingError, InvalidLabelError,
+from edge_classifier.errors import (EmptyHeadError, HeadError, InvalidEmbeddingError, InvalidLabelError,
                      InvalidParameterError, SampleNotFoundError, StateError, UnknownHeadError)
 from .kernel import KernelHead
 from .least_squares import LeastSquaresHead

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .base import STATE_FORMAT, Head, _positive
-from .errors import InvalidParameterError, StateError
+from edge_classifier.errors import InvalidParameterError, StateError
 from .kernel import KernelHead
 from .least_squares import LeastSquaresHead
 

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .calibration import fit_temperature, softmax
-from .errors import (EmptyHeadError, InvalidEmbeddingError, InvalidLabelError, InvalidParameterError,
+from edge_classifier.errors import (EmptyHeadError, InvalidEmbeddingError, InvalidLabelError, InvalidParameterError,
                      SampleNotFoundError, StateError)
 from . import neighbours as nb
 from .openset import fit_open_set, open_set_score

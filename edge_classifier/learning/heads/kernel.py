@@ -26,7 +26,7 @@ from typing import Any, Dict
 import numpy as np
 
 from .base import Head, _positive
-from .errors import InvalidParameterError
+from edge_classifier.errors import InvalidParameterError
 from .linalg import chol_inv, factor_append, factor_delete
 
 __all__ = ["KernelHead"]

@@ -18,7 +18,7 @@ from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from .errors import InvalidLabelError, InvalidParameterError
+from edge_classifier.errors import InvalidLabelError, InvalidParameterError
 
 __all__ = [
     "ClassReport",

@@ -21,7 +21,7 @@ from typing import Tuple
 import numpy as np
 
 from .calibration import best_f1_threshold, fit_platt, sigmoid
-from .errors import InvalidLabelError
+from edge_classifier.errors import InvalidLabelError
 from .kernel import KernelHead
 from .openset import fit_open_set
 from .preprocess import check_class_names

@@ -17,7 +17,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from .errors import InvalidEmbeddingError, InvalidLabelError
+from edge_classifier.errors import InvalidEmbeddingError, InvalidLabelError
 
 __all__ = ["as_embeddings", "as_labels", "check_class_names", "merge_views", "normalise"]
 

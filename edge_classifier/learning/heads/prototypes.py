@@ -16,7 +16,7 @@ from typing import Any, Dict
 import numpy as np
 
 from .base import Head
-from .errors import InvalidParameterError
+from edge_classifier.errors import InvalidParameterError
 
 __all__ = ["ImprintingHead", "KnnHead"]
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from .auto import AutoHead
 from .base import Head
-from .errors import InvalidParameterError, StateError, UnknownHeadError
+from edge_classifier.errors import InvalidParameterError, StateError, UnknownHeadError
 from .kernel import KernelHead
 from .least_squares import LeastSquaresHead
 from .multilabel import MultiLabelHead

@@ -23,7 +23,7 @@ from typing import Any, Dict, Tuple
 import numpy as np
 
 from .base import Head, _positive
-from .errors import InvalidParameterError
+from edge_classifier.errors import InvalidParameterError
 from .optim import lbfgs
 
 __all__ = ["SoftmaxHead"]
