@@ -74,6 +74,10 @@ class ClassNameError(StoreError, ValueError):
     """A class name is empty, too long, path-like or has control characters."""
 
 
+class ClassLimitError(StoreError, ValueError):
+    """The state already holds ``head.max_classes`` classes: a new class is refused."""
+
+
 class UnknownClassError(StoreError, KeyError):
     """No class of that name."""
 
@@ -161,6 +165,16 @@ class SourceClosedError(SourceError, ValueError):
 # --- buttons and LEDs ---------------------------------------------------------------------------
 class GpioError(EdgeClassifierError, RuntimeError):
     """A button or LED cannot be set up (pin in use, no pin factory, invalid pin)."""
+
+
+# --- the device ---------------------------------------------------------------------------------
+class DeviceError(EdgeClassifierError):
+    """The device cannot do what an event asked (nothing was changed)."""
+
+
+class EventError(DeviceError, ValueError):
+    """An event makes no sense now: no class given and none captured yet, no frame yet, a
+    class bound to a button in the config."""
 
 
 # --- transports and commands --------------------------------------------------------------------

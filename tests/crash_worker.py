@@ -13,7 +13,7 @@ import numpy as np
 from edge_classifier.learning.augment import Augmentation
 from edge_classifier.backbone.model import Backbone
 from edge_classifier.learning.learner import Learner
-from edge_classifier.learning.store import SampleStore
+from edge_classifier.learning.state import StateDir
 
 
 def main() -> None:
@@ -21,14 +21,14 @@ def main() -> None:
     base = np.load(embeddings)
     rng = np.random.default_rng(seed)
     backbone = Backbone.from_name(None, num_threads=1)
-    learner = Learner(backbone, SampleStore(state, backbone=backbone.identity),
+    learner = Learner(backbone, StateDir(state),
                       augmentation=Augmentation(flip=True))
     print("READY", flush=True)
     i = 0
     while True:
         name = f"class{i % 3}"
         views = base[i % len(base)] * (1 + 0.1 * rng.random(base.shape[1:]))
-        sid = learner.add_views(name, views.astype(np.float32))
+        _, sid = learner.add_views(name, views.astype(np.float32))
         print(f"ACK {name} {sid}", flush=True)
         if i % 4 == 3:
             learner.save()

@@ -27,7 +27,8 @@ from edge_classifier.config import HeadConfig
 from edge_classifier.errors import EndOfStream
 from edge_classifier.comms.events import Capture
 from edge_classifier.frames.images import load_image
-from edge_classifier.learning.learner import HEAD_ARRAYS, Learner
+from edge_classifier.learning.learner import Learner
+from edge_classifier.learning.state import HEAD_ARRAYS, StateDir
 from edge_classifier.learning.limits import redundant_order
 from edge_classifier.device.sdnotify import Notifier
 from edge_classifier.frames.sources import FrameSource
@@ -76,7 +77,8 @@ def test_kill_9_at_random_moments_loses_nothing_acknowledged(tmp_path, backbones
         assert not (deleted & present)
         assert store.problems == []  # no truncated or half-written sample
         assert not list(state.rglob(".tmp-*"))  # stray temporaries cleaned up
-        learner = Learner(backbone, store)
+        with StateDir(state) as owner:
+            learner = Learner(backbone, owner)
         assert learner.head is not None and learner.head.n_samples == len(store)
     assert len(acked) > 100  # the kills really happened mid-work
 
@@ -86,7 +88,7 @@ def test_device_starts_with_corrupt_head_sample_and_class_list(device_factory, t
                                                                caplog):
     device = device_factory(make_config())
     frame = device.source.read()
-    keep = [device.learner.capture("bird", frame) for _ in range(3)]
+    keep = [device.learner.capture("bird", frame).sample_id for _ in range(3)]
     device.learner.save()
     device.close()
     state = tmp_path / "state"

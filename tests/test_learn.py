@@ -11,7 +11,7 @@ from PIL import Image
 from edge_classifier import cli
 from edge_classifier.cli.learn import open_learner
 from edge_classifier.errors import DatasetError
-from edge_classifier.learning.learner import HEAD_ARRAYS, HEAD_META
+from edge_classifier.learning.state import HEAD_ARRAYS, HEAD_META, StateDir
 
 CLASSES = {"bird": ["bird.bmp", "parrot.jpg"], "cat": ["cat.bmp"], "food": ["hot_dog.jpg"]}
 
@@ -94,7 +94,10 @@ def test_predict_batch_with_a_bad_file(dataset, tmp_path, capsys):
 
 def test_predict_with_nothing_learned(tmp_path, capsys, sample):
     code, _, err = run(capsys, "predict", sample("cat.bmp"), "--state", tmp_path / "empty")
-    assert code == 1 and "no samples yet" in err
+    assert code == 1 and "is not a state directory" in err
+    assert not (tmp_path / "empty").exists()  # asking never creates one
+    (tmp_path / "taught").mkdir()
+    assert cli.main(["train", str(tmp_path / "none"), "--state", str(tmp_path / "taught")]) == 1
 
 
 def learner_for(state, head=None):
@@ -102,7 +105,8 @@ def learner_for(state, head=None):
         pass
     args = Args()
     args.state, args.threads, args.head = str(state), None, head
-    return open_learner(args)
+    with StateDir(state) as owner:
+        return open_learner(args, owner)
 
 
 def test_saved_head_is_reused_and_a_damaged_one_rebuilt(dataset, tmp_path, capsys, sample):

@@ -4,116 +4,30 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
-import signal
 import sys
 import tempfile
-from typing import Optional
 
-from edge_classifier.errors import ConfigError
+from edge_classifier.config import example_text, load_config
+from edge_classifier.device.demo import run_demo
+from edge_classifier.device.runner import (Overrides, load_run_config, run_device, setup_logging,
+                                           start_device)
 
-log = logging.getLogger("edge_classifier.cli.main")
-
-
-def setup_logging(verbose: bool = False) -> None:
-    level = logging.DEBUG if verbose else logging.INFO
-    fmt = "%(levelname)s %(name)s: %(message)s" if os.environ.get("INVOCATION_ID") \
-        else "%(asctime)s %(levelname)s %(name)s: %(message)s"  # journald adds its own time
-    logging.basicConfig(level=level, format=fmt, stream=sys.stderr)
-
-
-def apply_overrides(config, args):
-    """--state, --source, --broker and --model override the config file."""
-    from dataclasses import replace
-    if getattr(args, "state", None):
-        config = replace(config, state_dir=args.state)
-    if getattr(args, "model", None):
-        config = replace(config, model=replace(config.model, name=args.model))
-    if getattr(args, "source", None):
-        kind, _, path = args.source.partition(":")
-        if kind not in ("replay", "picamera2", "auto"):
-            raise ConfigError(f"--source: expected replay:PATH, picamera2 or auto, not "
-                              f"{args.source!r}")
-        if kind == "replay" and not path:
-            raise ConfigError("--source replay: needs a folder or image, e.g. replay:photos/")
-        config = replace(config, source=replace(config.source, kind=kind,
-                                                path=path or config.source.path))
-    if getattr(args, "broker", None):
-        from edge_classifier.comms.mqtt import parse_broker_url
-        parse_broker_url(args.broker)  # validate now, with a clear message
-        config = replace(config, mqtt=replace(config.mqtt, broker=args.broker))
-    return config
-
-
-def run_device(device, frames: Optional[int]) -> int:
-    """Run with SIGTERM/SIGINT mapped to a clean stop; restore the handlers after."""
-    previous = {}
-
-    def handler(signum, frame):
-        log.info("signal %s: stopping", signal.Signals(signum).name)
-        device.stop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
-            previous[sig] = signal.signal(sig, handler)
-        except ValueError:  # not the main thread
-            pass
-    try:
-        device.run(frames=frames)
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-        device.close()
-    return 0
-
-
-LAST_GOOD = "config.last-good.toml"
-
-
-def load_run_config(args):
-    """The config for ``run``. A config that cannot be read or is invalid is an error, unless
-    a copy of the last config this device started with is in the state directory: then that
-    one is used and the problem logged (a device in a shed keeps running after a bad edit).
-    Every config that starts the device is kept as that copy."""
-    from pathlib import Path
-
-    from edge_classifier.core import atomic
-    from edge_classifier.config import DEFAULT_PATH, load_config, parse_config
-    from edge_classifier.core.paths import default_state_dir
-    path = args.config or (DEFAULT_PATH if os.path.exists(DEFAULT_PATH) else None)
-    try:
-        config = load_config(path)
-        text = Path(path).read_text("utf-8") if path else None
-    except ConfigError as exc:
-        state = Path(args.state or default_state_dir()).expanduser()
-        backup = state / LAST_GOOD
-        if not backup.is_file():
-            raise
-        log.error("%s; using the last config that worked, %s", exc, backup)
-        config, text = parse_config(backup.read_text("utf-8"), str(backup)), None
-    config = apply_overrides(config, args)
-    if text is not None:
-        state = Path(config.state_dir or default_state_dir()).expanduser()
-        try:
-            state.mkdir(parents=True, exist_ok=True)
-            atomic.write_text(state / LAST_GOOD, text)
-        except OSError as exc:
-            log.warning("cannot keep a copy of the config in %s: %s", state, exc)
-    return config
+log = logging.getLogger("edge_classifier.cli")
 
 
 def cmd_run(args, err) -> int:
     setup_logging(args.verbose)
-    config = load_run_config(args)
-    from edge_classifier.device.loop import Device
-    device = Device(config)
+    overrides = Overrides(state=args.state or "", model=args.model or "",
+                          source=args.source or "", broker=args.broker or "")
+    config, text = load_run_config(args.config, overrides)
+    device = start_device(config)
     log.info("running: model %s, head %s, %d classes, state %s, publishing to %s",
-             device.backbone.name, config.head.name, len(device.store.classes), device.store.root,
-             "MQTT" if config.mqtt.broker else "standard output")
-    return run_device(device, args.frames)
+             device.backbone.name, device.learner.head_name, len(device.store.classes),
+             device.store.root, "MQTT" if config.mqtt.broker else "standard output")
+    return run_device(device, args.frames, keep_config=text)
 
 
 def cmd_config(args, err) -> int:
-    from edge_classifier.config import example_text, load_config
     if args.example:
         sys.stdout.write(example_text())
         return 0
@@ -124,7 +38,6 @@ def cmd_config(args, err) -> int:
 
 
 def cmd_demo(args, err) -> int:
-    from edge_classifier.device.demo import run_demo
     setup_logging(False)
     state = args.state
     if state:

@@ -1,4 +1,5 @@
-"""``edge-classifier train``, ``predict`` and ``eval``: on-device learning from the command line."""
+"""``edge-classifier train``, ``predict``, ``export`` and ``eval``: learning from the command
+line. Parsing and printing only: the state directory, the importer and the evaluation do the work."""
 
 from __future__ import annotations
 
@@ -6,139 +7,83 @@ import functools
 import json
 import os
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 import numpy as np
 
-from edge_classifier.errors import EdgeClassifierError, ImageError
+from edge_classifier.backbone.model import Backbone
+from edge_classifier.core.paths import default_state_dir
+from edge_classifier.datasets.evaluate import few_shot_eval, format_report, format_table, parse_shots
+from edge_classifier.datasets.importer import dataset_views, import_files, is_multilabel, load_dataset
+from edge_classifier.errors import EdgeClassifierError, ImageError, StoreError
+from edge_classifier.frames.images import load_image
+from edge_classifier.learning.augment import Augmentation
+from edge_classifier.learning.heads import HEAD_NAMES
+from edge_classifier.learning.learner import Learner, require_samples
+from edge_classifier.learning.state import StateDir
 
-IMPORTS = "imports.json"
+DEFAULT_MAX_SAMPLES = 500  # as head.max_samples_per_class
 
 
-def state_dir(args) -> Path:
-    from edge_classifier.core.paths import default_state_dir
+def state_root(args) -> Path:
     return Path(args.state).expanduser() if args.state else default_state_dir()
 
 
-def stored_model(root: Path) -> Optional[str]:
-    """The model a state directory's samples were embedded with, if any."""
-    try:
-        return json.loads((root / "store.json").read_text("utf-8"))["backbone"]["model"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+def open_state(args, write: bool) -> StateDir:
+    """The state directory of ``--state``; read-only users need it to exist already."""
+    root = state_root(args)
+    state = StateDir(root, write=write, command=f"edge-classifier {args.command}")
+    if not write and not state.exists():
+        raise StoreError(f"{root} is not a state directory (nothing was taught there); teach "
+                         f"it with 'edge-classifier train DATASET --state {root}', or name "
+                         "another with --state")
+    return state
 
 
-def open_learner(args, model: Optional[str] = None, load: bool = True):
-    from edge_classifier.learning.augment import Augmentation
-    from edge_classifier.backbone.model import Backbone
-    from edge_classifier.learning.learner import Learner
-    from edge_classifier.learning.store import SampleStore
-    root = state_dir(args)
-    name = model or stored_model(root)
-    head = getattr(args, "head", None) or saved_head_name(root) or "auto"
+def open_learner(args, state: StateDir, load: bool = True) -> Learner:
+    """A learner on ``state`` with the model and head the state was taught with, unless the
+    command line names others."""
+    name = getattr(args, "model", None) or state.model_name()
     backbone = Backbone.from_name(name, num_threads=args.threads,
                                   resize=getattr(args, "resize", None) or "crop")
-    store = SampleStore(root, backbone=backbone.identity)
     augmentation = Augmentation(flip=not getattr(args, "no_flip", False),
                                 crops=getattr(args, "crops", 0) or 0)
-    return Learner(backbone, store, head_name=head, augmentation=augmentation, load=load)
-
-
-def saved_head_name(root: Path) -> Optional[str]:
-    """The head a state directory was last trained with (e.g. multilabel), if any."""
-    try:
-        return json.loads((root / "head.json").read_text("utf-8"))["edge_classifier"]["head"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _load_dataset(path: str):
-    """(paths, label lists, class names) of a folder data set or a ``file,labels`` CSV."""
-    from edge_classifier.datasets.folders import read_csv, scan_folder
-    if os.path.isfile(path) and path.lower().endswith(".csv"):
-        data = read_csv(path)
-        return data.paths, data.label_sets, data.class_names
-    data = scan_folder(path)
-    return data.paths, [[data.class_names[i]] for i in data.labels], data.class_names
-
-
-def dataset_views(dataset: str, backbone, augmentation, progress: bool = False, err=None):
-    """(NxVxD views, N labels, class names, errors) of a single-label data set, cached."""
-    from edge_classifier.datasets.embedcache import embed_files
-    paths, label_sets, class_names = _load_dataset(dataset)
-    if any(len(s) != 1 for s in label_sets):
-        raise EdgeClassifierError(f"{dataset}: needs one label per file (a folder data set)")
-    y = np.array([class_names.index(s[0]) for s in label_sets])
-    views, ok, errors = embed_files(backbone, paths, augmentation, progress=progress,
-                                    on_error=err)
-    return views, y[ok], class_names, errors
+    return Learner(backbone, state, getattr(args, "head", None), augmentation, load=load)
 
 
 def cmd_train(args, err) -> int:
-    from edge_classifier.core import atomic
-    from edge_classifier.datasets.embedcache import embed_files
-    from edge_classifier.frames.images import load_image
-    paths, label_sets, class_names = _load_dataset(args.dataset)
-    if args.head is None:
-        multi = any(len(s) != 1 for s in label_sets)
-        args.head = "multilabel" if multi else (saved_head_name(state_dir(args)) or "auto")
-    learner = open_learner(args, args.model, load=False)
-    for p in learner.problems:
-        err(f"warning: {p}")
-    store = learner.store
-    imports_path = store.root / IMPORTS
-    try:
-        imported = json.loads(imports_path.read_text("utf-8"))
-    except (OSError, ValueError):
-        imported = {}
-    views, ok, errors = embed_files(learner.backbone, paths, learner.augmentation,
-                                    progress=not args.quiet, on_error=err)
-    for name in class_names:
-        store.add_class(name)
-    rows = iter(views)
-    added = skipped = 0
-    todo = [(p, labels, next(rows)) for p, labels, good in zip(paths, label_sets, ok) if good]
-    iterator = todo
-    if not args.quiet:
-        from tqdm import tqdm
-        iterator = tqdm(todo, desc="storing", unit="sample", disable=None, leave=False)
-    try:
-        for path, labels, sample_views in iterator:
-            key = os.path.abspath(path)
-            previous = imported.get(key)
-            if previous and all(previous["id"] in store.sample_ids(c) for c in labels
-                                if c in store.classes):
-                skipped += 1
-                continue
-            thumb = None
-            if not args.no_thumbnails:
-                try:
-                    thumb = load_image(path)
-                except ImageError:
-                    pass
-            sid = store.new_sample_id()
-            for label in labels:
-                store.add_sample(label, sample_views, thumb, sample_id=sid)
-            imported[key] = {"id": sid, "labels": labels}
-            added += 1
-    finally:
-        atomic.write_text(imports_path, json.dumps(imported))
-    learner.fit()
-    learner.save()
-    counts = ", ".join(f"{k} {v}" for k, v in store.counts().items())
-    head = learner.head
-    print(f"{added} samples added ({skipped} already imported) to {store.root}")
-    print(f"classes: {counts}")
-    if head is not None:
-        print(f"head: {getattr(head, 'name', learner.head_name)} fitted on "
-              f"{len(store)} samples in {learner.last_fit_ms:.0f} ms")
-    return 1 if errors else 0
+    paths, label_sets, class_names = load_dataset(args.dataset)
+    with open_state(args, write=True) as state:
+        if args.head is None and is_multilabel(label_sets):
+            args.head = "multilabel"
+        learner = open_learner(args, state, load=False)
+        for p in learner.problems:
+            err(f"warning: {p}")
+        limit = getattr(args, "max_samples_per_class", None) or DEFAULT_MAX_SAMPLES
+        report = import_files(learner, paths, label_sets, max_samples_per_class=limit,
+                              thumbnails=not args.no_thumbnails, progress=not args.quiet,
+                              on_error=err)
+        for name, count in report.over_limit.items():
+            err(f"warning: class {name!r} is full ({limit} samples): {count} files not imported; "
+                "raise the limit with --max-samples-per-class N (and head.max_samples_per_class "
+                "in the device's config)")
+        for name in report.classes_refused:
+            err(f"warning: class {name!r} not created: the state holds its most classes")
+        learner.fit()
+        learner.save()
+        store = learner.store
+        counts = ", ".join(f"{k} {v}" for k, v in store.counts().items())
+        print(f"{report.added} samples added ({report.skipped} already imported) to {store.root}")
+        print(f"classes: {counts}")
+        if learner.head is not None:
+            print(f"head: {learner.head_name} fitted on {len(store)} samples in "
+                  f"{learner.last_fit_ms:.0f} ms")
+    return 1 if report.failed else 0
 
 
 def cmd_predict(args, err) -> int:
-    from edge_classifier.frames.images import load_image
-    from edge_classifier.learning.learner import require_samples
-    learner = open_learner(args)
+    state = open_state(args, write=False)
+    learner = open_learner(args, state)
     for p in learner.problems:
         err(f"warning: {p}")
     require_samples(learner.store)
@@ -159,18 +104,14 @@ def cmd_predict(args, err) -> int:
             for name, score in sorted(p.scores.items(), key=lambda kv: -kv[1]):
                 print(f"  {score:6.1%}  {name}")
     if args.json:
-        print(json.dumps({"state": str(learner.store.root), "model": learner.backbone.name,
+        print(json.dumps({"state": str(state.root), "model": learner.backbone.name,
                           "head": learner.head_name, "results": results}, indent=2))
     return 1 if failed else 0
 
 
 def cmd_eval(args, err) -> int:
-    from edge_classifier.learning.augment import Augmentation
-    from edge_classifier.backbone.model import Backbone
-    from edge_classifier.datasets.evaluate import few_shot_eval, format_report, format_table, parse_shots
-    from edge_classifier.learning.heads import HEAD_NAMES
     try:
-        shots = parse_shots(args.shots)
+        shots = parse_shots(args.shots) if isinstance(args.shots, str) else args.shots
     except ValueError as exc:
         raise EdgeClassifierError(f"--shots: {exc}") from None
     heads: List[str] = list(HEAD_NAMES) if args.head == "all" else [args.head]
@@ -213,14 +154,20 @@ def cmd_eval(args, err) -> int:
 
 def cmd_export(args, err) -> int:
     """Copy every sample's thumbnail into OUT/<class>/ (a folder data set ``train`` reads)."""
-    from edge_classifier.learning.store import SampleStore
-    root = state_dir(args)
-    if not (root / "store.json").is_file():
-        raise EdgeClassifierError(f"{root} is not a state directory (no store.json)")
-    store = SampleStore(root)
-    copied = store.export_folders(args.out)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise EdgeClassifierError(f"{out}: exists and is not a folder; export into a new or "
+                                  "an existing folder")
+    state = open_state(args, write=False)
+    store = state.open_store()
+    for p in state.problems:
+        err(f"warning: {p}")
+    try:
+        copied = store.export_folders(out)
+    except OSError as exc:
+        raise EdgeClassifierError(f"{out}: cannot export there ({exc.strerror or exc})") from None
     missing = len(store) - copied
-    print(f"{copied} thumbnails of {len(store.classes)} classes exported to {args.out}"
+    print(f"{copied} thumbnails of {len(store.classes)} classes exported to {out}"
           + (f"; {missing} samples had no thumbnail" if missing else ""))
     return 0
 
@@ -240,6 +187,9 @@ def add_parsers(sub, backbone_opts, positive_int, err) -> None:
     p.add_argument("--crops", type=int, default=0, choices=range(0, 6),
                    help="zoomed-crop views per sample (0-5)")
     p.add_argument("--no-thumbnails", action="store_true", help="store no thumbnails")
+    p.add_argument("--max-samples-per-class", type=positive_int, default=None, metavar="N",
+                   help=f"import at most N samples into a class (default {DEFAULT_MAX_SAMPLES}, "
+                        "as head.max_samples_per_class)")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=functools.partial(cmd_train, err=err))
 

@@ -25,6 +25,7 @@ with :func:`result` once it has applied them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any, Callable, Dict, Optional
 
@@ -146,7 +147,8 @@ def _decode(action: str, payload: bytes, max_payload: int) -> Dict[str, Any]:
     return fields
 
 
-def parse_command(action: str, payload: bytes, max_payload: int) -> Event:
+def parse_command(action: str, payload: bytes, max_payload: int,
+                  origin: str = ORIGIN) -> Event:
     """Turn one command message into an event (origin ``"mqtt"``), or raise :class:`CommandError`.
 
     ``action`` is the last topic level; ``payload`` the raw message body. The error carries the
@@ -172,7 +174,8 @@ def parse_command(action: str, payload: bytes, max_payload: int) -> Event:
             allowed = ", ".join(f'"{k}"' for k in (*required, *optional, "id"))
             raise CommandError(f"{action}: unknown field {_show_key(extra[0])}; allowed: "
                                f"{allowed}", action)
-        return build(action, fields, rid)
+        event = build(action, fields, rid)
+        return event if origin == ORIGIN else dataclasses.replace(event, origin=origin)
     except CommandError as exc:
         exc.request_id = rid
         raise
@@ -180,19 +183,19 @@ def parse_command(action: str, payload: bytes, max_payload: int) -> Event:
 
 def handle_command(action: str, payload: bytes, max_payload: int,
                    on_event: Callable[[Event], Any],
-                   retained: bool = False) -> Optional[Dict[str, Any]]:
+                   retained: bool = False, origin: str = ORIGIN) -> Optional[Dict[str, Any]]:
     """Handle a message on ``<base>/cmd/<action>``; return the result to publish at once.
 
     None means nothing to answer now: the command was passed to ``on_event`` (the loop answers
     it), or the message is an answer on ``cmd/result``. A bad command, or a *retained* one (it
     would run again on every reconnect), gets a failed result. When ``on_event`` raises,
     :class:`CommandQueueError` is raised (the original exception as its ``__cause__``) for the
-    caller to log and answer with :meth:`CommandQueueError.result`.
+    caller to log and answer with :func:`error_result`. ``origin`` names the transport.
     """
     if action == RESULT_ACTION:
         return None
     try:
-        event = parse_command(action, payload, max_payload)
+        event = parse_command(action, payload, max_payload, origin)
         if retained:
             raise CommandError(f"{action}: retained commands are not run (they would run again "
                                f"on every reconnect); clear it with an empty retained message",
@@ -204,3 +207,24 @@ def handle_command(action: str, payload: bytes, max_payload: int,
     except Exception as exc:
         raise CommandQueueError(action, event.request_id, exc) from exc
     return None
+
+
+class CommandRouter:
+    """The one way commands reach the loop, whatever transport they came by::
+
+        router = CommandRouter(device.post, max_payload=4096)
+        answer = router.handle("mqtt", "capture", b'{"class": "apple"}')   # None: queued
+
+    The event carries the transport's name as its ``origin``, so the loop's answer goes back
+    to that transport only (:meth:`edge_classifier.comms.bus.Bus.answer`).
+    """
+
+    def __init__(self, post: Callable[[Event], Any], max_payload: int = 4096):
+        self.post = post
+        self.max_payload = max_payload
+
+    def handle(self, origin: str, action: str, payload: bytes,
+               retained: bool = False) -> Optional[Dict[str, Any]]:
+        """Parse and queue one command; the failed result to send at once, or None."""
+        return handle_command(action, payload, self.max_payload, self.post, retained=retained,
+                              origin=origin)

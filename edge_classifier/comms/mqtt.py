@@ -138,6 +138,8 @@ class MqttPublisher(Publisher):
     discovery payload, the current state and scores and the queue follow.
     """
 
+    name = "mqtt"
+
     def __init__(self, config, on_event: Callable[[Any], Any], clock=None,
                  log: Optional[logging.Logger] = None):
         super().__init__(config, clock=clock, log=log)
@@ -355,7 +357,7 @@ class MqttPublisher(Publisher):
             return
         try:
             answer = handle_command(topic[len(self.topics.command_prefix):], message.payload,
-                                    self.config.mqtt.max_payload, self._on_event,
+                                    self.config.mqtt.max_payload, self._on_event, origin=self.name,
                                     retained=message.retain)
         except CommandQueueError as exc:
             self._callback_failed("on_event", exc.__cause__ or exc)

@@ -234,6 +234,8 @@ class StdoutPublisher(Publisher):
     ``"encoding": "base64"``. Commands need a broker.
     """
 
+    name = "stdout"
+
     def __init__(self, config, clock=None, log=None, stream=None):
         super().__init__(config, clock=clock, log=log)
         self._stream = stream  # None: sys.stdout at the time of writing

@@ -16,9 +16,14 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from edge_classifier.backbone.fetch import fetch, installed_path
+from edge_classifier.backbone.manifest import load_manifest
 from edge_classifier.config import ClassConfig, Config, GpioConfig, MqttConfig, SmoothingConfig
 from edge_classifier.errors import EndOfStream
+from edge_classifier.frames.images import load_image
 from edge_classifier.frames.sources import FrameSource
+from edge_classifier.device.loop import Device
+from edge_classifier.device.runner import run_device
 
 log = logging.getLogger("edge_classifier.device.demo")
 
@@ -67,10 +72,6 @@ def demo_config(broker: Optional[str], threads: Optional[int]) -> Config:
 
 def run_demo(state_dir: str, mirror: Optional[str] = None, broker: Optional[str] = None,
              threads: Optional[int] = None) -> int:
-    from edge_classifier.device.loop import Device
-    from edge_classifier.backbone.fetch import fetch, installed_path
-    from edge_classifier.frames.images import load_image
-    from edge_classifier.backbone.manifest import load_manifest
     manifest = load_manifest()
     photos = sorted({p for _, _, ps in TEACH for p in ps} | set(SHOW))
     fetch([manifest.default_embedding_model] + photos, mirror=mirror)
@@ -112,7 +113,6 @@ def run_demo(state_dir: str, mirror: Optional[str] = None, broker: Optional[str]
             p = device.learner.predict(frame)
             shown.append((source.current, device.state, p.best or "-", p.confidence))
     device.step = step
-    from edge_classifier.cli.device import run_device
     run_device(device, None)
 
     print("\nedge-classifier demo: taught "

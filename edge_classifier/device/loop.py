@@ -1,5 +1,5 @@
 """The device: one capture/inference thread wiring frame source → backbone → head → smoother →
-publisher, with the sample store beside the head.
+the output bus, with the state directory beside the head.
 
 Buttons, the keyboard and MQTT commands only put events on :attr:`Device.events`; the loop
 applies them between frames, so a capture uses the next frame and the very next prediction
@@ -20,16 +20,27 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+from PIL import Image
 
+from edge_classifier.backbone.model import Backbone
 from edge_classifier.comms import events as ev
-from edge_classifier.learning.augment import Augmentation, embed_views
-from edge_classifier.core.clock import SYSTEM_CLOCK
+from edge_classifier.comms.bus import Bus
 from edge_classifier.comms.commands import result as command_result
+from edge_classifier.comms.mqtt import make_publisher
 from edge_classifier.config import Config
-from edge_classifier.errors import EdgeClassifierError, EndOfStream, StoreError
+from edge_classifier.core import blas
+from edge_classifier.core.clock import SYSTEM_CLOCK
+from edge_classifier.core.names import class_key
+from edge_classifier.core.paths import default_state_dir
+from edge_classifier.device.gpio import ButtonPanel, make_pin_factory
+from edge_classifier.device.keyboard import KeyboardControl
+from edge_classifier.device.sdnotify import Notifier, watchdog_interval
+from edge_classifier.errors import EdgeClassifierError, EndOfStream, EventError, StoreError
+from edge_classifier.frames.sources import make_source
+from edge_classifier.learning.augment import Augmentation
 from edge_classifier.learning.learner import Learner
-from edge_classifier.learning.limits import enforce_class_limit
-from edge_classifier.learning.store import SampleStore
+from edge_classifier.learning.smoothing import make_smoother
+from edge_classifier.learning.state import StateDir
 
 log = logging.getLogger("edge_classifier.device")
 HEAD_SAVE_INTERVAL = 30.0  # seconds between saves of a changed head (samples are saved at once)
@@ -41,6 +52,7 @@ class Counters:
     captures: int = 0
     capture_errors: int = 0
     dropped_captures: int = 0
+    dropped_samples: int = 0  # removed by the per-class limit
     events: int = 0
     event_errors: int = 0
     infer_ms: float = 0.0  # exponential average
@@ -64,6 +76,7 @@ class Device:
         self.last_prediction = None
         self._stop = threading.Event()
         self._pending: List[ev.Capture] = []
+        self._dropped_in_request = 0  # samples the class limit dropped for the pending capture
         self._last_captured: Optional[str] = None
         self._frame: Optional[np.ndarray] = None
         self._closers = []
@@ -77,27 +90,28 @@ class Device:
     # -- construction --------------------------------------------------------------------------
     def _build(self, backbone, source, publisher, pin_factory, notifier, keyboard_stream,
                default_paths, state_dir):
-        from edge_classifier.core import blas
-        from edge_classifier.backbone.model import Backbone
-        from edge_classifier.cli.learn import stored_model
         blas.set_threads(1)  # per-frame head maths must not steal the interpreter's cores
-        from edge_classifier.comms.mqtt import make_publisher
-        from edge_classifier.core.paths import default_state_dir
-        from edge_classifier.device.sdnotify import Notifier, watchdog_interval
-        from edge_classifier.learning.smoothing import make_smoother
-        from edge_classifier.frames.sources import make_source
         cfg = self.config
         root = Path(state_dir or cfg.state_dir or default_state_dir()).expanduser()
+        self.state_dir = StateDir(root, command="edge-classifier run")
+        self._closers.append(self.state_dir.close)
         if backbone is None:
-            backbone = Backbone.from_name(cfg.model.name or stored_model(root) or None,
+            backbone = Backbone.from_name(cfg.model.name or self.state_dir.model_name() or None,
                                           num_threads=cfg.model.threads or None,
                                           resize=cfg.model.resize)
         self.backbone = backbone
-        self.store = SampleStore(root, backbone=backbone.identity)
+        self.learner = Learner(
+            backbone, self.state_dir, cfg.head.name or None,
+            Augmentation(flip=cfg.head.flip, crops=cfg.head.crops),
+            max_classes=getattr(cfg.head, "max_classes", None),
+            max_samples_per_class=cfg.head.max_samples_per_class,
+            drop_policy=cfg.head.drop_policy)
+        self.store = self.learner.store
         for c in cfg.classes:
-            self.store.add_class(c.name)
-        self.learner = Learner(backbone, self.store, cfg.head.name,
-                               Augmentation(flip=cfg.head.flip, crops=cfg.head.crops))
+            try:
+                self.store.add_class(c.name)
+            except StoreError as exc:
+                self.learner.problems.append(f"class {c.name!r} of the config: {exc}")
         for problem in self.learner.problems:
             log.warning("%s", problem)
         self.smoother = make_smoother(cfg.smoothing)
@@ -105,19 +119,18 @@ class Device:
         self._closers.append(self.notifier.close)
         self.watchdog_every = watchdog_interval()
         self.publisher = publisher or make_publisher(cfg, self.post, clock=self.clock)
-        self._closers.append(self.publisher.close)
-        self.publisher.set_classes(self.store.classes)
+        self.bus = Bus([self.publisher])
+        self._closers.append(self.bus.close)
+        self.bus.set_classes(self.store.classes)
         self.panel = None
         if any(c.button is not None or c.led is not None for c in cfg.classes) or \
                 cfg.gpio.delete_button is not None or cfg.gpio.status_led is not None:
-            from edge_classifier.device.gpio import ButtonPanel, make_pin_factory
             factory = pin_factory or make_pin_factory(cfg.gpio.pin_factory)
             self.panel = ButtonPanel(cfg.classes, cfg.gpio, self.post, pin_factory=factory,
                                      clock=self.clock)
             self._closers.append(self.panel.close)
         self.keyboard = None
         if cfg.keyboard != "off":
-            from edge_classifier.device.keyboard import KeyboardControl
             kb = KeyboardControl(lambda: self.store.classes, self.post, stream=keyboard_stream)
             if kb.active or cfg.keyboard == "on":
                 self.keyboard = kb
@@ -140,10 +153,11 @@ class Device:
         self._stop.set()
 
     # -- the loop ------------------------------------------------------------------------------
-    def run(self, frames: Optional[int] = None) -> None:
+    def run(self, frames: Optional[int] = None, on_started=None) -> None:
         """Process frames until :meth:`stop`, a ``Stop`` event, ``frames`` frames, or the end of
-        a non-looping replay. Camera failures propagate (the caller exits non-zero)."""
-        self.publisher.start()
+        a non-looping replay. Camera failures propagate (the caller exits non-zero).
+        ``on_started()`` runs once, after the first frame was processed."""
+        self.bus.start()
         self.notifier.ready(status=f"classifying with {self.backbone.name}")
         last_ping = last_stats = last_save = self.clock.now()
         try:
@@ -156,12 +170,14 @@ class Device:
                 except EndOfStream:
                     break
                 self.step(frame)
+                if on_started is not None and self.counters.frames == 1:
+                    on_started()
                 now = self.clock.now()
                 if self.watchdog_every is None or now - last_ping >= self.watchdog_every:
                     self.notifier.watchdog()  # tied to frame progress: a hung camera stops it
                     last_ping = now
                 if now - last_stats >= self.config.mqtt.stats_interval:
-                    self.publisher.publish_stats(self.stats())
+                    self.bus.publish_stats(self.stats())
                     last_stats = now
                 if self.learner.dirty and now - last_save >= HEAD_SAVE_INTERVAL:
                     self._save_head()
@@ -193,21 +209,21 @@ class Device:
         state = self.smoother.update(prediction.label, prediction.confidence, prediction.scores)
         if state != self.state:
             self.state = state
-            self.publisher.publish_state(state)
+            self.bus.publish_state(state)
             if self.panel is not None:
                 self.panel.show_prediction(state)
-        self.publisher.publish_prediction(dict(
+        self.bus.publish_prediction(dict(
             prediction.as_dict(), state=state, timestamp=round(self.clock.wall(), 3),
             frame=c.frames, model=self.backbone.name, head=self.learner.head_name))
 
     def stats(self) -> dict:
-        c, p = self.counters, self.publisher.stats
+        c, p = self.counters, self.bus.stats
         return {"frames": c.frames, "fps": round(c.fps, 2), "inference_ms": round(c.infer_ms, 2),
                 "samples": self.store.counts(), "uptime": round(self.clock.now() - c.started, 1),
                 "reconnects": p.get("reconnects", 0), "dropped": p.get("dropped", 0),
                 "published": p.get("published", 0), "captures": c.captures,
                 "capture_errors": c.capture_errors, "dropped_captures": c.dropped_captures,
-                "event_errors": c.event_errors,
+                "event_errors": c.event_errors, "dropped_samples": c.dropped_samples,
                 "callback_errors": p.get("callback_errors", 0) + self._panel_errors(),
                 "state": self.state}
 
@@ -249,7 +265,8 @@ class Device:
         elif isinstance(event, (ev.DeleteLast, ev.ClearClass)):
             name = event.class_name or self._last_captured
             if name is None:
-                raise StoreError("no class given and nothing captured yet")
+                raise EventError("no class given and nothing captured yet")
+            name = store.resolve(name)
             if isinstance(event, ev.DeleteLast):
                 sid = store.delete_last(name)
                 self._changed()
@@ -259,29 +276,47 @@ class Device:
                 self._changed()
                 self._answer(event, True, **{"class": name, "deleted": count})
         elif isinstance(event, (ev.RenameClass, ev.DeleteClass)):
-            if event.class_name in {c.name for c in self.config.classes}:
-                raise StoreError(f"class {event.class_name!r} is bound to a button in the "
-                                 "config; change it there")
+            name = store.resolve(event.class_name)
+            if class_key(name) in {class_key(c.name) for c in self.config.classes}:
+                raise EventError(f"class {name!r} is bound to a button in the config; change "
+                                 "it there")
             if isinstance(event, ev.RenameClass):
-                store.rename_class(event.class_name, event.new_name)
+                new = store.rename_class(name, event.new_name)
+                self._retarget_pending(name, new)
+                self._changed()
+                self._answer(event, True, **{"class": name, "to": new})
             else:
-                store.delete_class(event.class_name)
-            self._changed()
-            self._answer(event, True, **{"class": event.class_name})
+                count = store.delete_class(name)
+                self._retarget_pending(name, None)
+                self._changed()
+                self._answer(event, True, **{"class": name, "deleted": count})
         elif isinstance(event, ev.Snapshot):
             if self._frame is None:
-                raise StoreError("no frame yet")
-            from PIL import Image
+                raise EventError("no frame yet")
             out = io.BytesIO()
             Image.fromarray(self._frame).save(out, "JPEG", quality=85)
-            self.publisher.publish_snapshot(out.getvalue())
+            self.bus.publish_snapshot(out.getvalue())
             self._answer(event, True, bytes=out.tell())
         else:
-            raise StoreError(f"unsupported event {type(event).__name__}")
+            raise EventError(f"unsupported event {type(event).__name__}")
+
+    def _retarget_pending(self, old: str, new: Optional[str]) -> None:
+        """Captures still to come for a renamed class follow it; for a deleted class they
+        are cancelled (answered), so a later frame never re-creates what was deleted."""
+        kept: List[ev.Capture] = []
+        for p in self._pending:
+            if class_key(p.class_name) != class_key(old):
+                kept.append(p)
+            elif new is not None:
+                kept.append(ev.Capture(origin=p.origin, request_id=p.request_id,
+                                       class_name=new, count=p.count))
+            else:
+                self._answer(p, False, f"cancelled: class {old!r} was deleted")
+        self._pending = kept
 
     def _capture(self, frame: np.ndarray) -> Optional[np.ndarray]:
-        """Apply the first pending capture to this frame; returns the frame's embedding if a
-        sample was stored (so the prediction need not embed it again), else None."""
+        """Apply the first pending capture to this frame; returns the frame's embedding if it
+        was embedded (so the prediction need not embed it again), else None."""
         event = self._pending[0]
         now = self.clock.now()
         name = event.class_name
@@ -294,45 +329,51 @@ class Device:
             self._pending.pop(0)
             self.counters.dropped_captures += 1
             return None
-        views = embed_views(self.backbone, frame, self.learner.augmentation)
         try:
-            sid = self.learner.add_views(name, views, frame)
-        except StoreError as exc:
+            done = self.learner.capture(name, frame)
+        except EdgeClassifierError as exc:  # store, class limit, head: the loop goes on
             self._pending.pop(0)
+            self._dropped_in_request = 0
             self.counters.capture_errors += 1
             log.error("capture for %r refused: %s", name, exc)
             self._answer(event, False, str(exc))
-            return views[0]
-        dropped = enforce_class_limit(self.learner, name, self.config.head)
+            return None
+        name = done.class_name
         self.counters.captures += 1
+        self.counters.dropped_samples += len(done.dropped)
         self.counters.last["capture:" + name] = now
         self._last_captured = name
+        if done.dropped:
+            self.smoother.reset()
         if self.panel is not None:
             self.panel.blink_capture(name)
         remaining = event.count - 1
+        self._dropped_in_request += len(done.dropped)
         if remaining > 0:
             self._pending[0] = ev.Capture(origin=event.origin, request_id=event.request_id,
                                           class_name=name, count=remaining)
-            return views[0]
+            return done.embedding
         self._pending.pop(0)
-        self.publisher.set_classes(self.store.classes)
-        self._answer(event, True, **{"class": name, "sample": sid, "dropped": dropped,
+        self.bus.set_classes(self.store.classes)
+        dropped, self._dropped_in_request = self._dropped_in_request, 0
+        self._answer(event, True, **{"class": name, "sample": done.sample_id,
+                                     "dropped": dropped,
                                      "samples": self.store.counts().get(name, 0)})
-        return views[0]
+        return done.embedding
 
     def _changed(self) -> None:
         self.learner.changed()
         self.smoother.reset()
-        self.publisher.set_classes(self.store.classes)
+        self.bus.set_classes(self.store.classes)
 
     def _answer(self, event: ev.Event, ok: bool, error: Optional[str] = None, **details) -> None:
-        if event.origin != "mqtt":
-            return
         action = {"Capture": "capture", "DeleteLast": "delete_last", "ClearClass": "clear_class",
                   "DeleteClass": "delete_class", "RenameClass": "rename_class",
                   "Snapshot": "snapshot", "Stop": "stop"}.get(type(event).__name__, "?")
-        self.publisher.publish_result(command_result(action, ok, error if not ok else None,
-                                                     event.request_id, **details))
+        answer = command_result(action, ok, error if not ok else None, event.request_id,
+                                **details)
+        if not self.bus.answer(event, answer) and not ok:
+            log.info("%s from %s: %s", action, event.origin, error)
 
     # -- shutdown ------------------------------------------------------------------------------
     def _save_head(self) -> None:
@@ -349,10 +390,7 @@ class Device:
         self.notifier.stopping()
         if self.learner.dirty:
             self._save_head()
-        try:
-            self.publisher.stop()
-        except Exception:  # noqa: BLE001 - never fail a shutdown on the network
-            log.exception("publisher stop failed")
+        self.bus.stop()  # never raises: a transport's failure is logged
 
     def close(self) -> None:
         for closer in reversed(self._closers):

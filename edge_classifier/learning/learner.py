@@ -1,37 +1,40 @@
-"""The learner: backbone, sample store and head wired together.
+"""The learner: backbone, state directory and head wired together.
 
 It is what ``train`` and ``predict`` use, and what the device loop calls on every frame and
 every capture::
 
-    learner = Learner(backbone, SampleStore(state_dir, backbone.identity))
-    learner.capture("apple", frame)      # stored durably, head updated at once
-    p = learner.predict(frame)           # Prediction(label="apple", confidence=0.97, ...)
+    with StateDir(state_dir, command="edge-classifier run") as state:
+        learner = Learner(backbone, state)
+        learner.capture("apple", frame)      # stored durably, head updated at once
+        p = learner.predict(frame)           # Prediction(label="apple", confidence=0.97, ...)
 
-The head is saved as ``head.npz`` (arrays) + ``head.json`` (metadata: head name, classes, the
-backbone's identity and the samples' fingerprint). A head file that is missing, corrupt, from
-another backbone or older than the samples is rebuilt from the samples, and ``problems`` says why.
+The head is saved through the state (``head.npz`` + ``head.json``: head name, classes, the
+backbone's identity and the samples' fingerprint). A head that is missing, corrupt, from
+another backbone or older than the samples is rebuilt from the samples, and ``problems`` says
+why. Which head a state uses is the state's own answer (``train --head multilabel`` stays
+multi-label under ``run``) unless the caller names one.
 """
 
 from __future__ import annotations
 
-import io
-import json
+import logging
 import time
-import zipfile
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 import numpy as np
 
-from edge_classifier.core import atomic, blas
-from edge_classifier.learning.augment import Augmentation, embed_views
-from edge_classifier.errors import HeadLoadError, StoreError
-from edge_classifier.learning.heads import load_head, make_head
+from edge_classifier.core import blas
 from edge_classifier.core.names import UNKNOWN
-from edge_classifier.learning.store import SampleStore, storage_errors
+from edge_classifier.errors import HeadError, HeadLoadError, StoreError
+from edge_classifier.learning.augment import Augmentation, embed_views
+from edge_classifier.learning.heads import load_head, make_head
+from edge_classifier.learning.limits import over_limit
+from edge_classifier.learning.state import StateDir
 
-HEAD_ARRAYS = "head.npz"
-HEAD_META = "head.json"
+log = logging.getLogger(__name__)
+DEFAULT_HEAD = "auto"
+MULTILABEL = "multilabel"
 
 
 @dataclass(frozen=True)
@@ -42,28 +45,62 @@ class Prediction:
     unknown: bool  # True when the open-set test rejected the frame
     best: Optional[str] = None  # the most likely class even when rejected
     embedding: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
+    unknown_score: Optional[float] = None  # higher: farther from everything taught
+    unknown_threshold: Optional[float] = None  # unknown when the score is above it
 
     def as_dict(self) -> dict:
-        return {"label": self.label, "confidence": round(self.confidence, 4),
-                "scores": {k: round(v, 4) for k, v in self.scores.items()},
-                "unknown": self.unknown}
+        d = {"label": self.label, "confidence": round(self.confidence, 4),
+             "scores": {k: round(v, 4) for k, v in self.scores.items()},
+             "unknown": self.unknown, "closest": self.best}
+        if self.unknown_score is not None:
+            d["unknown_score"] = round(self.unknown_score, 4)
+            d["unknown_threshold"] = round(float(self.unknown_threshold), 4)
+        return d
 
 
 NO_CLASSES = Prediction(UNKNOWN, 0.0, {}, True)
 
 
-class Learner:
-    """Learns from captured frames and predicts on new ones; see the module docstring."""
+@dataclass(frozen=True)
+class Captured:
+    """What one capture did: the new sample's id, the frame's embedding (so the caller need
+    not embed the frame again), and the ids the class limit dropped to make room."""
 
-    def __init__(self, backbone, store: SampleStore, head_name: str = "auto",
-                 augmentation: Augmentation = Augmentation(), load: bool = True):
+    class_name: str
+    sample_id: str
+    embedding: np.ndarray = field(repr=False)
+    dropped: List[str] = field(default_factory=list)
+
+
+class Learner:
+    """Learns from captured frames and predicts on new ones; see the module docstring.
+
+    :param head_name: None (the state's head, else ``auto``) or a head name.
+    :param max_samples_per_class: a class over it drops samples by ``drop_policy``.
+    """
+
+    def __init__(self, backbone, state: StateDir, head_name: Optional[str] = None,
+                 augmentation: Augmentation = Augmentation(), load: bool = True, *,
+                 max_classes: Optional[int] = None, max_samples_per_class: Optional[int] = None,
+                 drop_policy: str = "oldest", thumbnail_size: int = 224):
         self.backbone = backbone
-        self.store = store
-        self.head_name = head_name
+        self.state = state
+        stored_head = state.head_name()
+        chosen = head_name or stored_head or DEFAULT_HEAD
+        if stored_head == MULTILABEL and chosen != MULTILABEL:
+            raise StoreError(f"{state.root} was taught multi-label (train on a CSV); use head "
+                             f"'{MULTILABEL}' with it (or leave head.name empty), or another state")
+        make_head(chosen)  # an unknown name fails here, before anything is written
+        self.store = state.open_store(backbone.identity, thumbnail_size=thumbnail_size,
+                                      max_classes=max_classes,
+                                      head=chosen if state.write else None)
+        self.head_name = chosen
         self.augmentation = augmentation
+        self.max_samples_per_class = max_samples_per_class
+        self.drop_policy = drop_policy
         self.head = None
-        self.multilabel = head_name == "multilabel"
-        self.problems: List[str] = list(store.problems)
+        self.multilabel = chosen == MULTILABEL
+        self.problems: List[str] = list(state.problems)
         self.last_fit_ms = 0.0
         self._dirty = False
         if load:
@@ -89,45 +126,46 @@ class Learner:
         self._dirty = True
 
     def load_or_fit(self) -> None:
-        """Use the saved head if it matches the samples, else fit a new one."""
+        """Use the saved head if it matches the samples, else fit a new one. A head that
+        cannot be saved (a full or read-only disk) is used all the same, and said so."""
         try:
             head = self.load_saved_head()
         except HeadLoadError as exc:
             self.problems.append(f"{exc}; rebuilding the head from the samples")
             head = None
-        if head is None:
-            self.fit()
-            if self.head is not None:
-                self.save()
-        else:
+        if head is not None:
             self.head = head
+            return
+        self.fit()
+        if self.head is not None and self.state.write:
+            try:
+                self.save()
+            except StoreError as exc:
+                self.problems.append(f"{exc}; the head is refitted from the samples at every "
+                                     "start until it can be saved")
 
     def load_saved_head(self):
         """The saved head, None if there is none or it is stale; HeadLoadError if unusable."""
-        root = self.store.root
-        meta_path, arrays_path = root / HEAD_META, root / HEAD_ARRAYS
-        if not meta_path.exists():
+        files = self.state.load_head_files()
+        if files is None:
             return None
-        try:
-            meta = json.loads(meta_path.read_text("utf-8"))
-            with np.load(arrays_path, allow_pickle=False) as data:
-                arrays = {k: data[k] for k in data.files}
-            ours = meta["edge_classifier"]
-        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
-            raise HeadLoadError(f"{arrays_path}: head file is corrupt or incomplete ({exc})") from None
-        backbone = ours.get("backbone", {})
-        if backbone.get("sha256") != self.backbone.identity["sha256"]:
-            raise HeadLoadError(f"{arrays_path}: head was trained on {backbone.get('model')}, "
+        arrays, meta = files
+        ours = meta["edge_classifier"]
+        backbone = ours.get("backbone") or {}
+        if not isinstance(backbone, dict) or backbone.get("sha256") != self.backbone.identity["sha256"]:
+            raise HeadLoadError(f"{self.state.root}: the saved head was trained on "
+                                f"{backbone.get('model') if isinstance(backbone, dict) else '?'}, "
                                 f"not {self.backbone.name}")
         if ours.get("fingerprint") != self.store.fingerprint() or ours.get("head") != self.head_name:
             return None  # samples changed since it was saved: refit
         try:
             return load_head(arrays, meta["head_meta"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise HeadLoadError(f"{arrays_path}: head cannot be loaded ({exc})") from None
+        except (HeadError, ValueError, KeyError, TypeError) as exc:
+            raise HeadLoadError(f"{self.state.root}: the saved head cannot be loaded "
+                                f"({exc})") from None
 
     def save(self) -> None:
-        """Write the head atomically (arrays first, then the metadata that names them)."""
+        """Write the head through the state (atomically)."""
         if self.head is None:
             return
         arrays, head_meta = self.head.to_state()
@@ -135,11 +173,7 @@ class Learner:
                 "edge_classifier": {"head": self.head_name, "backbone": self.backbone.identity,
                                     "fingerprint": self.store.fingerprint(),
                                     "augmentation": self.augmentation.key()}}
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)
-        with storage_errors("the head"):
-            atomic.write_bytes(self.store.root / HEAD_ARRAYS, buf.getvalue())
-            atomic.write_text(self.store.root / HEAD_META, json.dumps(meta))
+        self.state.save_head(arrays, meta)
         self._dirty = False
 
     @property
@@ -148,46 +182,61 @@ class Learner:
         return self._dirty
 
     # -- learning from frames ------------------------------------------------------------------
-    def capture(self, class_name: str, rgb: np.ndarray) -> str:
-        """Store a sample of ``class_name`` from a frame and update the head; returns its id.
+    def capture(self, class_name: str, rgb: np.ndarray) -> Captured:
+        """Store a sample of ``class_name`` from a frame and update the head.
 
-        The sample is on disk before this returns; if storing fails nothing changes.
+        The sample is on disk before this returns; if storing fails nothing changes. A class
+        over ``max_samples_per_class`` then drops samples (their ids are in the result).
         """
         views = embed_views(self.backbone, rgb, self.augmentation)
-        return self.add_views(class_name, views, rgb)
+        name, sample_id = self.add_views(class_name, views, rgb)
+        dropped: List[str] = []
+        if self.max_samples_per_class is not None:
+            dropped = over_limit(self.store, name, self.max_samples_per_class, self.drop_policy)
+            if dropped:
+                for sid in dropped:
+                    self.store.remove_sample(name, sid)
+                log.warning("class %r is over head.max_samples_per_class (%d): dropped %d "
+                            "samples (%s)", name, self.max_samples_per_class, len(dropped),
+                            self.drop_policy)
+                self.changed()
+        return Captured(name, sample_id, views[0], dropped)
 
     def add_views(self, class_name: str, views: np.ndarray,
-                  thumbnail: Optional[np.ndarray] = None) -> str:
-        sample_id = self.store.add_sample(class_name, views, thumbnail)
+                  thumbnail: Optional[np.ndarray] = None):
+        """Store embedded views as a sample and update the head; (class name as stored,
+        sample id)."""
+        name = self.store.add_class(class_name)
+        sample_id = self.store.add_sample(name, views, thumbnail)
         head = self.head
         if head is not None and not self.multilabel and \
                 list(head.classes) == self.store.classes[:len(head.classes)]:
             t0 = time.perf_counter()
-            if class_name not in head.classes:
-                head.add_class(class_name)
-            head.add(views[0], list(head.classes).index(class_name),
+            if name not in head.classes:
+                head.add_class(name)
+            head.add(views[0], list(head.classes).index(name),
                      views=views[1:] if len(views) > 1 else None)
             self.last_fit_ms = (time.perf_counter() - t0) * 1000
             self._dirty = True
         else:
             self.fit()
-        return sample_id
+        return name, sample_id
 
     def changed(self) -> None:
         """Call after deleting, clearing, renaming samples or classes in the store."""
         self.fit()
-        if self.head is None:
-            for name in (HEAD_ARRAYS, HEAD_META):
-                (self.store.root / name).unlink(missing_ok=True)
+        if self.head is None and self.state.write:
+            self.state.remove_head()
 
     # -- predicting ----------------------------------------------------------------------------
     def predict_embedding(self, embedding: np.ndarray) -> Prediction:
         if self.head is None:
             return NO_CLASSES
-        labels, proba = self.head.predict(embedding[None])
+        head = self.head
+        labels, proba = head.predict(embedding[None])
         p = proba[0]
         best = int(np.argmax(p))
-        names = list(self.head.classes)
+        names = list(head.classes)
         scores = {n: float(v) for n, v in zip(names, p)}
         if self.multilabel:  # every class above its threshold; none: unknown
             active = [n for n, on in zip(names, labels[0]) if on]
@@ -202,7 +251,7 @@ class Learner:
         return self.predict_embedding(self.backbone.embed(rgb))
 
 
-def require_samples(store: SampleStore) -> None:
+def require_samples(store) -> None:
     if len(store) == 0:
         raise StoreError(f"{store.root} holds no samples yet; teach it first "
                          "('edge-classifier train DIR' or capture with the buttons)")

@@ -34,21 +34,15 @@ def redundant_order(frames: np.ndarray, drop: int) -> List[int]:
     return out
 
 
-def enforce_class_limit(learner, name: str, head_config) -> int:
-    """Drop samples of class ``name`` if it is over the limit; returns how many were dropped."""
-    store = learner.store
+def over_limit(store, name: str, limit: int, policy: str = "oldest") -> List[str]:
+    """Ids of the samples of class ``name`` to drop so it holds 90 % of ``limit`` again
+    (none while it is within the limit), chosen by ``policy``: ``oldest`` or ``redundant``."""
     ids = store.sample_ids(name)
-    limit = head_config.max_samples_per_class
     if len(ids) <= limit:
-        return 0
+        return []
     keep = max(1, int(limit * REFILL_FRACTION))
     drop = len(ids) - keep
-    if head_config.drop_policy == "redundant":
+    if policy == "redundant":
         frames = np.stack([store.views(name, sid)[0] for sid in ids])
-        victims = [ids[i] for i in redundant_order(frames, drop)]
-    else:
-        victims = ids[:drop]
-    for sid in victims:
-        store.remove_sample(name, sid)
-    learner.changed()
-    return drop
+        return [ids[i] for i in redundant_order(frames, drop)]
+    return ids[:drop]

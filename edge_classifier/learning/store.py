@@ -20,10 +20,13 @@ classes are removed, and unreadable samples are skipped and reported in ``proble
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import hashlib
 import io
 import json
 import os
+import re
 import secrets
 import shutil
 import time
@@ -35,13 +38,15 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import numpy as np
 
 from edge_classifier.core import atomic
-from edge_classifier.errors import (ReadOnlyStoreError, StorageFullError, StoreError, UnknownClassError)
-from edge_classifier.core.names import validate_class_name
+from edge_classifier.errors import (ClassLimitError, ReadOnlyStoreError, StorageFullError, StoreError,
+                                     UnknownClassError)
+from edge_classifier.core.names import class_key, validate_class_name
 
 FORMAT = 1
 META = "store.json"
 SAMPLES = "samples"
 TRASH_PREFIX = ".trash-"
+_FOLDER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
 @contextmanager
@@ -68,24 +73,52 @@ def _new_id(after: str) -> str:
     return f"{now:016x}{secrets.token_hex(2)}"
 
 
+def read_meta(root: Path) -> Optional[dict]:
+    """``store.json`` of a state directory as a dict, or None if missing or unreadable."""
+    try:
+        meta = json.loads((Path(root) / META).read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def _safe_folder(name: object) -> bool:
+    """A class folder name is one plain path component of our own making: nothing that
+    ``store.json`` says can lead outside ``samples/``."""
+    return isinstance(name, str) and _FOLDER.fullmatch(name) is not None
+
+
 class SampleStore:
     """Per-class embeddings and thumbnails in a state directory (created if missing).
 
     :param backbone: the backbone's ``identity``; opening a store filled by another backbone
         raises :class:`StoreError` (its embeddings would be meaningless).
     :param thumbnail_size: short side of stored thumbnails in pixels (0: no thumbnails).
+    :param readonly: read what is there; create, clean up and write nothing.
+    :param max_classes: most classes the store may hold (None: no limit).
+    :param head: the head name the state is taught with, remembered in ``store.json``.
+
+    Nothing on disk is deleted because ``store.json`` does not mention it: a class folder
+    missing from the list (or a lost or unreadable list) is adopted back from the ``name`` file
+    each folder keeps, and ``problems`` says what was found. Only explicit deletions (delete a
+    sample, clear or delete a class) remove samples.
     """
 
     def __init__(self, root: "os.PathLike[str] | str", backbone: Optional[dict] = None,
-                 thumbnail_size: int = 224):
+                 thumbnail_size: int = 224, *, readonly: bool = False,
+                 max_classes: Optional[int] = None, head: Optional[str] = None):
         self.root = Path(root)
         self.thumbnail_size = thumbnail_size
+        self.readonly = readonly
+        self.max_classes = max_classes
         self.problems: List[str] = []
-        with storage_errors("the state directory"):
-            (self.root / SAMPLES).mkdir(parents=True, exist_ok=True)
+        self.backbone = backbone
+        self.head = head
         self._classes: "OrderedDict[str, str]" = OrderedDict()  # name -> directory
         self._samples: Dict[str, "OrderedDict[str, np.ndarray]"] = {}
-        self.backbone = backbone
+        if not readonly:
+            with storage_errors("the state directory"):
+                (self.root / SAMPLES).mkdir(parents=True, exist_ok=True)
         self._load_meta(backbone)
         self._load_samples()
         self._latest = max((max(s) for s in self._samples.values() if s), default="")
@@ -93,21 +126,45 @@ class SampleStore:
     # -- opening -------------------------------------------------------------------------------
     def _load_meta(self, backbone: Optional[dict]) -> None:
         path = self.root / META
-        if not path.exists():
-            self._write_meta()
-            return
-        try:
-            meta = json.loads(path.read_text("utf-8"))
-            classes = meta["classes"]
-            stored = meta.get("backbone")
-            for c in classes:
-                self._classes[validate_class_name(c["name"])] = str(c["dir"])
-        except (ValueError, KeyError, TypeError, OSError) as exc:
-            self.problems.append(f"{path}: unreadable ({exc}); classes rebuilt from folders")
-            self._classes = OrderedDict()
-            stored = None
-            self._recover_classes()
+        stored, dirty = None, False
+        meta = read_meta(self.root)
+        if meta is None:
+            if path.exists() or (self.root / SAMPLES).is_dir():
+                why = "unreadable" if path.exists() else "missing"
+                self.problems.append(f"{path}: {why}; rebuilding the class list from the class "
+                                     "folders")
+            dirty = True
+        else:
+            stored = meta.get("backbone") if isinstance(meta.get("backbone"), dict) else None
+            if self.head is None and isinstance(meta.get("head"), str):
+                self.head = meta["head"]
+            classes = meta.get("classes")
+            for c in classes if isinstance(classes, list) else []:
+                try:
+                    name, folder = validate_class_name(c["name"]), c["dir"]
+                except (ValueError, KeyError, TypeError):
+                    self.problems.append(f"{path}: a class entry is unreadable ({str(c)[:80]}); "
+                                         "ignored")
+                    dirty = True
+                    continue
+                if not _safe_folder(folder) or folder in self._classes.values():
+                    self.problems.append(f"{path}: class {name!r} names folder {str(folder)[:80]!r}, "
+                                         "which is not a folder of this state; ignored")
+                    dirty = True
+                    continue
+                if self._find(name) is not None:
+                    self.problems.append(f"{path}: class {name!r} is listed twice; ignored")
+                    dirty = True
+                    continue
+                self._classes[name] = folder
+        dirty |= self._adopt_folders()
         if backbone and stored and stored.get("sha256") != backbone.get("sha256"):
+            if stored.get("model") == backbone.get("model"):
+                raise StoreError(
+                    f"{self.root} holds samples embedded with another copy of {stored.get('model')} "
+                    f"(SHA-256 {str(stored.get('sha256'))[:12]}…, the installed file is "
+                    f"{str(backbone.get('sha256'))[:12]}…); restore that model file, or use "
+                    "another --state")
             raise StoreError(
                 f"{self.root} holds samples embedded with {stored.get('model')}, not "
                 f"{backbone.get('model')}; use --model {stored.get('model')} or another --state")
@@ -115,34 +172,74 @@ class SampleStore:
             raise StoreError(f"{self.root} holds samples preprocessed with resize="
                              f"{stored.get('resize')}, not {backbone.get('resize')}")
         if backbone and not stored:
-            self._write_meta()
+            dirty = True
+        if meta is not None and self.head is not None and meta.get("head") != self.head:
+            dirty = True
+        if dirty and not self.readonly:
+            try:
+                self._write_meta()
+            except StoreError as exc:
+                self.problems.append(f"{exc}; the state is read-only until that is fixed")
 
-    def _recover_classes(self) -> None:
-        """After losing store.json: each class folder keeps a ``name`` file."""
-        for folder in sorted((self.root / SAMPLES).iterdir()):
-            name_file = folder / "name"
-            if folder.is_dir() and name_file.is_file():
-                try:
-                    self._classes[validate_class_name(name_file.read_text("utf-8"))] = folder.name
-                except (ValueError, OSError):
-                    continue
-        self._write_meta()
+    def _adopt_folders(self) -> bool:
+        """Class folders that the list does not mention come back (their ``name`` file says
+        which class they are); returns True if any did."""
+        samples_dir = self.root / SAMPLES
+        if not samples_dir.is_dir():
+            return False
+        adopted = False
+        known = set(self._classes.values())
+        for folder in sorted(samples_dir.iterdir()):
+            if folder.name in known or not _safe_folder(folder.name) or folder.is_symlink() \
+                    or not folder.is_dir():
+                continue
+            try:
+                name = validate_class_name((folder / "name").read_text("utf-8"))
+            except (ValueError, OSError) as exc:
+                self.problems.append(f"{folder}: a class folder without a readable name file "
+                                     f"({exc}); left as it is")
+                continue
+            if self._find(name) is not None:
+                self.problems.append(f"{folder}: another folder already holds class {name!r}; "
+                                     "left as it is")
+                continue
+            self._classes[name] = folder.name
+            count = len(list(folder.glob("*.npy")))
+            self.problems.append(f"{folder}: class {name!r} ({count} samples) was not in the "
+                                 "class list; adopted")
+            adopted = True
+        return adopted
 
     def _load_samples(self) -> None:
         samples_dir = self.root / SAMPLES
-        known = set(self._classes.values())
-        for entry in samples_dir.iterdir():  # folders of deleted classes, leftovers of clears
-            if entry.is_dir() and entry.name not in known:
-                shutil.rmtree(entry, ignore_errors=True)
-        atomic.remove_stale_temps(samples_dir)
-        atomic.remove_stale_temps(self.root)  # a crash while saving the class list or the head
+        if not self.readonly and samples_dir.is_dir():
+            for entry in samples_dir.iterdir():  # explicit deletions a crash interrupted
+                if entry.name.startswith(TRASH_PREFIX) and entry.is_dir() and \
+                        not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+            atomic.remove_stale_temps(samples_dir)
+            atomic.remove_stale_temps(self.root)  # a crash while saving the class list or head
         dim = self.backbone.get("embedding_dim") if self.backbone else None
         for name, folder in self._classes.items():
             path = samples_dir / folder
-            path.mkdir(exist_ok=True)
-            atomic.remove_stale_temps(path)
             loaded: "OrderedDict[str, np.ndarray]" = OrderedDict()
+            self._samples[name] = loaded
+            if path.is_symlink():
+                self.problems.append(f"{path}: a symbolic link, not a class folder; class "
+                                     f"{name!r} is read as empty")
+                continue
+            if not path.is_dir():
+                if not self.readonly:
+                    with contextlib.suppress(OSError):
+                        path.mkdir(parents=True)
+                        atomic.write_text(path / "name", name)
+                continue
+            if not self.readonly:
+                atomic.remove_stale_temps(path)
             for npy in sorted(path.glob("*.npy")):
+                if npy.is_symlink():
+                    self.problems.append(f"{npy}: a symbolic link; skipped")
+                    continue
                 try:
                     views = np.load(npy, allow_pickle=False)
                     if views.ndim != 2 or not np.isfinite(views).all():
@@ -155,16 +252,42 @@ class SampleStore:
                     self.problems.append(f"{npy}: unreadable sample skipped ({exc})")
                     continue
                 loaded[npy.stem] = views.astype(np.float32, copy=False)
-            for jpg in path.glob("*.jpg"):  # a thumbnail whose sample never landed
-                if jpg.stem not in loaded and not (path / f"{jpg.stem}.npy").exists():
-                    jpg.unlink(missing_ok=True)
-            self._samples[name] = loaded
+            if not self.readonly:
+                for jpg in path.glob("*.jpg"):  # the thumbnail of a capture that never landed
+                    if jpg.stem not in loaded and not (path / f"{jpg.stem}.npy").exists():
+                        jpg.unlink(missing_ok=True)
 
     def _write_meta(self) -> None:
-        meta = {"format": FORMAT, "backbone": self.backbone,
+        self._require_writable("the class list")
+        meta = {"format": FORMAT, "backbone": self.backbone, "head": self.head,
                 "classes": [{"name": n, "dir": d} for n, d in self._classes.items()]}
         with storage_errors("the class list"):
-            atomic.write_text(self.root / META, json.dumps(meta, indent=1))
+            atomic.write_text(self.root / META, json.dumps(meta, indent=1, ensure_ascii=False))
+
+    def _require_writable(self, what: str) -> None:
+        if self.readonly:
+            raise ReadOnlyStoreError(f"{self.root} is open read-only: {what} was not stored")
+
+    def _find(self, name: str) -> Optional[str]:
+        """The stored class that ``name`` means (case and Unicode form ignored), if any."""
+        if name in self._classes:
+            return name
+        key = class_key(name)
+        return next((n for n in self._classes if class_key(n) == key), None)
+
+    def resolve(self, name: str) -> str:
+        """The stored spelling of class ``name`` (``apple`` -> ``Apple``); UnknownClassError."""
+        found = self._find(validate_class_name(name))
+        if found is None:
+            raise UnknownClassError(f"no class {name!r}; classes: "
+                                    f"{', '.join(self._classes) or 'none'}")
+        return found
+
+    def set_head(self, name: str) -> None:
+        """Remember which head this state is taught with (``train --head multilabel``)."""
+        if name != self.head:
+            self.head = name
+            self._write_meta()
 
     # -- reading -------------------------------------------------------------------------------
     @property
@@ -188,10 +311,11 @@ class SampleStore:
             raise UnknownClassError(f"class {name!r} has no sample {sample_id!r}") from None
 
     def _get(self, name: str) -> "OrderedDict[str, np.ndarray]":
-        try:
-            return self._samples[name]
-        except KeyError:
-            raise UnknownClassError(f"no class {name!r}; classes: {', '.join(self._classes) or 'none'}") from None
+        found = self._find(name) if isinstance(name, str) else None
+        if found is None:
+            raise UnknownClassError(f"no class {name!r}; classes: "
+                                    f"{', '.join(self._classes) or 'none'}")
+        return self._samples[found]
 
     def samples_matrix(self) -> Tuple[np.ndarray, np.ndarray, List[str]]:
         """(NxVxD views, N labels, class names): one row per sample, row ``[:, 0]`` the frame
@@ -230,7 +354,6 @@ class SampleStore:
 
     def fingerprint(self) -> str:
         """Changes whenever a class or sample is added, removed or renamed."""
-        import hashlib
         digest = hashlib.sha256(json.dumps(self.backbone, sort_keys=True).encode())
         for name in self._classes:
             digest.update(name.encode() + b"\0")
@@ -239,11 +362,17 @@ class SampleStore:
         return digest.hexdigest()[:16]
 
     # -- classes -------------------------------------------------------------------------------
-    def add_class(self, name: str) -> None:
-        """Create an empty class (no-op if it exists)."""
+    def add_class(self, name: str) -> str:
+        """Create an empty class; returns its stored name (the existing class if ``name``
+        means one already, whatever its case). :class:`ClassLimitError` past ``max_classes``."""
         name = validate_class_name(name)
-        if name in self._classes:
-            return
+        found = self._find(name)
+        if found is not None:
+            return found
+        self._require_writable(f"class {name!r}")
+        if self.max_classes is not None and len(self._classes) >= self.max_classes:
+            raise ClassLimitError(f"class {name!r} not created: the state already holds "
+                                  f"{len(self._classes)} classes, the limit (head.max_classes)")
         folder = f"c{secrets.token_hex(6)}"
         with storage_errors(f"class {name!r}"):
             (self.root / SAMPLES / folder).mkdir()
@@ -256,38 +385,59 @@ class SampleStore:
                 shutil.rmtree(self.root / SAMPLES / folder, ignore_errors=True)
                 raise
         self._samples[name] = OrderedDict()
+        return name
 
-    def rename_class(self, old: str, new: str) -> None:
+    def rename_class(self, old: str, new: str) -> str:
+        """Rename a class (its samples stay where they are); returns the new stored name."""
+        old = self.resolve(old)
         new = validate_class_name(new)
-        self._get(old)
-        if new in self._classes and new != old:
-            raise StoreError(f"a class called {new!r} already exists")
+        clash = self._find(new)
+        if clash is not None and clash != old:
+            raise StoreError(f"a class called {clash!r} already exists")
+        self._require_writable(f"renaming {old!r}")
         items = [(new if n == old else n, d) for n, d in self._classes.items()]
         before = self._classes
         self._classes = OrderedDict(items)
         try:
-            self._write_meta()
             atomic.write_text(self.root / SAMPLES / self._classes[new] / "name", new)
-        except (StoreError, OSError):
+            self._write_meta()
+        except (StoreError, OSError) as exc:
             self._classes = before
-            raise
+            with contextlib.suppress(OSError):
+                atomic.write_text(self.root / SAMPLES / before[old] / "name", old)
+            if isinstance(exc, StoreError):
+                raise
+            with storage_errors(f"renaming {old!r}"):
+                raise exc
         self._samples[new] = self._samples.pop(old)
+        return new
 
-    def delete_class(self, name: str) -> None:
-        """Forget a class and its samples (its folder is removed now or at the next start)."""
-        self._get(name)
-        folder = self._classes.pop(name)
+    def delete_class(self, name: str) -> int:
+        """Delete a class and its samples (an explicit user action); returns how many samples
+        went. The folder is moved aside first, so a crash never brings the class back half."""
+        name = self.resolve(name)
+        self._require_writable(f"deleting {name!r}")
+        folder = self._classes[name]
+        trash = self.root / SAMPLES / f"{TRASH_PREFIX}{secrets.token_hex(4)}"
+        with storage_errors(f"deleting {name!r}"):
+            os.replace(self.root / SAMPLES / folder, trash)
+        del self._classes[name]
         try:
             self._write_meta()
         except StoreError:
-            self._classes[name] = folder  # order may change; nothing is lost
+            self._classes[name] = folder
+            with contextlib.suppress(OSError):
+                os.replace(trash, self.root / SAMPLES / folder)
             raise
-        del self._samples[name]
-        shutil.rmtree(self.root / SAMPLES / folder, ignore_errors=True)
+        count = len(self._samples.pop(name))
+        shutil.rmtree(trash, ignore_errors=True)
+        return count
 
     def clear_class(self, name: str) -> int:
         """Delete every sample of a class, keeping the class; returns how many were deleted."""
-        samples = self._get(name)
+        name = self.resolve(name)
+        self._require_writable(f"clearing {name!r}")
+        samples = self._samples[name]
         folder = self.root / SAMPLES / self._classes[name]
         trash = self.root / SAMPLES / f"{TRASH_PREFIX}{secrets.token_hex(4)}"
         with storage_errors(f"clearing {name!r}"):
@@ -314,8 +464,8 @@ class SampleStore:
         if dim and views.shape[1] != dim:
             raise StoreError(f"sample for {name!r}: {views.shape[1]}-d embedding, the backbone "
                              f"gives {dim}-d")
-        if name not in self._classes:
-            self.add_class(name)
+        self._require_writable(f"the sample for {name!r}")
+        name = self.add_class(name)
         samples = self._samples[name]
         if sample_id is None:
             sample_id = self.new_sample_id()
@@ -352,9 +502,11 @@ class SampleStore:
         return out.getvalue()
 
     def remove_sample(self, name: str, sample_id: str) -> None:
-        samples = self._get(name)
+        name = self.resolve(name)
+        samples = self._samples[name]
         if sample_id not in samples:
             raise UnknownClassError(f"class {name!r} has no sample {sample_id!r}")
+        self._require_writable(f"removing a sample of {name!r}")
         folder = self.root / SAMPLES / self._classes[name]
         with storage_errors(f"removing a sample of {name!r}"):
             (folder / f"{sample_id}.npy").unlink(missing_ok=True)
@@ -371,9 +523,13 @@ class SampleStore:
         self.remove_sample(name, sample_id)
         return sample_id
 
+    def has_sample(self, name: str, sample_id: str) -> bool:
+        found = self._find(name)
+        return found is not None and sample_id in self._samples[found]
+
     def thumbnail_path(self, name: str, sample_id: str) -> Optional[Path]:
-        path = self.root / SAMPLES / self._classes[name] / f"{sample_id}.jpg"
-        return path if path.is_file() else None
+        path = self.root / SAMPLES / self._classes[self.resolve(name)] / f"{sample_id}.jpg"
+        return path if path.is_file() and not path.is_symlink() else None
 
     def export_folders(self, dest: "os.PathLike[str] | str") -> int:
         """Copy thumbnails to ``dest/<class>/<id>.jpg`` (a folder data set); returns the count."""
