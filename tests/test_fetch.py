@@ -227,3 +227,19 @@ def test_cli_fetch_failure_exits_nonzero_with_message(tmp_path, monkeypatch, cap
     (tmp_path / "empty").mkdir()
     assert cli.main(["models", "fetch", "owl.jpg", "--mirror", str(tmp_path / "empty")]) == 1
     assert "owl.jpg is not in the mirror folder" in capsys.readouterr().err
+
+
+def test_manifest_gives_every_file_its_size(manifest):
+    src = mirror_dir()
+    for entry in manifest.entries:
+        assert entry.size is not None and entry.size > 0
+        if src is not None:
+            assert (src / entry.file).stat().st_size == entry.size
+
+
+@pytest.mark.parametrize("size", ["-1", "0", '"12"', "1.5", "true"])
+def test_manifest_rejects_a_bad_size(size):
+    text = load_manifest_text().replace("size = 21686", f"size = {size}", 1)
+    assert text != load_manifest_text()
+    with pytest.raises(ValueError, match="size must be a positive number of bytes"):
+        parse_manifest(text)
