@@ -79,10 +79,6 @@ class Manifest:
     def models(self) -> List[Entry]:
         return [e for e in self.entries if e.is_model]
 
-    @property
-    def files(self) -> List[Entry]:
-        return [e for e in self.entries if not e.is_model]
-
     def images(self) -> List[Entry]:
         return [e for e in self.entries if e.kind == "image"]
 
