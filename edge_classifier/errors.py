@@ -42,6 +42,10 @@ class ChecksumError(FetchError):
     """A downloaded file does not have the SHA-256 the manifest promises."""
 
 
+class ModelModifiedError(ModelError, ValueError):
+    """An installed file has not the manifest's size or SHA-256: it changed after its fetch."""
+
+
 class InvalidModelError(ModelError, ValueError):
     """A file is not a usable TFLite image model (empty, corrupt, wrong shape or type)."""
 

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+
 import numpy as np
 import pytest
 
+from edge_classifier.backbone.integrity import CACHE_NAME, MODIFIED, check_files, sha256_of
 from edge_classifier.backbone.model import Backbone, dequantize
-from edge_classifier.errors import InvalidModelError, ModelError, ModelNotInstalledError
+from edge_classifier.errors import (InvalidModelError, ModelError, ModelModifiedError,
+                                    ModelNotInstalledError)
 from edge_classifier.frames.images import load_image
 
 import tflite_builder
@@ -148,3 +154,118 @@ def test_missing_model_file(tmp_path):
 def test_model_not_fetched_says_how_to_fetch(tmp_path):
     with pytest.raises(ModelNotInstalledError, match="edge-classifier models fetch"):
         Backbone.from_name(V2, models_dir=tmp_path)
+
+
+# -- installed models are checked against the manifest at load --------------------------------
+SMALL = "mobilenet_v1_0.25_128_quant"
+LABELS = "imagenet_labels.txt"
+
+
+@pytest.fixture
+def own_models(models_dir, tmp_path):
+    """A private models folder holding copies of a small classifier and its labels (so tests may
+    damage them; the session's folder is shared)."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for name in (f"{SMALL}.tflite", LABELS):
+        shutil.copyfile(models_dir / name, folder / name)
+    return folder
+
+
+def _flip_byte(path, offset=None):
+    """Change one byte in place: same size, still a loadable model."""
+    data = bytearray(path.read_bytes())
+    offset = len(data) // 2 if offset is None else offset
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_from_name_refuses_a_model_changed_after_fetch(own_models):
+    _flip_byte(own_models / f"{SMALL}.tflite")
+    Backbone(own_models / f"{SMALL}.tflite")  # the damage does not stop the runtime loading it
+    with pytest.raises(ModelModifiedError) as info:
+        Backbone.from_name(SMALL, models_dir=own_models)
+    message = str(info.value)
+    assert f"{own_models / SMALL}.tflite" in message and "SHA-256" in message
+    assert f"edge-classifier models fetch {SMALL}" in message and "\n" not in message
+
+
+def test_a_model_of_the_wrong_size_is_refused_without_hashing(own_models, manifest):
+    with open(own_models / f"{SMALL}.tflite", "ab") as f:
+        f.write(b"\0" * 16)
+    check, _ = check_files(manifest.with_dependencies([SMALL]), own_models)
+    assert check.status == MODIFIED and not check.hashed
+    assert check.problem == f"{525598 + 16} bytes, the manifest says 525598"
+    with pytest.raises(ModelModifiedError, match="525614 bytes, the manifest says 525598"):
+        Backbone.from_name(SMALL, models_dir=own_models)
+
+
+def test_a_modified_label_file_is_refused(own_models):
+    path = own_models / LABELS
+    path.write_text(path.read_text().replace("macaw", "mcaaw"))  # same length
+    with pytest.raises(ModelModifiedError, match=f"{LABELS} is not the file the manifest names"):
+        Backbone.from_name(SMALL, models_dir=own_models)
+
+
+def test_a_file_is_hashed_once_then_answered_from_the_cache(own_models, manifest):
+    entries = manifest.with_dependencies([SMALL])
+    assert [(c.status, c.hashed) for c in check_files(entries, own_models)] == [
+        ("installed", True), ("installed", True)]
+    assert [(c.status, c.hashed) for c in check_files(entries, own_models)] == [
+        ("installed", False), ("installed", False)]
+    cache = json.loads((own_models / CACHE_NAME).read_text())
+    assert cache["files"][f"{SMALL}.tflite"]["sha256"] == manifest.get(SMALL).sha256
+    os.utime(own_models / LABELS)  # touched: hashed again
+    assert [c.hashed for c in check_files(entries, own_models)] == [False, True]
+
+
+def test_a_change_that_keeps_size_and_mtime_is_still_caught(own_models, manifest):
+    path = own_models / f"{SMALL}.tflite"
+    Backbone.from_name(SMALL, models_dir=own_models)  # verified and remembered
+    before = path.stat()
+    _flip_byte(path)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # as rsync -t or touch -r would
+    assert path.stat().st_size == before.st_size
+    with pytest.raises(ModelModifiedError, match="SHA-256"):
+        Backbone.from_name(SMALL, models_dir=own_models)
+
+
+def test_from_name_answers_from_the_cache_not_by_rehashing(own_models):
+    Backbone.from_name(SMALL, models_dir=own_models)
+    cache_path = own_models / CACHE_NAME
+    cache = json.loads(cache_path.read_text())
+    cache["files"][f"{SMALL}.tflite"]["sha256"] = "0" * 64  # what a rehash would overwrite
+    cache_path.write_text(json.dumps(cache))
+    with pytest.raises(ModelModifiedError, match="SHA-256 000000000000"):
+        Backbone.from_name(SMALL, models_dir=own_models)
+
+
+@pytest.mark.parametrize("damage", ["not json {", '{"version": 99, "files": {}}', "[1, 2]",
+                                    '{"version": 1, "files": {"x": 3}}'])
+def test_a_damaged_cache_means_hashing_again(own_models, manifest, damage):
+    (own_models / CACHE_NAME).write_text(damage)
+    checks = check_files(manifest.with_dependencies([SMALL]), own_models)
+    assert [(c.status, c.hashed) for c in checks] == [("installed", True), ("installed", True)]
+    assert json.loads((own_models / CACHE_NAME).read_text())["version"] == 1
+
+
+def test_a_cache_that_cannot_be_written_only_costs_a_rehash(own_models, manifest):
+    (own_models / CACHE_NAME).mkdir()  # atomic replace onto a folder fails
+    for _ in range(2):
+        checks = check_files(manifest.with_dependencies([SMALL]), own_models)
+        assert [(c.status, c.hashed) for c in checks] == [("installed", True)] * 2
+    assert Backbone.from_name(SMALL, models_dir=own_models).sha256 == manifest.get(SMALL).sha256
+
+
+def test_from_name_identity_carries_the_manifest_digest(own_models, manifest):
+    backbone = Backbone.from_name(SMALL, models_dir=own_models)
+    assert backbone.identity["sha256"] == manifest.get(SMALL).sha256
+    assert backbone.sha256 == sha256_of(own_models / f"{SMALL}.tflite")
+
+
+def test_a_model_loaded_by_path_is_not_checked_against_the_manifest(own_models, manifest):
+    path = own_models / f"{SMALL}.tflite"
+    _flip_byte(path)
+    backbone = Backbone(path, name=SMALL)
+    assert backbone.sha256 == sha256_of(path) != manifest.get(SMALL).sha256
+    assert backbone.embedding_dim == 256

@@ -1,4 +1,8 @@
-"""Reading and rewriting a TFLite model's graph with the flatbuffer schema shipped in LiteRT.
+"""Reading and rewriting a TFLite model's graph with the flatbuffer schema shipped in LiteRT::
+
+    check_tflite_bytes(content, "model.tflite")  # InvalidModelError if empty or not TFLite
+    content, found = expose_penultimate(content, "model.tflite")
+    found.name, found.size  # ('MobilenetV2/Logits/AvgPool', 1280) for MobileNet V2
 
 A classifier's embedding is the activation that feeds its last fully-connected (or 1x1
 convolution) layer: MobileNet V2's 1280-d pooled features. :func:`expose_penultimate` finds it
@@ -48,14 +52,8 @@ class Penultimate:
     size: int
 
 
-def find_penultimate(content: bytes, source: str = "model") -> Optional[Penultimate]:
+def _find(model, schema, fbu) -> Optional[Penultimate]:
     """The embedding tensor feeding the classifier layer, or None if the graph has none."""
-    schema, fbu = _schema()
-    model = fbu.read_model_from_bytearray(bytearray(content))
-    return _find(model, schema, fbu)
-
-
-def _find(model, schema, fbu):
     op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     graph = model.subgraphs[0]
     producer = {}

@@ -1,7 +1,8 @@
 """The model manifest: every model and file edge-classifier can download, with checksums.
 
 The manifest lives in the source tree as ``models/models.toml`` and is installed with the package
-as ``edge_classifier/_models/``. It lists names, upstream URLs and SHA-256 sums; never binaries::
+as ``edge_classifier/_models/``. It lists names, upstream URLs, sizes and SHA-256 sums; never
+binaries::
 
     manifest = load_manifest()
     spec = manifest.model("mobilenet_v2_1.0_224_quant")
@@ -39,6 +40,7 @@ class Entry:
     sha256: str
     kind: str
     description: str = ""
+    size: Optional[int] = None  # bytes; None: not checked (only the SHA-256 is)
     input_size: Optional[Tuple[int, int]] = None  # models only: (height, width)
     labels: Optional[str] = None  # classifiers: file name of their label file
 
@@ -77,10 +79,6 @@ class Manifest:
     def models(self) -> List[Entry]:
         return [e for e in self.entries if e.is_model]
 
-    @property
-    def files(self) -> List[Entry]:
-        return [e for e in self.entries if not e.is_model]
-
     def images(self) -> List[Entry]:
         return [e for e in self.entries if e.kind == "image"]
 
@@ -101,7 +99,10 @@ def _entry(raw: dict, where: str) -> Entry:
         raise ValueError(f"manifest {where}: missing {', '.join(missing)}")
     if not _SHA256.match(raw["sha256"]):
         raise ValueError(f"manifest {where}: sha256 must be 64 lower-case hex digits")
-    size = raw.get("input_size")
+    size = raw.get("size")
+    if size is not None and (type(size) is not int or size < 1):
+        raise ValueError(f"manifest {where}: size must be a positive number of bytes")
+    input_size = raw.get("input_size")
     return Entry(
         name=raw["name"],
         file=raw.get("file", raw["name"]),
@@ -109,7 +110,8 @@ def _entry(raw: dict, where: str) -> Entry:
         sha256=raw["sha256"],
         kind=raw["kind"],
         description=raw.get("description", ""),
-        input_size=tuple(size) if size else None,
+        size=size,
+        input_size=tuple(input_size) if input_size else None,
         labels=raw.get("labels"),
     )
 

@@ -23,10 +23,10 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from edge_classifier.backbone import fetch, graph, runtime
+from edge_classifier.backbone import graph, integrity, runtime
+from edge_classifier.backbone.manifest import Manifest, load_manifest
 from edge_classifier.errors import InvalidModelError, ModelError, ModelNotInstalledError
 from edge_classifier.frames.images import preprocess
-from edge_classifier.backbone.manifest import Manifest, load_manifest
 
 # MobileNet's training normalisation: pixels mapped to [-1, 1].
 PIXEL_MEAN = 127.5
@@ -61,11 +61,16 @@ class Backbone:
     :param name: the model's name, for messages and for head metadata.
     :param embedding: ``"auto"`` (a classifier's penultimate layer, else the output),
         or ``"output"`` to use the model's output as the embedding.
+    :param sha256: the file's SHA-256 when it is already known (:meth:`from_name` passes the
+        manifest's after checking the file); hashed from the content when not given.
+
+    A model loaded by path is not checked against the manifest; :meth:`from_name` checks it.
     """
 
     def __init__(self, model_path: "os.PathLike[str] | str", *, num_threads: Optional[int] = None,
                  labels: Optional[Sequence[str]] = None, resize: str = "crop",
-                 name: Optional[str] = None, embedding: str = "auto"):
+                 name: Optional[str] = None, embedding: str = "auto",
+                 sha256: Optional[str] = None):
         self.path = Path(model_path)
         self.name = name or self.path.stem
         self.resize = resize
@@ -77,7 +82,7 @@ class Backbone:
             raise ModelError(f"{self.path}: cannot read model ({exc.strerror or exc})") from None
         source = str(self.path)
         graph.check_tflite_bytes(content, source)
-        self.sha256 = hashlib.sha256(content).hexdigest()
+        self.sha256 = sha256 or hashlib.sha256(content).hexdigest()
         interpreter = runtime.make_interpreter(content, num_threads, source)
         self._check_image_input(interpreter, source)
         outputs = interpreter.get_output_details()
@@ -111,14 +116,20 @@ class Backbone:
     @classmethod
     def from_name(cls, name: Optional[str] = None, *, models_dir: Optional[Path] = None,
                   manifest: Optional[Manifest] = None, **kwargs) -> "Backbone":
-        """Load an installed model by its manifest name (default: the embedding extractor)."""
+        """Load an installed model by its manifest name (default: the embedding extractor).
+
+        The model and its label file must have the manifest's size and SHA-256 (hashed once per
+        change of the file, see :mod:`~edge_classifier.backbone.integrity`).
+
+        :raises ModelNotInstalledError: the model or its labels were never fetched.
+        :raises ModelModifiedError: one of them differs from the manifest.
+        """
         manifest = manifest or load_manifest()
         entry = manifest.model(name or manifest.default_embedding_model)
-        path = fetch.require(entry.name, models_dir, manifest)
-        labels = None
-        if entry.labels:
-            labels = read_labels(fetch.require(entry.labels, models_dir, manifest))
-        return cls(path, labels=labels, name=entry.name, **kwargs)
+        path, *labels_path = integrity.verify(manifest.with_dependencies([entry.name]),
+                                              models_dir)
+        labels = read_labels(labels_path[0]) if labels_path else None
+        return cls(path, labels=labels, name=entry.name, sha256=entry.sha256, **kwargs)
 
     @staticmethod
     def _check_image_input(interpreter, source: str) -> None:

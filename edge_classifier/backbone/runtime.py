@@ -1,4 +1,7 @@
-"""The TFLite runtime: LiteRT (``ai-edge-litert``) or, where only that exists, ``tflite_runtime``.
+"""The TFLite runtime: LiteRT (``ai-edge-litert``) or, where only that exists, ``tflite_runtime``::
+
+    interpreter = make_interpreter(content, num_threads=2, source="model.tflite")
+    runtime_version()  # 'ai-edge-litert 2.3.0'
 
 This is the only module that imports a TFLite runtime, so the package imports on any machine.
 """

@@ -40,26 +40,32 @@ def _progress_factory():
 
 # -- models ------------------------------------------------------------------------------------
 def cmd_models_list(args) -> int:
-    from edge_classifier.backbone.fetch import installed_path, is_installed
+    from edge_classifier.backbone.integrity import MISSING, check_files
     from edge_classifier.backbone.manifest import load_manifest
     manifest = load_manifest()
     rows = []
-    for e in manifest.entries:
-        rows.append({"name": e.name, "kind": e.kind, "installed": is_installed(e),
+    for c in check_files(manifest.entries):  # hashes a file only once per change
+        e = c.entry
+        rows.append({"name": e.name, "kind": e.kind, "installed": c.ok, "status": c.status,
+                     "problem": c.problem or None,
                      "input_size": list(e.input_size) if e.input_size else None,
-                     "path": str(installed_path(e)), "description": e.description})
+                     "path": str(c.path), "description": e.description})
     if args.json:
         print(json.dumps({"models": rows}, indent=2))
         return 0
     for r in rows:
-        mark = "installed" if r["installed"] else "-"
+        mark = "-" if r["status"] == MISSING else r["status"]
         size = "x".join(map(str, r["input_size"])) if r["input_size"] else ""
         default = ""
         if r["name"] == manifest.default_embedding_model:
             default = " (default)"
         elif r["name"] == manifest.default_classifier_model:
             default = " (default for classify)"
-        print(f"{r['name']:<50} {r['kind']:<10} {size:<8} {mark:<9} {r['description']}{default}")
+        print(f"{r['name']:<50} {r['kind']:<10} {size:<8} {mark:<10} {r['description']}{default}")
+    for r in rows:
+        if r["problem"]:
+            _err(f"{r['path']}: {r['status']} ({r['problem']}); run "
+                 f"'{PROG} models fetch {r['name']}' to replace it")
     return 0
 
 
