@@ -18,6 +18,11 @@ class EdgeClassifierError(Exception):
     """Root of every error edge-classifier raises on purpose."""
 
 
+# --- usage --------------------------------------------------------------------------------------
+class UsageError(EdgeClassifierError, ValueError):
+    """A command was given a wrong argument (the CLI exits with status 2); the message names it."""
+
+
 # --- models, manifest and downloads -----------------------------------------------------------
 class ModelError(EdgeClassifierError):
     """A model cannot be found, fetched, loaded or used."""

@@ -24,11 +24,15 @@ Shots = Union[int, str]
 TEST_FRACTION = 0.3
 
 
-def parse_shots(text: str) -> List[Shots]:
-    """``"1,5,10,all"`` -> ``[1, 5, 10, "all"]``."""
+def parse_shots(text: Union[str, Sequence[Shots]]) -> List[Shots]:
+    """``"1,5,10,all"`` -> ``[1, 5, 10, "all"]``; an already parsed list is checked and copied.
+
+    Raises ``ValueError`` naming the first bad entry.
+    """
+    parts = text.split(",") if isinstance(text, str) else list(text)
     out: List[Shots] = []
-    for part in text.split(","):
-        part = part.strip().lower()
+    for part in parts:
+        part = str(part).strip().lower()
         if part == "all":
             out.append("all")
         elif part.isdigit() and int(part) > 0:
