@@ -1,6 +1,6 @@
 """The command line reports every error as one line on stderr, never a traceback, and exits
 with 2 for a usage error (a bad argument, an unknown model or head, a wrong config), 1 for
-any other error."""
+any other error. Also: CSV header rows."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 
 from edge_classifier import cli
 from edge_classifier.cli.main import run_command
+from edge_classifier.datasets.folders import is_header_row, read_csv
 from edge_classifier.learning.store import SampleStore
 
 
@@ -208,3 +209,40 @@ def test_bad_broker_url_exits_2(tmp_path, capsys):
 def test_other_errors_still_exit_1(tmp_path, capsys):
     code, _, err = run(capsys, "embed", tmp_path / "nope", "--out", tmp_path / "x.npz")
     assert code == 1 and "not a folder" in one_line(err)
+
+
+# -- CSV header rows -----------------------------------------------------------------------------
+@pytest.mark.parametrize("header", ["file,labels", "filename,label", "path,class", "Image,Labels",
+                                    "image_path,tags", "\ufefffile name,label"])
+def test_csv_header_rows_are_skipped(tmp_path, header):
+    path = tmp_path / "labels.csv"
+    path.write_text(f"{header}\na.jpg,cat\nsub/b.png,dog;pet\n", encoding="utf-8")
+    data = read_csv(path)
+    assert data.paths == [str(tmp_path / "a.jpg"), str(tmp_path / "sub" / "b.png")]
+    assert data.class_names == ["cat", "dog", "pet"]
+
+
+def test_csv_without_a_header_keeps_its_first_row(tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_text("\n\ncat1.jpg,cat\n/abs/dog.jpg,dog\n")
+    data = read_csv(path)
+    assert data.paths == [str(tmp_path / "cat1.jpg"), "/abs/dog.jpg"]
+    assert data.label_sets == [["cat"], ["dog"]]
+
+
+def test_csv_first_row_naming_an_existing_file_is_data(tmp_path):
+    (tmp_path / "image").write_bytes(b"")  # a file with a column-like name really exists
+    assert not is_header_row(["image", "cat"], str(tmp_path))
+    assert is_header_row(["filename", "label"], str(tmp_path))
+    path = tmp_path / "labels.csv"
+    path.write_text("image,cat\nb.jpg,dog\n")
+    assert read_csv(path).paths == [str(tmp_path / "image"), str(tmp_path / "b.jpg")]
+
+
+def test_train_reads_a_csv_with_a_filename_label_header(tmp_path, capsys, photos):
+    rows = ["filename,label"] + [f"{p.relative_to(photos)},{p.parent.name}"
+                                 for p in sorted(photos.rglob("*.*"))]
+    (photos / "labels.csv").write_text("\n".join(rows) + "\n")
+    code, out, err = run(capsys, "train", photos / "labels.csv", "--state", tmp_path / "s", "-q")
+    assert code == 0, err
+    assert "6 samples added" in out and "classes: birds 3, flowers 2, food 1" in out
