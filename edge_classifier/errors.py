@@ -65,6 +65,10 @@ class DatasetError(EdgeClassifierError, ValueError):
     """A folder or CSV data set is malformed."""
 
 
+class DatasetWarning(UserWarning):
+    """A data set is usable but too small for what was asked (e.g. fewer images than k shots)."""
+
+
 # --- configuration ------------------------------------------------------------------------------
 class ConfigError(EdgeClassifierError, ValueError):
     """A configuration file or value is wrong; the message names the key."""

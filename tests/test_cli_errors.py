@@ -1,6 +1,6 @@
 """The command line reports every error as one line on stderr, never a traceback, and exits
 with 2 for a usage error (a bad argument, an unknown model or head, a wrong config), 1 for
-any other error. Also: CSV header rows."""
+any other error. Also: CSV header rows and eval's small-class warnings."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ import pytest
 
 from edge_classifier import cli
 from edge_classifier.cli.main import run_command
+from edge_classifier.datasets.evaluate import few_shot_eval, shot_warnings
 from edge_classifier.datasets.folders import is_header_row, read_csv
+from edge_classifier.errors import DatasetWarning
 from edge_classifier.learning.store import SampleStore
 
 
@@ -246,3 +248,46 @@ def test_train_reads_a_csv_with_a_filename_label_header(tmp_path, capsys, photos
     code, out, err = run(capsys, "train", photos / "labels.csv", "--state", tmp_path / "s", "-q")
     assert code == 0, err
     assert "6 samples added" in out and "classes: birds 3, flowers 2, food 1" in out
+
+
+# -- eval warnings for small classes -------------------------------------------------------------
+def test_shot_warnings_split_and_validation():
+    y = np.array([0, 0, 0, 1, 1, 2])
+    names = ["birds", "flowers", "food"]
+    assert shot_warnings(y, names, [1, 2, "all"]) == [
+        "class 'flowers' has 1 training image per split, fewer than k=2: it is trained on "
+        "those 1",
+        "class 'food' has only 1 image, so it is never tested; give it at least 2"]
+    assert shot_warnings(y, names, [1, 2, 5], split=False) == [
+        "class 'birds' has 3 training images, fewer than k=5: it is trained on those 3",
+        "class 'flowers' has 2 training images, fewer than k=5: it is trained on those 2",
+        "class 'food' has only 1 training image; its scores rest on it alone"]
+    assert shot_warnings(np.array([0, 0, 0, 0]), ["a", "b"], ["all"]) == [
+        "class 'b' has no readable images; it is never predicted"]
+    assert shot_warnings(np.repeat([0, 1], 10), ["a", "b"], [1, 5, "all"]) == []
+
+
+def test_few_shot_eval_warns_before_fitting():
+    from edge_classifier.learning.heads.synthetic import make_blobs, make_centres
+    rng = np.random.default_rng(0)
+    X, y = make_blobs(rng, 3, make_centres(rng, n_classes=2, dim=8))
+    with pytest.warns(DatasetWarning) as record:
+        few_shot_eval(X[:, None, :], y, ["a", "b"], ["knn"], [5], seeds=1)
+    assert [str(w.message) for w in record] == [
+        f"class {c!r} has 2 training images per split, fewer than k=5: it is trained on those 2"
+        for c in "ab"]
+
+
+def test_eval_prints_one_warning_line_per_small_class(photos, capsys):
+    code, out, err = run(capsys, "eval", photos, "--shots", "1,5", "--seeds", "1", "--head",
+                         "knn", "-q")
+    assert code == 0
+    assert "Traceback" not in err
+    assert err.splitlines() == [
+        "edge-classifier: warning: class 'birds' has 2 training images per split, fewer than "
+        "k=5: it is trained on those 2",
+        "edge-classifier: warning: class 'flowers' has 1 training image per split, fewer than "
+        "k=5: it is trained on those 1",
+        "edge-classifier: warning: class 'food' has only 1 image, so it is never tested; "
+        "give it at least 2"]
+    assert "knn" in out
