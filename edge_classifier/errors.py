@@ -18,6 +18,11 @@ class EdgeClassifierError(Exception):
     """Root of every error edge-classifier raises on purpose."""
 
 
+# --- usage --------------------------------------------------------------------------------------
+class UsageError(EdgeClassifierError, ValueError):
+    """A command was given a wrong argument (the CLI exits with status 2); the message names it."""
+
+
 # --- models, manifest and downloads -----------------------------------------------------------
 class ModelError(EdgeClassifierError):
     """A model cannot be found, fetched, loaded or used."""
@@ -62,6 +67,10 @@ class ImageError(EdgeClassifierError, ValueError):
 # --- data sets ----------------------------------------------------------------------------------
 class DatasetError(EdgeClassifierError, ValueError):
     """A folder or CSV data set is malformed."""
+
+
+class DatasetWarning(UserWarning):
+    """A data set is usable but too small for what was asked (e.g. fewer images than k shots)."""
 
 
 # --- configuration ------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from edge_classifier import cli
+from edge_classifier.cli.main import build_parser
 from edge_classifier.frames.images import load_image
 
 
@@ -51,7 +53,7 @@ def test_classify_with_an_embedding_extractor_is_an_error(models_dir, sample, ca
 
 def test_unknown_model_is_a_clear_error(models_dir, sample, capsys):
     code, _, err = run(capsys, "classify", str(sample("cat.bmp")), "--model", "resnet")
-    assert code == 1 and "unknown model or file 'resnet'" in err
+    assert code == 2 and "unknown model or file 'resnet'" in err  # a usage error
 
 
 @pytest.fixture
@@ -111,3 +113,24 @@ def test_console_entry_point_and_module_run(models_dir, sample):
         assert proc.returncode == 0, proc.stderr
         assert "macaw" in proc.stdout
         assert "XNNPACK" not in proc.stderr  # runtime chatter is hidden
+
+
+def _parsers(parser):
+    """Every parser under ``parser`` (itself, its commands, their actions), each once."""
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                yield from _parsers(child)
+
+
+def test_every_option_of_every_command_has_help_text():
+    parsers = list(_parsers(build_parser()))
+    assert {p.prog for p in parsers} >= {"edge-classifier eval", "edge-classifier models fetch",
+                                         "edge-classifier run"}
+    missing = [f"{p.prog} {'/'.join(a.option_strings) or a.dest}"
+               for p in parsers for a in p._actions
+               if not a.help or a.help == argparse.SUPPRESS or not a.help.strip()]
+    assert missing == []
+    for p in parsers:  # every help text formats ('%' escaped, %(default)s valid)
+        assert p.format_help()

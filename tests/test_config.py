@@ -62,12 +62,12 @@ def test_cli_example_and_check(tmp_path, capsys):
     path.write_text(capsys.readouterr().out)
     assert cli.main(["config", "--check", str(path)]) == 0
     path.write_text("[mqtt]\nqos = 7\n")
-    assert cli.main(["config", "--check", str(path)]) == 1
+    assert cli.main(["config", "--check", str(path)]) == 2  # a wrong config is a usage error
     assert "mqtt.qos" in capsys.readouterr().err
 
 
 def test_run_refuses_a_bad_config_before_starting(tmp_path, capsys):
     path = tmp_path / "c.toml"
     path.write_text("[smoothing]\nframez = 3\n")
-    assert cli.main(["run", "--config", str(path), "--frames", "1"]) == 1
+    assert cli.main(["run", "--config", str(path), "--frames", "1"]) == 2
     assert "unknown key smoothing.framez" in capsys.readouterr().err

@@ -178,10 +178,13 @@ def test_eval_human_report_has_a_confusion_matrix(dataset, capsys):
     assert "confusion matrix" in out and "precision" in out and "k=all" in out
 
 
-def test_eval_bad_shots_and_head(dataset, capsys):
-    assert run(capsys, "eval", dataset / "train", "--shots", "0,x")[0] == 1
-    code, _, err = run(capsys, "eval", dataset / "train", "--head", "magic")
-    assert code == 1 and "unknown head 'magic'" in err
+def test_eval_bad_shots_and_head(dataset, capsys):  # usage errors: refused by the parser
+    with pytest.raises(SystemExit) as info:
+        run(capsys, "eval", dataset / "train", "--shots", "0,x")
+    assert info.value.code == 2
+    with pytest.raises(SystemExit) as info:
+        run(capsys, "eval", dataset / "train", "--head", "magic")
+    assert info.value.code == 2 and "invalid choice: 'magic'" in capsys.readouterr().err
 
 
 def test_multilabel_csv(dataset, tmp_path, capsys, sample):

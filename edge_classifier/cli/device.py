@@ -46,28 +46,38 @@ def cmd_demo(args, err) -> int:
         return run_demo(tmp, mirror=args.mirror, broker=args.broker, threads=args.threads)
 
 
-def add_parsers(sub, positive_int, err) -> None:
-    p = sub.add_parser("run", help="run the device: camera or replay, buttons, MQTT")
+def add_parsers(sub, positive_int, err, common=None) -> None:
+    """Register run, config and demo on the main parser's subparsers.
+
+    ``common`` is a parent parser with the options every command takes (``-v``; for ``run``
+    it also turns on debug logging).
+    """
+    parents = [common] if common is not None else []
+    p = sub.add_parser("run", parents=parents,
+                       help="run the device: camera or replay, buttons, MQTT")
     p.add_argument("--config", metavar="FILE",
                    help="TOML config (default /etc/edge-classifier/config.toml if it exists)")
     p.add_argument("--state", metavar="DIR", help="state directory (overrides the config)")
     p.add_argument("--source", metavar="SOURCE", help="replay:DIR_OR_FILES, picamera2 or auto")
     p.add_argument("--broker", metavar="URL", help="mqtt://[user:pass@]host[:port] or mqtts://")
     p.add_argument("--model", help="model name (overrides the config)")
-    p.add_argument("--frames", type=positive_int, help="stop cleanly after N frames")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--frames", type=positive_int, metavar="N",
+                   help="stop cleanly after N frames")
+    if common is None:
+        p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.set_defaults(func=functools.partial(cmd_run, err=err))
 
-    p = sub.add_parser("config", help="print an example config, or check one")
+    p = sub.add_parser("config", parents=parents, help="print an example config, or check one")
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--example", action="store_true", help="print a commented example")
     group.add_argument("--check", metavar="FILE", help="validate a config file")
     p.set_defaults(func=functools.partial(cmd_config, err=err))
 
-    p = sub.add_parser("demo", help="the built-in demo: teach, predict, publish (< 1 min)")
+    p = sub.add_parser("demo", parents=parents,
+                       help="the built-in demo: teach, predict, publish (< 1 min)")
     p.add_argument("--mirror", metavar="DIR", help="local folder to fetch files from")
     p.add_argument("--broker", metavar="URL", help="publish to this MQTT broker")
     p.add_argument("--state", metavar="DIR", help="keep what it learns here (default: temporary)")
-    p.add_argument("--threads", type=positive_int, default=None)
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="interpreter threads (default: all cores)")
     p.set_defaults(func=functools.partial(cmd_demo, err=err))
-

@@ -3,6 +3,7 @@ line. Parsing and printing only: the state directory, the importer and the evalu
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
 import os
@@ -15,7 +16,7 @@ from edge_classifier.backbone.model import Backbone
 from edge_classifier.core.paths import default_state_dir
 from edge_classifier.datasets.evaluate import few_shot_eval, format_report, format_table, parse_shots
 from edge_classifier.datasets.importer import dataset_views, import_files, is_multilabel, load_dataset
-from edge_classifier.errors import EdgeClassifierError, ImageError, StoreError
+from edge_classifier.errors import EdgeClassifierError, ImageError, StoreError, UsageError
 from edge_classifier.frames.images import load_image
 from edge_classifier.learning.augment import Augmentation
 from edge_classifier.learning.heads import HEAD_NAMES
@@ -156,66 +157,84 @@ def cmd_export(args, err) -> int:
     """Copy every sample's thumbnail into OUT/<class>/ (a folder data set ``train`` reads)."""
     out = Path(args.out)
     if out.exists() and not out.is_dir():
-        raise EdgeClassifierError(f"{out}: exists and is not a folder; export into a new or "
-                                  "an existing folder")
+        raise UsageError(f"{out}: exists and is not a folder; export into a new or an "
+                         "existing folder")
     state = open_state(args, write=False)
     store = state.open_store()
     for p in state.problems:
         err(f"warning: {p}")
-    try:
-        copied = store.export_folders(out)
-    except OSError as exc:
-        raise EdgeClassifierError(f"{out}: cannot export there ({exc.strerror or exc})") from None
+    copied = store.export_folders(out)
     missing = len(store) - copied
     print(f"{copied} thumbnails of {len(store.classes)} classes exported to {out}"
           + (f"; {missing} samples had no thumbnail" if missing else ""))
     return 0
 
 
-def add_parsers(sub, backbone_opts, positive_int, err) -> None:
-    """Register train, predict and eval on the main parser's subparsers."""
-    state_opt = {"metavar": "DIR", "help": "state directory (default: <data home>/state)"}
+def add_parsers(sub, backbone_opts, positive_int, err, common=None) -> None:
+    """Register train, predict, export and eval on the main parser's subparsers.
 
-    p = sub.add_parser("train", parents=[backbone_opts],
+    ``common`` is a parent parser with the options every command takes (``-v``). Head names
+    and shots are checked here, at parse time, before any model is loaded.
+    """
+    parents = [common] if common is not None else []
+    state_opt = {"metavar": "DIR", "help": "state directory (default: <data home>/state)"}
+    quiet_opt = {"action": "store_true", "help": "no progress bars"}
+    crops_opt = {"type": int, "default": 0, "choices": range(0, 6), "metavar": "0-5",
+                 "help": "zoomed-crop views added per sample (0-5, default 0)"}
+
+    def shots(text: str):
+        try:
+            return parse_shots(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    train_heads = HEAD_NAMES + ("multilabel",)
+    p = sub.add_parser("train", parents=[backbone_opts] + parents,
                        help="import a data set (class folders or file,labels CSV) and fit")
-    p.add_argument("dataset", metavar="DATASET_DIR")
+    p.add_argument("dataset", metavar="DATASET",
+                   help="folder with one subfolder of images per class, or a file,labels CSV")
     p.add_argument("--state", **state_opt)
-    p.add_argument("--head", default=None,
-                   help="auto (default), kernel, least_squares, softmax, imprinting, knn, or "
-                        "multilabel (the default for a CSV with several labels per file)")
+    p.add_argument("--head", default=None, choices=train_heads, metavar="NAME",
+                   help=f"{', '.join(train_heads)} (default: auto, or the head the state "
+                        "was trained with; multilabel for a CSV with several labels per file)")
     p.add_argument("--no-flip", action="store_true", help="do not add mirrored views")
-    p.add_argument("--crops", type=int, default=0, choices=range(0, 6),
-                   help="zoomed-crop views per sample (0-5)")
+    p.add_argument("--crops", **crops_opt)
     p.add_argument("--no-thumbnails", action="store_true", help="store no thumbnails")
     p.add_argument("--max-samples-per-class", type=positive_int, default=None, metavar="N",
                    help=f"import at most N samples into a class (default {DEFAULT_MAX_SAMPLES}, "
                         "as head.max_samples_per_class)")
-    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("-q", "--quiet", **quiet_opt)
     p.set_defaults(func=functools.partial(cmd_train, err=err))
 
-    p = sub.add_parser("predict", help="predict images with what the state directory learned")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p = sub.add_parser("predict", parents=parents,
+                       help="predict images with what the state directory learned")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     p.add_argument("--state", **state_opt)
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--threads", type=positive_int, default=None)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="interpreter threads (default: all cores)")
     p.set_defaults(func=functools.partial(cmd_predict, err=err))
 
-    p = sub.add_parser("export", help="export the samples' thumbnails as class folders")
-    p.add_argument("out", metavar="OUT_DIR")
+    p = sub.add_parser("export", parents=parents,
+                       help="export the samples' thumbnails as class folders")
+    p.add_argument("out", metavar="OUT_DIR", help="folder to write <class>/<image> into")
     p.add_argument("--state", **state_opt)
     p.set_defaults(func=functools.partial(cmd_export, err=err))
 
-    p = sub.add_parser("eval", parents=[backbone_opts],
+    eval_heads = ("all",) + HEAD_NAMES
+    p = sub.add_parser("eval", parents=[backbone_opts] + parents,
                        help="few-shot evaluation of heads on a folder data set")
-    p.add_argument("dataset", metavar="DATASET_DIR")
+    p.add_argument("dataset", metavar="DATASET_DIR",
+                   help="folder with one subfolder of images per class")
     p.add_argument("--val", metavar="DIR", help="test on this folder instead of a 30%% split")
-    p.add_argument("--shots", default="1,5,10,20,all", help="shots per class (default "
-                   "1,5,10,20,all)")
-    p.add_argument("--seeds", type=positive_int, default=5)
-    p.add_argument("--head", default="auto", help="a head name, or 'all'")
-    p.add_argument("--no-flip", action="store_true")
-    p.add_argument("--crops", type=int, default=0, choices=range(0, 6))
-    p.add_argument("--json", action="store_true")
-    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("--shots", type=shots, default="1,5,10,20,all", metavar="K,K,...",
+                   help="shots per class: positive integers or 'all' (default 1,5,10,20,all)")
+    p.add_argument("--seeds", type=positive_int, default=5,
+                   help="random splits to average over (default 5)")
+    p.add_argument("--head", default="auto", choices=eval_heads, metavar="NAME",
+                   help=f"{', '.join(eval_heads)} (default auto)")
+    p.add_argument("--no-flip", action="store_true", help="do not add mirrored views")
+    p.add_argument("--crops", **crops_opt)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("-q", "--quiet", **quiet_opt)
     p.set_defaults(func=functools.partial(cmd_eval, err=err))
-

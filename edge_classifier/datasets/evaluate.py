@@ -6,16 +6,21 @@ training part; each head is fitted on the shots' embedding views (augmented view
 and tested on the test part's plain frames. Results are means over the seeds::
 
     results = few_shot_eval(views, y, names, heads=["auto", "knn"], shots=[1, 5, "all"])
+
+A class with fewer than two images, or fewer training images than some k, is reported with a
+:class:`~edge_classifier.errors.DatasetWarning` (the CLI prints each as one line).
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from edge_classifier.errors import DatasetWarning
 from edge_classifier.learning.heads import make_head
 from edge_classifier.learning.heads.metrics import (accuracy, classification_report, confusion_matrix, draw_shots,
                             expected_calibration_error, stratified_split)
@@ -24,11 +29,15 @@ Shots = Union[int, str]
 TEST_FRACTION = 0.3
 
 
-def parse_shots(text: str) -> List[Shots]:
-    """``"1,5,10,all"`` -> ``[1, 5, 10, "all"]``."""
+def parse_shots(text: Union[str, Sequence[Shots]]) -> List[Shots]:
+    """``"1,5,10,all"`` -> ``[1, 5, 10, "all"]``; an already parsed list is checked and copied.
+
+    Raises ``ValueError`` naming the first bad entry.
+    """
+    parts = text.split(",") if isinstance(text, str) else list(text)
     out: List[Shots] = []
-    for part in text.split(","):
-        part = part.strip().lower()
+    for part in parts:
+        part = str(part).strip().lower()
         if part == "all":
             out.append("all")
         elif part.isdigit() and int(part) > 0:
@@ -38,6 +47,45 @@ def parse_shots(text: str) -> List[Shots]:
     if not out:
         raise ValueError("no shots given")
     return out
+
+
+def shot_warnings(y: np.ndarray, class_names: Sequence[str], shots: Sequence[Shots],
+                  split: bool = True) -> List[str]:
+    """One line per class too small for the protocol: fewer than two images, or fewer
+    training images than a k in ``shots`` (that class is then trained on all it has)::
+
+        shot_warnings(np.array([0, 0, 1]), ["cat", "dog"], [1, 5])
+        # ["class 'cat' has 1 training image per split, fewer than k=5: it is trained ...",
+        #  "class 'dog' has only 1 image, so it is never tested ..."]
+
+    ``split``: the training part is the 70% of a stratified split (else all of ``y``).
+    """
+    y = np.asarray(y, dtype=np.int64)
+    counts = np.bincount(y, minlength=len(class_names))
+    if split and y.size:
+        train, _ = stratified_split(y, TEST_FRACTION, np.random.default_rng(0))
+        train_counts = np.bincount(y[train], minlength=len(class_names))
+    else:
+        train_counts = counts
+    ks = [int(k) for k in shots if k != "all"]
+    lines = []
+    for c, name in enumerate(class_names):
+        n, n_train = int(counts[c]), int(train_counts[c])
+        if n == 0:
+            lines.append(f"class {name!r} has no readable images; it is never predicted")
+        elif n < 2 and split:
+            lines.append(f"class {name!r} has only 1 image, so it is never tested; give it at "
+                         "least 2")
+        elif n < 2:
+            lines.append(f"class {name!r} has only 1 training image; its scores rest on it alone")
+        else:
+            bigger = [k for k in ks if k > n_train]
+            if bigger:
+                where = " per split" if split else ""
+                lines.append(f"class {name!r} has {n_train} training image"
+                             f"{'s' if n_train != 1 else ''}{where}, fewer than k="
+                             f"{','.join(map(str, bigger))}: it is trained on those {n_train}")
+    return lines
 
 
 @dataclass
@@ -72,7 +120,13 @@ def few_shot_eval(views: np.ndarray, y: np.ndarray, class_names: Sequence[str],
                   heads: Sequence[str], shots: Sequence[Shots], seeds: int = 5,
                   val: Optional[Tuple[np.ndarray, np.ndarray]] = None,
                   progress: bool = False) -> List[EvalResult]:
-    """Evaluate ``heads`` at every number of ``shots`` (NxVxD ``views``, N labels ``y``)."""
+    """Evaluate ``heads`` at every number of ``shots`` (NxVxD ``views``, N labels ``y``).
+
+    A class too small for the protocol (see :func:`shot_warnings`) raises a
+    :class:`DatasetWarning` per class before anything is fitted.
+    """
+    for line in shot_warnings(y, class_names, shots, split=val is None):
+        warnings.warn(line, DatasetWarning, stacklevel=2)
     n_classes = len(class_names)
     acc: Dict[Tuple[str, Shots], List[float]] = {}
     ece: Dict[Tuple[str, Shots], List[float]] = {}

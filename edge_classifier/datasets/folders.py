@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence
 
@@ -108,10 +109,34 @@ class CsvDataset:
         return out
 
 
-def read_csv(path: "os.PathLike[str] | str") -> CsvDataset:
-    """Read a ``file,label1;label2`` CSV; an optional header ``file,labels`` is skipped.
+_COLUMN_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_ -]{0,39}")
 
-    Raises :class:`DatasetError` naming the line of the first malformed row.
+
+def is_header_row(row: Sequence[str], base: str) -> bool:
+    """Whether a CSV's first row names its columns (``file,labels``, ``filename,label``,
+    ``path,class``, ``Image,Labels``...) rather than holding a sample::
+
+        is_header_row(["filename", "label"], "/data")   # True
+        is_header_row(["cat1.jpg", "cat"], "/data")      # False: a file name has a dot
+
+    Its first cell looks like a column name (a word: letters, digits, ``_``, ``-`` or spaces,
+    no dot, no path separator) and is not a file that exists beside the CSV.
+    """
+    if not row:
+        return False
+    first = row[0].strip()
+    if not _COLUMN_NAME.fullmatch(first):
+        return False
+    return not os.path.exists(os.path.join(base, first))
+
+
+def read_csv(path: "os.PathLike[str] | str") -> CsvDataset:
+    """Read a ``file,label1;label2`` CSV (UTF-8, a byte-order mark allowed)::
+
+        data = read_csv("labels.csv")   # data.paths, data.label_sets, data.class_names
+
+    A first row that names the columns (see :func:`is_header_row`) is skipped. Raises
+    :class:`DatasetError` naming the line of the first malformed row.
     """
     import csv
 
@@ -119,15 +144,18 @@ def read_csv(path: "os.PathLike[str] | str") -> CsvDataset:
     base = os.path.dirname(os.path.abspath(path))
     paths, label_sets, names = [], [], {}
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.reader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DatasetError(f"{path}: cannot read CSV ({exc})") from None
+    first = True
     for number, row in enumerate(rows, start=1):
         if not row or all(not cell.strip() for cell in row):
             continue
-        if number == 1 and [c.strip().lower() for c in row[:2]] == ["file", "labels"]:
-            continue
+        if first:
+            first = False
+            if is_header_row(row, base):
+                continue
         if len(row) != 2:
             raise DatasetError(f"{path}:{number}: expected 'file,label1;label2', got {len(row)} "
                                "fields")
