@@ -9,3 +9,4 @@
 from edge_classifier.config.schema import (  # noqa: F401  (the public names)
     DEFAULT_PATH, ClassConfig, Config, GpioConfig, HeadConfig, ModelConfig, MqttConfig,
     SmoothingConfig, SourceConfig, example_text, load_config, parse_config)
+from edge_classifier.config.broker import BrokerUrl, parse_broker_url, redact  # noqa: F401

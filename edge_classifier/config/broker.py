@@ -1,0 +1,69 @@
+"""Broker URLs, as the config gives them::
+
+    url = parse_broker_url("mqtts://bob:hunter2@broker.lan")   # BrokerUrl(host='broker.lan', ...)
+    str(url)                                                    # 'mqtts://bob@broker.lan:8883'
+    redact("cannot reach mqtt://bob:hunter2@host")              # '... mqtt://bob:***@host'
+
+The config loader checks the URL at load; the MQTT client then relies on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import unquote, urlsplit
+
+from edge_classifier.errors import BrokerUrlError
+
+DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+
+
+@dataclass(frozen=True)
+class BrokerUrl:
+    """A parsed broker URL; ``str()`` and ``repr()`` never show the password."""
+
+    host: str
+    port: int
+    tls: bool
+    username: str = ""
+    password: str = field(default="", repr=False)
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        user = f"{self.username}@" if self.username else ""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{host}:{self.port}"
+
+
+def redact(text: str) -> str:
+    """``text`` with a URL's password replaced: ``mqtt://bob:***@host:1883``."""
+    head, sep, rest = str(text).partition("://")
+    at = rest.rfind("@")
+    if not sep or at < 0 or ":" not in rest[:at]:
+        return str(text)
+    user = rest[:at].split(":", 1)[0]
+    return f"{head}://{user}:***@{rest[at + 1:]}"
+
+
+def parse_broker_url(url: str) -> BrokerUrl:
+    """``mqtt://[user[:password]@]host[:port]`` or ``mqtts://`` (TLS), IPv6 hosts in brackets,
+    default ports 1883 and 8883; user and password may be %-encoded."""
+    if not isinstance(url, str) or not url.strip():
+        raise BrokerUrlError("broker URL is empty; use mqtt://host[:port] or mqtts://host[:port]")
+    shown = redact(url)
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError as exc:
+        raise BrokerUrlError(f"broker URL {shown!r} is not valid ({redact(str(exc))})") from None
+    scheme = parts.scheme.lower()
+    if scheme not in DEFAULT_PORTS:
+        raise BrokerUrlError(f"broker URL {shown!r} must start with mqtt:// or mqtts://")
+    host = parts.hostname or ""
+    if not host or any(ch.isspace() or ch in "/\\" for ch in host):
+        raise BrokerUrlError(f"broker URL {shown!r} has no valid host")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise BrokerUrlError(f"broker URL {shown!r} must not have a path, query or fragment")
+    if port == 0:
+        raise BrokerUrlError(f"broker URL {shown!r}: port must be between 1 and 65535")
+    return BrokerUrl(host=host, port=port or DEFAULT_PORTS[scheme], tls=scheme == "mqtts",
+                     username=unquote(parts.username or ""),
+                     password=unquote(parts.password or ""))
