@@ -77,7 +77,7 @@ def load_run_config(args):
     from pathlib import Path
 
     from edge_classifier.core import atomic
-    from edge_classifier.config import DEFAULT_PATH, load_config, parse_config
+    from edge_classifier.config import DEFAULT_PATH, load_config, parse_config, validate_config
     from edge_classifier.core.paths import default_state_dir
     path = args.config or (DEFAULT_PATH if os.path.exists(DEFAULT_PATH) else None)
     try:
@@ -90,7 +90,7 @@ def load_run_config(args):
             raise
         log.error("%s; using the last config that worked, %s", exc, backup)
         config, text = parse_config(backup.read_text("utf-8"), str(backup)), None
-    config = apply_overrides(config, args)
+    config = validate_config(apply_overrides(config, args))  # the options pass the same rules
     if text is not None:
         state = Path(config.state_dir or default_state_dir()).expanduser()
         try:

@@ -1,20 +1,24 @@
-"""Broker URLs, as the config gives them::
+"""Broker URLs and MQTT credentials, as the config gives them::
 
     url = parse_broker_url("mqtts://bob:hunter2@broker.lan")   # BrokerUrl(host='broker.lan', ...)
     str(url)                                                    # 'mqtts://bob@broker.lan:8883'
     redact("cannot reach mqtt://bob:hunter2@host")              # '... mqtt://bob:***@host'
+    read_password_file("/etc/edge-classifier/mqtt-password")    # the file's first line
 
-The config loader checks the URL at load; the MQTT client then relies on it.
+The config loader checks all of them once, at load; the MQTT client then relies on them.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
-from edge_classifier.errors import BrokerUrlError
+from edge_classifier.errors import BrokerUrlError, ConfigError
 
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+MQTT_STRING_BYTES = 65535  # MQTT's limit for a user name or password (a 2-byte length)
 
 
 @dataclass(frozen=True)
@@ -67,3 +71,30 @@ def parse_broker_url(url: str) -> BrokerUrl:
     return BrokerUrl(host=host, port=port or DEFAULT_PORTS[scheme], tls=scheme == "mqtts",
                      username=unquote(parts.username or ""),
                      password=unquote(parts.password or ""))
+
+
+def read_password_file(path: str) -> str:
+    """The password in ``path``, a regular UTF-8 file, without trailing line breaks.
+    Raises :class:`ConfigError` naming ``mqtt.password_file`` (never the password)."""
+    def fail(reason: str) -> ConfigError:
+        return ConfigError(f"mqtt.password_file: cannot read {path} ({reason})")
+    try:
+        regular = stat.S_ISREG(os.stat(path).st_mode)  # before open(): a FIFO would block
+        if regular:
+            with open(path, "rb") as f:
+                data = f.read(MQTT_STRING_BYTES + 3)  # the limit and a line break
+    except OSError as exc:
+        raise fail(exc.strerror or type(exc).__name__) from None
+    except ValueError:  # an embedded NUL in the path
+        raise fail("not a valid path") from None
+    if not regular:
+        raise fail("not a regular file")
+    data = data.rstrip(b"\r\n")
+    if len(data) > MQTT_STRING_BYTES:
+        raise fail(f"longer than MQTT's {MQTT_STRING_BYTES} bytes")
+    if not data:
+        raise fail("it is empty")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise fail("not UTF-8 text") from None
