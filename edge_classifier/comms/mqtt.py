@@ -24,8 +24,8 @@ from typing import Any, Callable, Dict, Optional, Tuple
 from edge_classifier.comms.commands import error_result, handle_command
 from edge_classifier.comms.discovery import AVAILABLE, NOT_AVAILABLE
 from edge_classifier.comms.publisher import Publisher, StdoutPublisher
-from edge_classifier.config.broker import BrokerUrl, parse_broker_url, redact
-from edge_classifier.errors import (BrokerUrlError, CommandQueueError, ConfigError, MqttError,
+from edge_classifier.config.broker import BrokerUrl, parse_broker_url, read_password_file, redact
+from edge_classifier.errors import (BrokerUrlError, CommandQueueError, MqttError,
                                      PublisherClosedError)
 
 __all__ = ["BrokerUrl", "BrokerUrlError", "MqttError", "MqttPublisher", "Publisher",
@@ -64,15 +64,6 @@ def _describe(exc: Optional[BaseException]) -> str:
     return (exc.strerror or str(exc) or type(exc).__name__) if exc else "unknown error"
 
 
-def _read_password(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read().rstrip("\r\n")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or "not UTF-8 text"
-        raise ConfigError(f"mqtt.password_file: cannot read {path} ({reason})") from None
-
-
 class MqttPublisher(Publisher):
     """Publishes to a broker with paho-mqtt 2.x over MQTT 5 (so the broker says which messages
     its ACL refused), with ``connect_async`` + ``loop_start``: nothing here waits for the network.
@@ -107,11 +98,8 @@ class MqttPublisher(Publisher):
         self._client = client = client_class(paho.CallbackAPIVersion.VERSION2,
                                              client_id=self.client_id, protocol=paho.MQTTv5)
         username = m.username or self.url.username
-        password = (_read_password(m.password_file) if m.password_file
+        password = (read_password_file(m.password_file) if m.password_file
                     else m.password or self.url.password)
-        if password and not username:
-            raise ConfigError("mqtt.password: a password needs a user name (mqtt.username or "
-                              "the broker URL)")
         if username:
             client.username_pw_set(username, password or None)
         self._configure_tls(m)
@@ -124,16 +112,9 @@ class MqttPublisher(Publisher):
 
     def _configure_tls(self, m) -> None:
         if not self.url.tls:
-            if m.tls_ca or m.tls_cert or m.tls_key or m.tls_insecure:
-                raise ConfigError("mqtt.tls_*: TLS options are set but mqtt.broker is not an "
-                                  "mqtts:// URL")
             return
-        try:
-            self._client.tls_set(ca_certs=m.tls_ca or None, certfile=m.tls_cert or None,
-                                 keyfile=m.tls_key or None)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"mqtt.tls_ca/tls_cert/tls_key: cannot load the TLS files "
-                              f"({getattr(exc, 'strerror', None) or exc})") from None
+        self._client.tls_set(ca_certs=m.tls_ca or None, certfile=m.tls_cert or None,
+                             keyfile=m.tls_key or None)
         if m.tls_insecure:
             self._client.tls_insecure_set(True)
 
