@@ -272,11 +272,6 @@ def test_a_topic_denied_by_the_acl_is_reported(secured, publishers):
     assert pub.stats["refused"] >= 1 and pub.stats["connected"] is True
 
 
-def test_a_password_without_a_user_name_is_a_config_error(broker, publishers):
-    with pytest.raises(ConfigError, match="needs a user name"):
-        publishers(mqtt_config(broker, password="x"))
-
-
 def test_an_unreadable_password_file_is_a_config_error(broker, publishers, tmp_path):
     with pytest.raises(ConfigError, match="mqtt.password_file"):
         publishers(mqtt_config(broker, username="a", password_file=str(tmp_path / "none")))
@@ -346,14 +341,3 @@ def test_a_client_certificate_is_presented(tmp_path, pki, publishers):
         publishers(mqtt_config(server, discovery=False, tls_ca=ca, client_id="no-cert")).start()
         record = log.wait_for("closed the connection before accepting it", level=40)
         assert "certificate required" in record.getMessage()  # the broker insists on one
-
-
-def test_missing_tls_files_are_a_config_error(tmp_path, publishers):
-    with pytest.raises(ConfigError, match="cannot load the TLS files"):
-        publishers(mqtt_config(None, broker="mqtts://127.0.0.1:1",
-                               tls_ca=str(tmp_path / "missing.crt")))
-
-
-def test_tls_options_without_mqtts_are_a_config_error(broker, publishers, pki):
-    with pytest.raises(ConfigError, match="mqtts://"):
-        publishers(mqtt_config(broker, tls_ca=str(pki["ca"][0])))

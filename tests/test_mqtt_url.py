@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from edge_classifier.errors import EdgeClassifierError
-from edge_classifier.comms.mqtt import BrokerUrl, BrokerUrlError, parse_broker_url, redact
+from edge_classifier.config import BrokerUrl, parse_broker_url, redact
+from edge_classifier.errors import BrokerUrlError, EdgeClassifierError
 
 
 @pytest.mark.parametrize("url, expected", [

@@ -19,75 +19,21 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
-from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Tuple
-from urllib.parse import unquote, urlsplit
 
 from edge_classifier.comms.commands import error_result, handle_command
 from edge_classifier.comms.discovery import AVAILABLE, NOT_AVAILABLE
 from edge_classifier.comms.publisher import Publisher, StdoutPublisher
-from edge_classifier.errors import (BrokerUrlError, CommandQueueError, ConfigError, MqttError,
+from edge_classifier.config.broker import BrokerUrl, parse_broker_url, read_password_file, redact
+from edge_classifier.errors import (BrokerUrlError, CommandQueueError, MqttError,
                                      PublisherClosedError)
 
 __all__ = ["BrokerUrl", "BrokerUrlError", "MqttError", "MqttPublisher", "Publisher",
            "PublisherClosedError", "StdoutPublisher", "make_publisher", "parse_broker_url",
            "redact"]
 
-DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 STOP_TIMEOUT = 3.0  # seconds stop() waits for the broker to acknowledge "offline"
 _AUTH_HINT = " (check mqtt.username and the password, and the broker's users)"
-
-
-@dataclass(frozen=True)
-class BrokerUrl:
-    """A parsed broker URL; ``str()`` and ``repr()`` never show the password."""
-
-    host: str
-    port: int
-    tls: bool
-    username: str = ""
-    password: str = field(default="", repr=False)
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        user = f"{self.username}@" if self.username else ""
-        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{host}:{self.port}"
-
-
-def redact(text: str) -> str:
-    """``text`` with a URL's password replaced: ``mqtt://bob:***@host:1883``."""
-    head, sep, rest = str(text).partition("://")
-    at = rest.rfind("@")
-    if not sep or at < 0 or ":" not in rest[:at]:
-        return str(text)
-    user = rest[:at].split(":", 1)[0]
-    return f"{head}://{user}:***@{rest[at + 1:]}"
-
-
-def parse_broker_url(url: str) -> BrokerUrl:
-    """``mqtt://[user[:password]@]host[:port]`` or ``mqtts://`` (TLS), IPv6 hosts in brackets,
-    default ports 1883 and 8883; user and password may be %-encoded."""
-    if not isinstance(url, str) or not url.strip():
-        raise BrokerUrlError("broker URL is empty; use mqtt://host[:port] or mqtts://host[:port]")
-    shown = redact(url)
-    try:
-        parts = urlsplit(url.strip())
-        port = parts.port
-    except ValueError as exc:
-        raise BrokerUrlError(f"broker URL {shown!r} is not valid ({redact(str(exc))})") from None
-    scheme = parts.scheme.lower()
-    if scheme not in DEFAULT_PORTS:
-        raise BrokerUrlError(f"broker URL {shown!r} must start with mqtt:// or mqtts://")
-    host = parts.hostname or ""
-    if not host or any(ch.isspace() or ch in "/\\" for ch in host):
-        raise BrokerUrlError(f"broker URL {shown!r} has no valid host")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise BrokerUrlError(f"broker URL {shown!r} must not have a path, query or fragment")
-    if port == 0:
-        raise BrokerUrlError(f"broker URL {shown!r}: port must be between 1 and 65535")
-    return BrokerUrl(host=host, port=port or DEFAULT_PORTS[scheme], tls=scheme == "mqtts",
-                     username=unquote(parts.username or ""),
-                     password=unquote(parts.password or ""))
 
 
 def _paho():
@@ -116,15 +62,6 @@ def _describe(exc: Optional[BaseException]) -> str:
     if isinstance(exc, socket.gaierror):
         return f"cannot resolve the host name ({exc.strerror or exc})"
     return (exc.strerror or str(exc) or type(exc).__name__) if exc else "unknown error"
-
-
-def _read_password(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read().rstrip("\r\n")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or "not UTF-8 text"
-        raise ConfigError(f"mqtt.password_file: cannot read {path} ({reason})") from None
 
 
 class MqttPublisher(Publisher):
@@ -163,11 +100,8 @@ class MqttPublisher(Publisher):
         self._client = client = client_class(paho.CallbackAPIVersion.VERSION2,
                                              client_id=self.client_id, protocol=paho.MQTTv5)
         username = m.username or self.url.username
-        password = (_read_password(m.password_file) if m.password_file
+        password = (read_password_file(m.password_file) if m.password_file
                     else m.password or self.url.password)
-        if password and not username:
-            raise ConfigError("mqtt.password: a password needs a user name (mqtt.username or "
-                              "the broker URL)")
         if username:
             client.username_pw_set(username, password or None)
         self._configure_tls(m)
@@ -180,16 +114,9 @@ class MqttPublisher(Publisher):
 
     def _configure_tls(self, m) -> None:
         if not self.url.tls:
-            if m.tls_ca or m.tls_cert or m.tls_key or m.tls_insecure:
-                raise ConfigError("mqtt.tls_*: TLS options are set but mqtt.broker is not an "
-                                  "mqtts:// URL")
             return
-        try:
-            self._client.tls_set(ca_certs=m.tls_ca or None, certfile=m.tls_cert or None,
-                                 keyfile=m.tls_key or None)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"mqtt.tls_ca/tls_cert/tls_key: cannot load the TLS files "
-                              f"({getattr(exc, 'strerror', None) or exc})") from None
+        self._client.tls_set(ca_certs=m.tls_ca or None, certfile=m.tls_cert or None,
+                             keyfile=m.tls_key or None)
         if m.tls_insecure:
             self._client.tls_insecure_set(True)
 

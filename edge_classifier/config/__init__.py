@@ -4,8 +4,19 @@
 
     config = load_config("/etc/edge-classifier/config.toml")
     config.mqtt.broker, config.smoothing.frames
+    validate_config(config.replace(device_id="küche"))   # ConfigError: device_id: use ASCII ...
+
+Modules: :mod:`~.keys` (the ``key()`` helper: default, help, range, choices in one place),
+:mod:`~.schema` (the dataclasses), :mod:`~.broker` (broker URLs, the password file),
+:mod:`~.validation` (the rules between keys), :mod:`~.loading` (TOML files),
+:mod:`~.example` (the example file, written from the schema).
 """
 
-from edge_classifier.config.schema import (  # noqa: F401  (the public names)
-    DEFAULT_PATH, ClassConfig, Config, GpioConfig, HeadConfig, ModelConfig, MqttConfig,
-    SmoothingConfig, SourceConfig, example_text, load_config, parse_config)
+from edge_classifier.config.broker import (  # noqa: F401  (the public names)
+    BrokerUrl, parse_broker_url, read_password_file, redact)
+from edge_classifier.config.example import example_text  # noqa: F401
+from edge_classifier.config.loading import DEFAULT_PATH, load_config, parse_config  # noqa: F401
+from edge_classifier.config.schema import (  # noqa: F401
+    ClassConfig, Config, GpioConfig, HeadConfig, ModelConfig, MqttConfig, SmoothingConfig,
+    SourceConfig)
+from edge_classifier.config.validation import validate_config  # noqa: F401

@@ -1,129 +1,181 @@
-"""Configuration: TOML in, frozen dataclasses out.
+"""The configuration's keys: frozen dataclasses whose fields hold each key's default, help text
+and range or choices (:func:`~edge_classifier.config.keys.key`)::
 
-Unknown keys and bad values are rejected with the key's dotted name, so a typo never passes
-silently::
+    config = Config(mqtt=MqttConfig(broker="mqtt://broker.lan"))
+    config.base_topic          # -> "edge_classifier/<device_id>"
 
-    config = load_config("/etc/edge-classifier/config.toml")
-    config.mqtt.broker, config.smoothing.frames
-
-``edge-classifier config --example`` prints a commented file with every key
-(:func:`example_text`).
+Build configs from files with :func:`~edge_classifier.config.load_config`, which also checks
+the rules between keys (:mod:`edge_classifier.config.validation`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import socket
-import sys
-from dataclasses import dataclass, field, fields
-from typing import Any, Optional, Tuple, get_type_hints
+from dataclasses import dataclass
+from typing import Optional, Tuple
 
-from edge_classifier.errors import ConfigError
+from edge_classifier.config.keys import key, pin, spec_of, walk
+from edge_classifier.learning.heads import HEAD_NAMES
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
-DEFAULT_PATH = "/etc/edge-classifier/config.toml"
+MAX_DEVICE_ID = 64
 
 
 def _default_device_id() -> str:
-    host = socket.gethostname().split(".")[0] or "edge-classifier"
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in host)[:64]
+    host = socket.gethostname().split(".")[0]
+    ascii_id = "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "_" for c in host)
+    return ascii_id.strip("_")[:MAX_DEVICE_ID] or "edge-classifier"
 
 
 @dataclass(frozen=True)
 class SourceConfig:
-    kind: str = "auto"  # "picamera2", "replay" or "auto" (picamera2 if it imports, else replay)
-    path: str = ""  # replay: a folder, an image file, or several separated by ':'
-    fps: float = 0.0  # frame-rate cap; 0 = as fast as possible
-    loop: bool = True  # replay: start again at the end
-    width: int = 320  # picamera2 lores stream size
-    height: int = 240
-    timeout: float = 10.0  # seconds without a frame before the camera counts as hung
+    kind: str = key("auto", choices=("auto", "picamera2", "replay"),
+                    help="where frames come from: the Pi camera (picamera2), image files "
+                         "(replay), or auto: the camera if picamera2 imports, else the replay")
+    path: str = key("", help="replay: a folder of images, an image file, or several joined "
+                             "with ':'")
+    fps: float = key(0.0, range=(0, 1000), help="frame-rate cap; 0 = as fast as the model runs")
+    loop: bool = key(True, help="replay: start again after the last image")
+    width: int = key(320, range=(16, 4096), help="width of the picamera2 'lores' stream used "
+                                                 "for inference")
+    height: int = key(240, range=(16, 4096), help="height of the picamera2 'lores' stream")
+    timeout: float = key(10.0, range=(0.1, 3600),
+                         help="seconds without a frame before the camera counts as hung")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = ""  # empty: the manifest's default embedding extractor
-    threads: int = 0  # 0: all cores
-    resize: str = "crop"
+    name: str = key("", help="the backbone, a model name from 'edge-classifier models list'; "
+                             "empty = the default embedding extractor")
+    threads: int = key(0, range=(0, 64), help="interpreter threads; 0 = all cores")
+    resize: str = key("crop", choices=("crop", "squash"),
+                      help="how a frame is fitted to the model's input: centre crop or squash")
 
 
 @dataclass(frozen=True)
 class HeadConfig:
-    name: str = "auto"
-    flip: bool = True  # augmentation at capture time
-    crops: int = 0
-    max_samples_per_class: int = 500
-    drop_policy: str = "oldest"  # when a class is full: "oldest" or "redundant"
+    name: str = key("", choices=HEAD_NAMES + ("multilabel", ""),
+                    help="the classifier trained on the embeddings; empty: the one the state "
+                         "was taught with (auto for a new state); multilabel lets several "
+                         "classes hold at once")
+    flip: bool = key(True, help="also learn each capture's mirror image")
+    crops: int = key(0, range=(0, 5), help="also learn this many zoomed crops of each capture")
+    max_samples_per_class: int = key(500, range=(1, 100000),
+                                     help="samples kept per class; see drop_policy")
+    drop_policy: str = key("oldest", choices=("oldest", "redundant"),
+                           help="when a class is full: drop the oldest sample or the most "
+                                "redundant one")
+    max_classes: int = key(50, range=(1, 1000), help="most classes a state may hold; new class "
+                                                     "names beyond it are refused")
 
 
 @dataclass(frozen=True)
 class SmoothingConfig:
-    method: str = "consecutive"  # "consecutive", "ema" or "none"
-    frames: int = 3  # consecutive: frames that must agree
-    threshold: float = 0.8  # below it the state is "unknown"
-    alpha: float = 0.3  # ema: weight of the newest frame
+    method: str = key("consecutive", choices=("consecutive", "ema", "none"),
+                      help="how predictions are steadied: N consecutive frames must agree, an "
+                           "exponential moving average, or none")
+    frames: int = key(3, range=(1, 1000), help="consecutive: frames that must agree")
+    threshold: float = key(0.8, range=(0, 1),
+                           help="below this confidence the state is 'unknown'")
+    alpha: float = key(0.3, range=(0.001, 1), help="ema: weight of the newest frame")
 
 
 @dataclass(frozen=True)
 class ClassConfig:
-    name: str
-    button: Optional[int] = None  # GPIO (BCM) pin of its capture button
-    led: Optional[int] = None  # GPIO pin of its LED
+    name: str = key(help="the class name (1 to 64 characters, no '/')", example="apple")
+    button: Optional[int] = pin("GPIO (BCM) pin of its capture button; hold it to capture "
+                                "repeatedly", example=17)
+    led: Optional[int] = pin("GPIO pin of its LED: lit while the class is predicted, blinks on "
+                             "a capture", example=27)
 
 
 @dataclass(frozen=True)
 class GpioConfig:
-    pin_factory: str = ""  # gpiozero pin factory ("mock" in tests); empty = gpiozero's default
-    delete_button: Optional[int] = None  # hold 1 s: delete last sample; 5 s: clear the class
-    status_led: Optional[int] = None
-    hold_rate: float = 5.0  # captures per second while a class button is held
-    bounce_time: float = 0.05
-    long_press: float = 1.0
-    very_long_press: float = 5.0
+    pin_factory: str = key("", help="gpiozero pin factory, e.g. lgpio, or mock (no hardware); "
+                                    "empty = gpiozero's default")
+    delete_button: Optional[int] = pin("GPIO pin of the delete button: hold it long_press to "
+                                       "delete the newest sample of the class captured last, "
+                                       "very_long_press to clear that class", example=22)
+    status_led: Optional[int] = pin("GPIO pin of the status LED: blinks on a capture for a "
+                                    "class without an LED, shows what the delete button will "
+                                    "do", example=5)
+    hold_rate: float = key(5.0, range=(0.1, 100),
+                           help="captures per second while a class button is held")
+    bounce_time: float = key(0.05, range=(0, 5), help="seconds of button contact bounce to "
+                                                      "ignore; 0 = none")
+    long_press: float = key(1.0, range=(0.1, 60),
+                            help="seconds the delete button is held to delete the last sample")
+    very_long_press: float = key(5.0, range=(0.2, 600),
+                                 help="seconds the delete button is held to clear the class; "
+                                      "longer than long_press")
 
 
 @dataclass(frozen=True)
 class MqttConfig:
-    broker: str = ""  # mqtt://[user:pass@]host[:port] or mqtts://...; empty: JSON lines on stdout
-    username: str = ""
-    password: str = ""
-    password_file: str = ""  # read the password from a file (keeps it out of the config)
-    client_id: str = ""  # empty: edge-classifier-<device_id>
-    keepalive: int = 60
-    qos: int = 1
-    base_topic: str = ""  # empty: edge_classifier/<device_id>
-    tls_ca: str = ""
-    tls_cert: str = ""
-    tls_key: str = ""
-    tls_insecure: bool = False  # skip host-name verification (testing only)
-    prediction_interval: float = 1.0  # at most one prediction message per interval (s)
-    stats_interval: float = 60.0
-    commands: bool = False  # accept remote commands on <base>/cmd/<action>
-    discovery: bool = True
-    discovery_prefix: str = "homeassistant"
-    max_queued: int = 1000  # QoS 1 messages kept while the broker is away; oldest dropped
-    max_payload: int = 4096  # larger command payloads are rejected
-    reconnect_min: float = 1.0
-    reconnect_max: float = 60.0
+    broker: str = key("", help="mqtt://[user:pass@]host[:port] or mqtts://... (TLS); "
+                               "empty = JSON lines on standard output")
+    username: str = key("", help="user name at the broker (or put it in the broker URL)")
+    password: str = key("", help="password at the broker; better: password_file")
+    password_file: str = key("", help="read the password from this file (keeps it out of the "
+                                      "config); not together with password")
+    client_id: str = key("", help="MQTT client id, printable ASCII up to 128 characters; "
+                                  "empty = edge-classifier-<device_id>")
+    keepalive: int = key(60, range=(5, 65535),
+                         help="seconds between keep-alive pings to the broker")
+    qos: int = key(1, range=(0, 2), help="MQTT quality of service of what the device publishes")
+    base_topic: str = key("", help="topic prefix of every message; empty = "
+                                   "edge_classifier/<device_id>")
+    tls_ca: str = key("", help="mqtts:// only: CA certificate file that signed the broker's "
+                               "certificate; empty = the system's CAs")
+    tls_cert: str = key("", help="mqtts:// only: client certificate file, for brokers that "
+                                 "require one")
+    tls_key: str = key("", help="mqtts:// only: the client certificate's key file (unencrypted), "
+                                "if not in tls_cert")
+    tls_insecure: bool = key(False, help="mqtts:// only: skip host-name verification "
+                                         "(testing only)")
+    prediction_interval: float = key(1.0, range=(0, 3600),
+                                     help="seconds between prediction messages; the state "
+                                          "topic is sent at once")
+    stats_interval: float = key(60.0, range=(1, 86400), help="seconds between stats messages")
+    commands: bool = key(False, help="accept remote commands on <base_topic>/cmd/<action>")
+    discovery: bool = key(True, help="announce the device to Home Assistant (MQTT discovery)")
+    discovery_prefix: str = key("homeassistant", help="Home Assistant's discovery topic prefix")
+    max_queued: int = key(1000, range=(1, 1000000),
+                          help="messages kept while the broker is away; beyond it the oldest "
+                               "are dropped")
+    max_payload: int = key(4096, range=(64, 1048576),
+                           help="larger command payloads (bytes) are rejected")
+    reconnect_min: float = key(1.0, range=(0.01, 3600),
+                               help="first reconnect delay (s); it doubles up to reconnect_max")
+    reconnect_max: float = key(60.0, range=(0.01, 86400),
+                               help="longest reconnect delay (s); not below reconnect_min")
 
 
 @dataclass(frozen=True)
 class Config:
-    device_id: str = field(default_factory=_default_device_id)
-    state_dir: str = ""  # empty: <data home>/state
-    keyboard: str = "auto"  # "auto" (when stdin is a terminal), "on" or "off"
-    source: SourceConfig = SourceConfig()
-    model: ModelConfig = ModelConfig()
-    head: HeadConfig = HeadConfig()
-    smoothing: SmoothingConfig = SmoothingConfig()
-    gpio: GpioConfig = GpioConfig()
-    mqtt: MqttConfig = MqttConfig()
-    classes: Tuple[ClassConfig, ...] = ()
+    device_id: str = key(factory=_default_device_id, example="kitchen-cam",
+                         help="names this device in MQTT topics and Home Assistant: ASCII "
+                              "letters, digits, '_' and '-', 1 to 64 characters; default: the "
+                              "host name")
+    state_dir: str = key("", help="where samples and the fitted head are kept; empty = "
+                                  "$EDGE_CLASSIFIER_HOME/state (the service's StateDirectory)")
+    keyboard: str = key("auto", choices=("auto", "on", "off"),
+                        help="whether number keys capture for class N; auto: when standard "
+                             "input is a terminal")
+    source: SourceConfig = key(SourceConfig(), help="Frames: the Pi camera, or a replay of "
+                                                    "image files.")
+    model: ModelConfig = key(ModelConfig(), help="The backbone that turns a frame into an "
+                                                 "embedding.")
+    head: HeadConfig = key(HeadConfig(), help="Learning: the classifier on the embeddings and "
+                                              "the samples it keeps.")
+    smoothing: SmoothingConfig = key(SmoothingConfig(),
+                                     help="Steadying the prediction before it is published.")
+    gpio: GpioConfig = key(GpioConfig(), help="Buttons and LEDs (the class pins are in "
+                                              "[[classes]]).")
+    mqtt: MqttConfig = key(MqttConfig(), help="Publishing: MQTT and Home Assistant discovery.")
+    classes: Tuple[ClassConfig, ...] = key((), help="One [[classes]] table per class, in "
+                                                    "order: its name, and optionally the GPIO "
+                                                    "pins of its button and LED.")
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)
@@ -133,163 +185,7 @@ class Config:
         return self.mqtt.base_topic or f"edge_classifier/{self.device_id}"
 
 
-_CHOICES = {
-    "source.kind": ("auto", "picamera2", "replay"),
-    "model.resize": ("crop", "squash"),
-    "head.drop_policy": ("oldest", "redundant"),
-    "smoothing.method": ("consecutive", "ema", "none"),
-    "keyboard": ("auto", "on", "off"),
-}
-_RANGES = {
-    "source.fps": (0, 1000), "source.width": (16, 4096), "source.height": (16, 4096),
-    "source.timeout": (0.1, 3600), "model.threads": (0, 64), "head.crops": (0, 5),
-    "head.max_samples_per_class": (1, 100000), "smoothing.frames": (1, 1000),
-    "smoothing.threshold": (0, 1), "smoothing.alpha": (0.001, 1), "gpio.hold_rate": (0.1, 100),
-    "gpio.bounce_time": (0, 5), "gpio.long_press": (0.1, 60), "gpio.very_long_press": (0.2, 600),
-    "mqtt.keepalive": (5, 65535), "mqtt.qos": (0, 2), "mqtt.prediction_interval": (0, 3600),
-    "mqtt.stats_interval": (1, 86400), "mqtt.max_queued": (1, 1000000),
-    "mqtt.max_payload": (64, 1048576), "mqtt.reconnect_min": (0.01, 3600),
-    "mqtt.reconnect_max": (0.01, 86400),
-}
-
-
-def _check_value(key: str, value: Any, kind: Any) -> Any:
-    optional = kind == Optional[int]
-    if optional:
-        if value is None or value == "":
-            return None
-        kind = int
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-    elif kind is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected a whole number, got {value!r}")
-    elif kind is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        try:
-            value = float(value)
-        except OverflowError:  # a whole number too large for a float
-            raise ConfigError(f"{key}: too large ({len(str(value))} digits)") from None
-    elif kind is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected text, got {value!r}")
-    if key in _CHOICES and value not in _CHOICES[key]:
-        raise ConfigError(f"{key}: must be one of {', '.join(_CHOICES[key])}, not {value!r}")
-    if key in _RANGES and value is not None:
-        lo, hi = _RANGES[key]
-        if not lo <= value <= hi:
-            raise ConfigError(f"{key}: must be between {lo} and {hi}, not {value!r}")
-    if optional and value is not None and not 0 <= value <= 63:
-        raise ConfigError(f"{key}: GPIO pin must be between 0 and 63, not {value!r}")
-    return value
-
-
-def _build(cls, data: Any, prefix: str):
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a table, got {data!r}")
-    hints = get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        where = f"[{prefix}]" if prefix else "the top level"
-        raise ConfigError(f"unknown key {prefix + '.' if prefix else ''}{unknown[0]} in {where}; "
-                          f"known keys: {', '.join(sorted(known))}")
-    values = {}
-    for f in fields(cls):
-        if f.name not in data:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ConfigError(f"{prefix}.{f.name}: required")
-            continue
-        key = f"{prefix}.{f.name}" if prefix else f.name
-        kind = hints[f.name]
-        raw = data[f.name]
-        if dataclasses.is_dataclass(kind):
-            values[f.name] = _build(kind, raw, key)
-        elif f.name == "classes":
-            if not isinstance(raw, list):
-                raise ConfigError("classes: expected [[classes]] tables")
-            values[f.name] = tuple(_build(ClassConfig, c, f"classes[{i}]")
-                                   for i, c in enumerate(raw))
-        else:
-            values[f.name] = _check_value(key, raw, kind)
-    return cls(**values)
-
-
-def _validate(config: Config) -> Config:
-    from edge_classifier.core.names import validate_class_name
-    seen, pins = set(), {}
-    for i, c in enumerate(config.classes):
-        try:
-            validate_class_name(c.name)
-        except ValueError as exc:
-            raise ConfigError(f"classes[{i}].name: {exc}") from None
-        if c.name in seen:
-            raise ConfigError(f"classes[{i}].name: {c.name!r} is listed twice")
-        seen.add(c.name)
-        for what in ("button", "led"):
-            pin = getattr(c, what)
-            if pin is not None:
-                _check_value(f"classes[{i}].{what}", pin, Optional[int])
-                if pin in pins:
-                    raise ConfigError(f"classes[{i}].{what}: GPIO {pin} is already used by "
-                                      f"{pins[pin]}")
-                pins[pin] = f"classes[{i}].{what}"
-    for what in ("delete_button", "status_led"):
-        pin = getattr(config.gpio, what)
-        if pin is not None and pin in pins:
-            raise ConfigError(f"gpio.{what}: GPIO {pin} is already used by {pins[pin]}")
-    if config.gpio.very_long_press <= config.gpio.long_press:
-        raise ConfigError("gpio.very_long_press: must be longer than gpio.long_press")
-    if config.mqtt.reconnect_max < config.mqtt.reconnect_min:
-        raise ConfigError("mqtt.reconnect_max: must not be below mqtt.reconnect_min")
-    if not config.device_id or not all(ch.isalnum() or ch in "-_" for ch in config.device_id):
-        raise ConfigError(f"device_id: use letters, digits, '-' and '_' only, not "
-                          f"{config.device_id!r}")
-    if config.mqtt.broker:
-        from edge_classifier.comms.mqtt import parse_broker_url
-        try:
-            parse_broker_url(config.mqtt.broker)
-        except ValueError as exc:
-            raise ConfigError(f"mqtt.broker: {exc}") from None
-    for key in ("base_topic", "discovery_prefix"):
-        topic = getattr(config.mqtt, key)
-        if any(ch in topic for ch in "#+\0") or topic.startswith("/") or topic.endswith("/"):
-            raise ConfigError(f"mqtt.{key}: {topic!r} is not a valid topic prefix")
-    return config
-
-
-def parse_config(text: str, source: str = "config") -> Config:
-    """Parse TOML text into a validated :class:`Config`."""
-    try:
-        data = tomllib.loads(text)
-    except (ValueError, RecursionError) as exc:  # TOMLDecodeError, a huge integer, deep nesting
-        reason = exc if isinstance(exc, ValueError) else "nested too deeply"
-        raise ConfigError(f"{source}: not valid TOML ({reason})") from None
-    try:
-        return _validate(_build(Config, data, ""))
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
-
-
-def example_text() -> str:
-    """The commented example configuration (every key, with its default)."""
-    from pathlib import Path
-    return (Path(__file__).with_name("example.toml")).read_text("utf-8")
-
-
-def load_config(path: Optional[str] = None) -> Config:
-    """Read ``path``; with None, the default file if it exists, else the defaults."""
-    if path is None:
-        if not os.path.exists(DEFAULT_PATH):
-            return _validate(Config())
-        path = DEFAULT_PATH
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config ({exc.strerror or exc})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a text file") from None
-    return parse_config(text, path)
+# Choices and ranges by dotted key (classes' keys as "classes.button"), from the specs above.
+_CHOICES = {k: spec_of(f).choices for k, f, _ in walk(Config) if spec_of(f).choices}
+_RANGES = {k: spec_of(f).range for k, f, kind in walk(Config)
+           if spec_of(f).range and kind in (int, float)}

@@ -102,7 +102,7 @@ def run_demo(state_dir: str, mirror: Optional[str] = None, broker: Optional[str]
     device = Device(config, source=source, state_dir=state_dir)
     device_box["device"] = device
     log.info("demo: %s embeddings, head '%s', state in %s", device.backbone.name,
-             config.head.name, device.store.root)
+             device.learner.head_name, device.store.root)
     shown: List[Tuple[str, str, str, float]] = []
     original_step = device.step
 

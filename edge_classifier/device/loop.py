@@ -27,7 +27,7 @@ from edge_classifier.comms import events as ev
 from edge_classifier.comms.bus import Bus
 from edge_classifier.comms.commands import result as command_result
 from edge_classifier.comms.mqtt import make_publisher
-from edge_classifier.config import Config
+from edge_classifier.config import Config, validate_config
 from edge_classifier.core import blas
 from edge_classifier.core.clock import SYSTEM_CLOCK
 from edge_classifier.core.names import class_key
@@ -90,8 +90,8 @@ class Device:
     # -- construction --------------------------------------------------------------------------
     def _build(self, backbone, source, publisher, pin_factory, notifier, keyboard_stream,
                default_paths, state_dir):
+        cfg = self.config = validate_config(self.config)  # configs built in code too
         blas.set_threads(1)  # per-frame head maths must not steal the interpreter's cores
-        cfg = self.config
         root = Path(state_dir or cfg.state_dir or default_state_dir()).expanduser()
         self.state_dir = StateDir(root, command="edge-classifier run")
         self._closers.append(self.state_dir.close)
@@ -103,7 +103,7 @@ class Device:
         self.learner = Learner(
             backbone, self.state_dir, cfg.head.name or None,
             Augmentation(flip=cfg.head.flip, crops=cfg.head.crops),
-            max_classes=getattr(cfg.head, "max_classes", None),
+            max_classes=cfg.head.max_classes,
             max_samples_per_class=cfg.head.max_samples_per_class,
             drop_policy=cfg.head.drop_policy)
         self.store = self.learner.store

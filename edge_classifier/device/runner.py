@@ -17,8 +17,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional, Tuple
 
-from edge_classifier.config import DEFAULT_PATH, Config, load_config, parse_config
-from edge_classifier.comms.mqtt import parse_broker_url
+from edge_classifier.config import (DEFAULT_PATH, Config, load_config, parse_broker_url, parse_config,
+                                   validate_config)
 from edge_classifier.core.paths import default_state_dir
 from edge_classifier.device.loop import Device
 from edge_classifier.errors import ConfigError, StoreError
@@ -89,7 +89,7 @@ def load_run_config(path: Optional[str], o: Overrides = Overrides()) -> Tuple[Co
         backup_text, backup = kept
         log.error("%s; using the last config that worked, %s", exc, backup)
         config, text = parse_config(backup_text, str(backup)), None
-    return apply_overrides(config, o), text
+    return validate_config(apply_overrides(config, o)), text  # options pass the same rules
 
 
 def start_device(config: Config, **parts) -> Device:
