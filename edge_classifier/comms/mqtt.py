@@ -139,8 +139,8 @@ class MqttPublisher(Publisher):
     """
 
     def __init__(self, config, on_event: Callable[[Any], Any], clock=None,
-                 log: Optional[logging.Logger] = None):
-        super().__init__(config, clock=clock, log=log)
+                 log: Optional[logging.Logger] = None, max_buttons: Optional[int] = None):
+        super().__init__(config, clock=clock, log=log, max_buttons=max_buttons)
         m = config.mqtt
         self.url = parse_broker_url(m.broker)
         if m.commands and not callable(on_event):
@@ -367,13 +367,15 @@ class MqttPublisher(Publisher):
 
 
 def make_publisher(config, on_event: Callable[[Any], Any], clock=None,
-                   log: Optional[logging.Logger] = None) -> Publisher:
+                   log: Optional[logging.Logger] = None,
+                   max_buttons: Optional[int] = None) -> Publisher:
     """The publisher ``config`` asks for: :class:`MqttPublisher` when ``mqtt.broker`` is set,
     else :class:`StdoutPublisher`. ``on_event`` receives valid remote commands (from paho's thread;
-    it should only enqueue). Not started: call ``start()`` or use it as a context manager."""
+    it should only enqueue). ``max_buttons`` caps Home Assistant's capture buttons (see
+    :class:`Publisher`). Not started: call ``start()`` or use it as a context manager."""
     if not config.mqtt.broker:
         if config.mqtt.commands:
             (log or logging.getLogger(__name__)).warning(
                 "mqtt.commands is on but there is no mqtt.broker: remote commands are off")
-        return StdoutPublisher(config, clock=clock, log=log)
-    return MqttPublisher(config, on_event, clock=clock, log=log)
+        return StdoutPublisher(config, clock=clock, log=log, max_buttons=max_buttons)
+    return MqttPublisher(config, on_event, clock=clock, log=log, max_buttons=max_buttons)

@@ -14,7 +14,8 @@ import threading
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from edge_classifier.core.clock import SYSTEM_CLOCK
-from edge_classifier.comms.discovery import AVAILABLE, NOT_AVAILABLE, DiscoveryTracker, Topics, to_json
+from edge_classifier.comms.discovery import (AVAILABLE, MAX_DISCOVERY_BYTES, NOT_AVAILABLE,
+                                             DiscoveryTracker, Topics, to_json)
 from edge_classifier.errors import EdgeClassifierError, MqttError, PublisherClosedError  # noqa: F401 (re-exported)
 
 
@@ -30,9 +31,13 @@ class Publisher:
     ``stats`` keys: published, dropped, reconnects (connects after the first), connected (and
     the remembered values sent: what is published now goes out at once), callback_errors,
     rate_limited, refused (messages or subscriptions the broker refused), queued, last_error.
+
+    ``max_buttons`` caps the Home Assistant capture buttons (default: ``config.head.max_classes``
+    when the config has it, else :data:`~edge_classifier.comms.discovery.DEFAULT_MAX_BUTTONS`).
     """
 
-    def __init__(self, config, clock=None, log: Optional[logging.Logger] = None):
+    def __init__(self, config, clock=None, log: Optional[logging.Logger] = None,
+                 max_buttons: Optional[int] = None):
         self.config = config
         self.topics = Topics.from_config(config)
         self._qos = config.mqtt.qos
@@ -48,7 +53,8 @@ class Publisher:
         self._snapshot: Optional[bytes] = None  # waiting to be sent
         self._last_prediction: Optional[float] = None
         self._queue: collections.deque = collections.deque(maxlen=config.mqtt.max_queued)
-        self._discovery = DiscoveryTracker(config)
+        self._discovery = DiscoveryTracker(config, max_buttons=max_buttons)
+        self._without_button = 0  # classes left without a capture button (logged when it grows)
         # _status guards _stats and wakes wait_for(); a leaf lock, safe in any paho callback.
         self._status = threading.Condition(threading.Lock())
         self._stats: Dict[str, Any] = dict(
@@ -121,6 +127,16 @@ class Publisher:
             changed = self._discovery.set_classes(names)
             send = changed and self._ready and self.config.mqtt.discovery
             messages = self._discovery.messages() if send else []
+            left_out, grew = self._discovery.without_button, None
+            if left_out > self._without_button and self.config.mqtt.commands:
+                grew = self._without_button == 0
+            self._without_button = left_out
+        if grew is not None:
+            self._log.log(logging.WARNING if grew else logging.DEBUG,
+                          "Home Assistant discovery: %d of %d classes have no capture button "
+                          "(at most %d buttons and %d bytes per discovery message)", left_out,
+                          len(self._discovery.classes), self._discovery.max_buttons,
+                          MAX_DISCOVERY_BYTES)
         for body in messages:
             self._transmit(self.topics.discovery, body, self._qos, True)
 
@@ -234,8 +250,8 @@ class StdoutPublisher(Publisher):
     ``"encoding": "base64"``. Commands need a broker.
     """
 
-    def __init__(self, config, clock=None, log=None, stream=None):
-        super().__init__(config, clock=clock, log=log)
+    def __init__(self, config, clock=None, log=None, stream=None, max_buttons=None):
+        super().__init__(config, clock=clock, log=log, max_buttons=max_buttons)
         self._stream = stream  # None: sys.stdout at the time of writing
         self._write_lock = threading.Lock()
 
