@@ -203,6 +203,11 @@ class PublisherClosedError(MqttError, RuntimeError):
     """The publisher was stopped and cannot be started again."""
 
 
+class MqttFatalError(MqttError, RuntimeError):
+    """MQTT stopped for good: paho's network thread died again the same way after a new client
+    was built (e.g. a client id too long to encode). The device should exit non-zero."""
+
+
 class BrokerUrlError(MqttError, ValueError):
     """``mqtt.broker`` is not a valid ``mqtt://`` or ``mqtts://`` URL (messages hide secrets)."""
 

@@ -9,6 +9,7 @@ a broker, then stall the link (Wi-Fi gone without a FIN), resume it, or cut ever
         proxy.stall()    # sockets stay open, nothing is forwarded either way
         proxy.resume()   # forwarding again (see resume() for connections given up meanwhile)
         proxy.cut()      # close every connection at once (both ends see it)
+        proxy.inject(b"\xe0\x01\x8e")   # bytes to every client as from the broker, then cut
 
 Every thread is a daemon, polls a flag at least every 0.1 s and ends by itself once its
 connection or the proxy is closed; :meth:`TcpProxy.close` (also at the end of a ``with``) joins
@@ -174,6 +175,27 @@ class TcpProxy:
             links = list(self._links)
         for link in links:
             link.close()
+        return len(links)
+
+    def inject(self, data: bytes, cut: bool = True) -> int:
+        """Send ``data`` to every connected client as if the broker had sent it, between two
+        forwarded chunks (never inside one), then (``cut``) close those connections; returns how
+        many clients got it. E.g. an MQTT 5 DISCONNECT "Session taken over":
+        ``b"\\xe0\\x01\\x8e"``."""
+        with self._cond:
+            was_stalled, self._stalled = self._stalled, True
+            self._cond.wait_for(lambda: self._busy == 0, JOIN_TIMEOUT)  # a chunk in flight
+            links = list(self._links)
+            for link in links:
+                try:
+                    link.client.sendall(data)
+                except OSError:
+                    pass
+            self._stalled = was_stalled
+            self._cond.notify_all()
+        if cut:
+            for link in links:
+                link.close()
         return len(links)
 
     def close(self) -> None:

@@ -1,6 +1,8 @@
 """Network faults between the publisher and a real mosquitto, made by a TCP proxy
 (:mod:`tcp_proxy`): a stalled link (Wi-Fi gone without a FIN), a short stall, connections cut,
-no broker at boot, and an exception in every paho callback.
+no broker at boot, and an exception in every paho callback; paho's network thread dying (and
+dying again), and two clients with one client id (mosquitto's silent take-over and MQTT 5's
+"Session taken over").
 
 A broker restart and a broker that starts after the publisher are in test_mqtt_broker.py; an
 exception in ``on_event`` is in test_mqtt_commands.py.
@@ -21,6 +23,7 @@ from tcp_proxy import TcpProxy
 
 from edge_classifier.comms.events import Capture
 from edge_classifier.comms.mqtt import MqttPublisher
+from edge_classifier.core.clock import FakeClock
 
 broker = pytest.fixture(running_broker, name="broker")
 publishers = pytest.fixture(publisher_factory, name="publishers")
@@ -245,3 +248,153 @@ def test_an_exception_in_a_paho_callback_is_logged_counted_and_survived(name, br
         assert pub.stats["callback_errors"] == 1, pub.stats
         assert paho_thread_alive(pub)
         pub.close()  # while the proxy still forwards its "offline"
+
+
+# --- paho's network thread dying -------------------------------------------------------------
+def test_a_dead_network_thread_is_replaced_by_a_new_client(broker, publishers, capfd):
+    """An exception our callback guard lets through (here SystemExit from on_event) ends paho's
+    network thread. Regression: MQTT then stayed dead while the process ran on. Now one line is
+    logged, a new client connects (counted), and commands work again."""
+    events = queue.Queue()
+
+    def on_event(event):
+        if event.request_id == "fatal":
+            raise SystemExit("on_event called sys.exit()")
+        events.put(event)
+
+    with Observer(broker, f"{BASE}/#") as seen, LogRecorder() as log:
+        pub = publishers(mqtt_config(broker, commands=True, discovery=False), on_event).start()
+        connected(pub)
+        pub.publish_state("apple")
+        seen.wait_for(STATE, "apple")
+        after = seen.mark()
+        seen.publish(CMD + "snapshot", json.dumps({"id": "fatal"}))
+        record = log.wait_for("paho's network thread stopped", level=40)
+        assert "SystemExit: on_event called sys.exit()" in record.getMessage()
+        assert "building a new client" in record.getMessage()
+        assert pub.wait_for(lambda s: s["network_restarts"] == 1 and s["connected"], TIMEOUT)
+        seen.wait_for(AVAILABILITY, "online", after=after)
+        seen.wait_for(STATE, "apple", after=after)  # the retained state, sent again
+        seen.publish(CMD + "snapshot", json.dumps({"id": "after"}))
+        assert events.get(timeout=TIMEOUT).request_id == "after"
+        assert not pub.failed and pub.fatal_error is None
+        assert pub.stats["fatal_error"] is None
+    assert "Traceback" not in capfd.readouterr().err  # one line, not a thread's traceback
+
+
+@pytest.mark.parametrize("field", ["client_id", "password"])
+def test_the_same_death_again_makes_mqtt_fail_for_good(field, broker, publishers, capfd):
+    """Regression: a 70,000-character client id (or password) made paho's thread die with
+    struct.error packing CONNECT, and the process ran on with MQTT dead and exited 0. Now one
+    new client is tried; it dies the same way, so ``failed`` turns true for the loop to exit."""
+    from edge_classifier.errors import MqttFatalError
+    huge = {"client_id": "c" * 70_000} if field == "client_id" else {
+        "username": "alice", "password": "p" * 70_000}
+    with LogRecorder() as log:
+        pub = publishers(mqtt_config(broker, discovery=False, **huge)).start()
+        assert pub.wait_for(lambda s: s["fatal_error"] is not None, TIMEOUT), pub.stats
+        assert pub.failed
+        message = pub.fatal_error
+        assert "with the same error again" in message and "struct.error" in message
+        assert "65,535 bytes" in message and "mqtt.client_id" in message
+        assert pub.stats["network_restarts"] == 1 and pub.stats["connected"] is False
+        with pytest.raises(MqttFatalError, match="MQTT is off"):
+            pub.raise_if_failed()
+        errors = [r for r in log.records if r.levelno >= 40]
+        assert len(errors) == 2  # the first death, then the verdict: one line each
+        assert all(len(r.getMessage()) < 600 for r in log.records)  # the id is shortened
+        pub.close()  # quick and clean although nothing runs
+        assert "p" * 100 not in log.text
+    assert "Traceback" not in capfd.readouterr().err
+
+
+# --- a client id used twice ------------------------------------------------------------------
+def test_two_devices_with_one_client_id_are_told_so_and_back_off(broker, publishers):
+    """Regression: two devices with the same client id knocked each other off ~every second,
+    logged only as "Unspecified error". Each one's clock (fake, never advanced) says every
+    connection was dropped at once: after three in a row each logs one error naming the id and
+    the fix, counts it, and its reconnect back-off grows to reconnect_max (0.2 s)."""
+    with LogRecorder() as log:
+        one, two = (publishers(mqtt_config(broker, discovery=False, client_id="twin"),
+                               clock=FakeClock()).start() for _ in range(2))
+        for pub in (one, two):
+            assert pub.wait_for(lambda s: s["client_id_conflicts"] >= 2
+                                and s["backoff"] == 0.2, TIMEOUT), pub.stats
+        record = log.wait_for("same client id 'twin'", level=40)
+        text = record.getMessage()
+        assert "mqtt.client_id" in text and "device_id" in text and "backing off" in text
+        assert len([r for r in log.records if "same client id" in r.getMessage()
+                    and r.levelno >= 40]) <= 2  # once per device, then at DEBUG
+
+
+def test_a_connection_that_holds_brings_the_back_off_back(broker, publishers):
+    clock = FakeClock()
+    with LogRecorder() as log:
+        one = publishers(mqtt_config(broker, discovery=False, client_id="twin"),
+                         clock=clock).start()
+        two = publishers(mqtt_config(broker, discovery=False, client_id="twin"),
+                         clock=FakeClock()).start()
+        assert one.wait_for(lambda s: s["backoff"] == 0.2, TIMEOUT), one.stats
+        two.close()
+        connected(one)
+        clock.advance(600)  # the connection held for ten minutes
+        broker.restart()
+        log.wait_for("the connection had held; reconnect back-off is 0.05 s again")
+        assert one.wait_for(lambda s: s["backoff"] == 0.05 and s["connected"], TIMEOUT)
+
+
+def test_session_taken_over_is_recognised_at_the_first_drop(broker, proxy, publishers):
+    """An MQTT 5 broker that says why (DISCONNECT reason 142): one drop is enough."""
+    with LogRecorder() as log:
+        pub = publishers(through(proxy), clock=FakeClock()).start()
+        connected(pub)
+        assert proxy.inject(b"\xe0\x01\x8e") == 1  # DISCONNECT, Session taken over; then cut
+        record = log.wait_for("Session taken over (reason 142)", level=40)
+        assert "same client id 'edge-classifier-dev1'" in record.getMessage()
+        assert pub.wait_for(lambda s: s["client_id_conflicts"] == 1 and s["connected"],
+                            TIMEOUT), pub.stats
+        assert pub.stats["backoff"] == 0.1  # doubled once from reconnect_min
+
+
+def test_ordinary_lost_connections_are_not_called_a_conflict(broker, proxy, publishers):
+    clock = FakeClock()
+    with LogRecorder() as log:
+        pub = publishers(through(proxy), clock=clock).start()
+        for n in range(1, 5):
+            connected(pub)
+            clock.advance(60)  # each connection held for a minute
+            proxy.cut()
+            assert pub.wait_for(lambda s: s["reconnects"] == n and s["connected"], TIMEOUT)
+        assert pub.stats["client_id_conflicts"] == 0 and pub.stats["backoff"] == 0.05
+        assert "same client id" not in log.text
+
+
+# --- the verdicts alone (no broker) ----------------------------------------------------------
+def test_rebuilding_gives_up_after_the_same_error_or_too_many_in_a_row():
+    import struct
+
+    from edge_classifier.comms.mqtt_health import MAX_REBUILDS, ThreadDeaths
+    deaths = ThreadDeaths(reconnect_min=1, reconnect_max=4)
+    plans = [deaths.died(RuntimeError(f"fault {n}")) for n in range(MAX_REBUILDS + 1)]
+    assert [p.delay for p in plans[:-1]] == [1, 2, 4, 4, 4] and not any(p.fatal for p in plans[:-1])
+    assert plans[-1].fatal and f"{MAX_REBUILDS + 1} times without connecting" in plans[-1].message
+    deaths.connected()  # a connection worked: the same error once more is worth a new client
+    error = struct.error("'H' format requires 0 <= number <= 65535")
+    assert not deaths.died(error).fatal and deaths.died(error).fatal
+
+
+def test_a_conflict_takes_three_quick_drops_or_one_session_taken_over():
+    from edge_classifier.comms.mqtt_health import ClientIdWatch
+    watch = ClientIdWatch("pi", reconnect_min=1, reconnect_max=60)
+    verdicts = []
+    for now in (0.0, 1.0, 2.0, 3.0):
+        watch.connected(now)
+        verdicts.append(watch.disconnected(now + 0.5, 128, "Unspecified error"))
+    assert [v.conflict for v in verdicts] == [False, False, True, True]
+    assert [v.first for v in verdicts] == [False, False, True, False]
+    assert [v.backoff for v in verdicts] == [1, 1, 2, 4]
+    watch.connected(10.0)
+    assert watch.disconnected(100.0, 128, "Unspecified error").recovered  # held 90 s
+    watch.connected(100.0)
+    taken = watch.disconnected(100.5, 142, "Session taken over")
+    assert taken.conflict and taken.first and "'pi'" in taken.message

@@ -74,6 +74,14 @@ class Bus:
     def publish_snapshot(self, jpeg: bytes) -> None:
         self._each("publish_snapshot", jpeg)
 
+    def raise_if_failed(self) -> None:
+        """Raise the error of a transport that gave up for good (e.g. MQTT whose network
+        thread keeps dying), so the device exits non-zero instead of running on deaf."""
+        for t in self.transports:
+            check = getattr(t, "raise_if_failed", None)
+            if check is not None:
+                check()
+
     def answer(self, event: Any, result: Dict[str, Any]) -> bool:
         """Send a command's result to the transport it came by; False if none (a button, the
         keyboard: their results are only logged)."""

@@ -17,51 +17,24 @@ last will), ``state`` (retained label), ``prediction`` (rate-limited JSON), ``sc
 from __future__ import annotations
 
 import logging
-import socket
-import ssl
+import threading
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from edge_classifier.comms.commands import error_result, handle_command
 from edge_classifier.comms.discovery import AVAILABLE, NOT_AVAILABLE
+from edge_classifier.comms.mqtt_health import ClientIdWatch, ThreadDeaths, shorten
+from edge_classifier.comms.paho_client import describe_connect_error, discard, load_paho
 from edge_classifier.comms.publisher import Publisher, StdoutPublisher
 from edge_classifier.config.broker import BrokerUrl, parse_broker_url, read_password_file, redact
-from edge_classifier.errors import (BrokerUrlError, CommandQueueError, MqttError,
+from edge_classifier.errors import (BrokerUrlError, CommandQueueError, MqttError, MqttFatalError,
                                      PublisherClosedError)
 
-__all__ = ["BrokerUrl", "BrokerUrlError", "MqttError", "MqttPublisher", "Publisher",
-           "PublisherClosedError", "StdoutPublisher", "make_publisher", "parse_broker_url",
-           "redact"]
+__all__ = ["BrokerUrl", "BrokerUrlError", "MqttError", "MqttFatalError", "MqttPublisher",
+           "Publisher", "PublisherClosedError", "StdoutPublisher", "make_publisher",
+           "parse_broker_url", "redact"]
 
 STOP_TIMEOUT = 3.0  # seconds stop() waits for the broker to acknowledge "offline"
 _AUTH_HINT = " (check mqtt.username and the password, and the broker's users)"
-
-
-def _paho():
-    """paho (imported on first use) and a client that remembers why connecting failed."""
-    import paho.mqtt.client as paho
-
-    class Client(paho.Client):
-        connect_error: Optional[BaseException] = None
-
-        def reconnect(self):  # paho's thread calls this for every (re)connect attempt
-            try:
-                return super().reconnect()
-            except OSError as exc:
-                self.connect_error = exc
-                raise
-    return paho, Client
-
-
-def _describe(exc: Optional[BaseException]) -> str:
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"TLS certificate verification failed ({exc.verify_message or exc.reason})"
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS handshake failed ({exc.reason or exc})"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused (is the broker running and listening on that port?)"
-    if isinstance(exc, socket.gaierror):
-        return f"cannot resolve the host name ({exc.strerror or exc})"
-    return (exc.strerror or str(exc) or type(exc).__name__) if exc else "unknown error"
 
 
 class MqttPublisher(Publisher):
@@ -73,13 +46,26 @@ class MqttPublisher(Publisher):
     On every connect ``online`` goes first; once the broker has acknowledged it and the
     subscriptions (by then paho has re-sent what it kept from the previous connection), the
     discovery payload, the current state and scores and the queue follow.
+
+    Two faults paho does not handle (:mod:`~edge_classifier.comms.mqtt_health` judges them):
+
+    * paho's network thread can die (an exception outside our callbacks, e.g. ``struct.error``
+      for a client id, user name, password or will topic longer than 65,535 bytes): a new
+      client is built after a back-off (``stats["network_restarts"]``, one log line). If it
+      dies again with the same error before connecting, MQTT is off for good: :attr:`failed`
+      becomes true and :attr:`fatal_error` says why; the device loop should then exit non-zero
+      (``raise_if_failed()``). Reading :attr:`failed` also notices a thread that ended unseen.
+    * another client with the same client id: the broker keeps closing one connection for the
+      other. It is logged once as an error naming the client id and what to change, counted in
+      ``stats["client_id_conflicts"]``, and the reconnect back-off grows (``stats["backoff"]``)
+      until a connection holds again.
     """
 
     name = "mqtt"
 
     def __init__(self, config, on_event: Callable[[Any], Any], clock=None,
-                 log: Optional[logging.Logger] = None):
-        super().__init__(config, clock=clock, log=log)
+                 log: Optional[logging.Logger] = None, max_buttons: Optional[int] = None):
+        super().__init__(config, clock=clock, log=log, max_buttons=max_buttons)
         m = config.mqtt
         self.url = parse_broker_url(m.broker)
         if m.commands and not callable(on_event):
@@ -94,57 +80,140 @@ class MqttPublisher(Publisher):
         self._ever_connected = False  # reconnects count the connects after the first
         self._paho_error: Optional[str] = None  # paho's last error message, e.g. a TLS alert
         self._connack_refused = False
-        paho, client_class = _paho()
+        paho, self._client_class = load_paho()
         self._paho = paho
         self.client_id = m.client_id or f"edge-classifier-{config.device_id}"
-        self._client = client = client_class(paho.CallbackAPIVersion.VERSION2,
-                                             client_id=self.client_id, protocol=paho.MQTTv5)
         username = m.username or self.url.username
         password = (read_password_file(m.password_file) if m.password_file
                     else m.password or self.url.password)
-        if username:
-            client.username_pw_set(username, password or None)
-        self._configure_tls(m)
-        client.will_set(self.topics.availability, NOT_AVAILABLE, qos=1, retain=True)
-        client.reconnect_delay_set(m.reconnect_min, m.reconnect_max)
+        self._credentials = (username, password or None)
         self._paho_log = logging.getLogger(self._log.name + ".paho")
+        self._watch = ClientIdWatch(self.client_id, m.reconnect_min, m.reconnect_max)
+        self._deaths = ThreadDeaths(m.reconnect_min, m.reconnect_max)
+        self._rebuild_timer: Optional[threading.Timer] = None
+        self._lifecycle = threading.Lock()  # start/stop/rebuild, one at a time; never in paho
+        self._client = self._new_client()
+
+    def _new_client(self):
+        """A paho client with our settings and callbacks (also when rebuilding one)."""
+        m, paho = self.config.mqtt, self._paho
+        client = self._client_class(paho.CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                                    protocol=paho.MQTTv5)
+        username, password = self._credentials
+        if username:
+            client.username_pw_set(username, password)
+        self._configure_tls(client, m)
+        client.will_set(self.topics.availability, NOT_AVAILABLE, qos=1, retain=True)
+        client.reconnect_delay_set(self._watch.backoff, max(self._watch.backoff, m.reconnect_max))
         for name in ("connect", "connect_fail", "disconnect", "publish", "subscribe", "message",
                      "log"):
             setattr(client, f"on_{name}", self._guard(getattr(self, f"_on_{name}")))
+        client.on_network_exit = self._network_exited
+        return client
 
-    def _configure_tls(self, m) -> None:
-        if not self.url.tls:
+    def _configure_tls(self, client, m) -> None:
+        if not self.url.tls:  # the config checked the TLS options at load
             return
-        self._client.tls_set(ca_certs=m.tls_ca or None, certfile=m.tls_cert or None,
-                             keyfile=m.tls_key or None)
+        client.tls_set(ca_certs=m.tls_ca or None, certfile=m.tls_cert or None,
+                       keyfile=m.tls_key or None)
         if m.tls_insecure:
-            self._client.tls_insecure_set(True)
+            client.tls_insecure_set(True)
 
     # --- lifecycle ----------------------------------------------------------------------------
     def start(self) -> "MqttPublisher":
         """Connect in the background (returns at once); paho keeps reconnecting."""
-        if self._begin():
-            self._log.info("MQTT: connecting to %s as %s", self.url, self.client_id)
-            self._client.connect_async(self.url.host, self.url.port, self.config.mqtt.keepalive)
-            self._client.loop_start()
+        with self._lifecycle:
+            if self._begin():
+                self._log.info("MQTT: connecting to %s as %s", self.url, shorten(self.client_id))
+                self._connect(self._client)
         return self
+
+    def _connect(self, client) -> None:
+        client.connect_async(self.url.host, self.url.port, self.config.mqtt.keepalive)
+        client.loop_start()
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """Publish ``offline`` (retained; waits up to ``timeout`` s for the broker's
         acknowledgement when connected) and disconnect cleanly, so no last will is sent."""
-        if not self._end():
-            return
-        client = self._client
-        if client.is_connected():
-            info = client.publish(self.topics.availability, NOT_AVAILABLE, qos=1, retain=True)
-            try:
-                info.wait_for_publish(timeout)
-            except (RuntimeError, ValueError):  # not queued: the connection just went
-                pass
-        client.disconnect()
-        client.loop_stop()
+        with self._lifecycle:
+            if not self._end():
+                return
+            client, timer = self._client, self._rebuild_timer
+            if timer is not None:
+                timer.cancel()
+            if not self._network_alive(client):  # nothing would read the acknowledgement
+                discard(client)
+                self._update(connected=False)
+                self._log.info("MQTT: stopped (the network thread had ended)")
+                return
+            if client.is_connected():
+                info = client.publish(self.topics.availability, NOT_AVAILABLE, qos=1,
+                                      retain=True)
+                try:
+                    info.wait_for_publish(timeout)
+                except (RuntimeError, ValueError):  # not queued: the connection just went
+                    pass
+            client.disconnect()
+            client.loop_stop()
         self._update(connected=False)
         self._log.info("MQTT: disconnected from %s", self.url)
+
+    # --- paho's network thread dying ----------------------------------------------------------
+    @property
+    def failed(self) -> bool:
+        """True once MQTT is off for good (:attr:`fatal_error` says why). Also notices a network
+        thread that ended without telling us, and handles it like one that died."""
+        client = self._client
+        if (self._fatal_error is None and self._started and not self._stopped
+                and client.network_thread is not None and not self._network_alive(client)):
+            self._network_exited(client, None)
+        return self._fatal_error is not None
+
+    @staticmethod
+    def _network_alive(client) -> bool:
+        thread = client.network_thread
+        return thread is None or thread.is_alive() or thread is threading.current_thread()
+
+    def _network_exited(self, client, error: Optional[BaseException]) -> None:
+        """paho's network thread of ``client`` ended (on that thread, or from :attr:`failed`)."""
+        with self._lock:
+            if (client is not self._client or self._stopped or self._fatal_error is not None
+                    or getattr(client, "exit_seen", False)):
+                return  # a clean stop, or already handled
+            client.exit_seen = True
+            self._ready, self._awaiting, self._link_up = False, set(), False
+            plan = self._deaths.died(error)
+            if plan.fatal:
+                self._fatal_error = plan.message
+            else:
+                self._rebuild_timer = timer = threading.Timer(plan.delay, self._rebuild)
+                timer.daemon = True
+                timer.start()
+        self._update(connected=False, last_error=plan.message,
+                     fatal_error=self._fatal_error)
+        self._log.error("MQTT: %s", redact(plan.message))
+
+    def _rebuild(self) -> None:
+        """Replace the client whose network thread died and connect again (timer thread)."""
+        with self._lifecycle:
+            with self._lock:
+                if self._stopped or self._fatal_error is not None:
+                    return
+                old = self._client
+            try:
+                new = self._new_client()
+            except Exception as exc:  # e.g. the TLS files are gone
+                with self._lock:
+                    self._fatal_error = f"cannot build a new MQTT client: {exc}"
+                self._update(fatal_error=self._fatal_error, last_error=self._fatal_error)
+                self._log.error("MQTT: %s; MQTT is off", self._fatal_error)
+                return
+            with self._lock:
+                self._client = new
+            discard(old)
+            self._count("network_restarts")
+            self._log.info("MQTT: connecting to %s again with a new client", self.url)
+            self._connect(new)
 
     # --- sending ------------------------------------------------------------------------------
     def _transmit(self, topic: str, body: bytes, qos: int, retain: bool):
@@ -205,6 +274,9 @@ class MqttPublisher(Publisher):
             return
         first, self._ever_connected = not self._ever_connected, True
         self._last_failure, self._link_up, self._paho_error = None, True, None
+        self._watch.connected(self._clock.now())
+        with self._lock:
+            self._deaths.connected()
         self._update(last_error=None)
         self._count("reconnects", 0 if first else 1)
         self._log.info("MQTT: connected to %s", self.url)
@@ -231,7 +303,8 @@ class MqttPublisher(Publisher):
                 self._on_ready()
 
     def _on_connect_fail(self, client, userdata) -> None:
-        self._failed(f"cannot connect to {self.url}: {_describe(client.connect_error)}")
+        why = describe_connect_error(client.connect_error)
+        self._failed(f"cannot connect to {self.url}: {why}")
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._ready, self._awaiting = False, set()  # plain stores: no lock in this callback
@@ -241,12 +314,29 @@ class MqttPublisher(Publisher):
         if self._stopped or refused:
             return
         if was_connected:
-            self._log.warning("MQTT: lost the connection to %s (%s); reconnecting", self.url,
-                              reason_code)
+            self._judge_lost_connection(client, reason_code)
         else:  # closed before CONNACK, e.g. a TLS 1.3 alert for a missing client certificate
             detail, self._paho_error = self._paho_error or str(reason_code), None
             self._failed(f"{self.url} closed the connection before accepting it "
                          f"({redact(detail)})")
+
+    def _judge_lost_connection(self, client, reason_code) -> None:
+        verdict = self._watch.disconnected(self._clock.now(), reason_code.value, str(reason_code))
+        if verdict.conflict or verdict.recovered:
+            m = self.config.mqtt
+            client.reconnect_delay_set(verdict.backoff, max(verdict.backoff, m.reconnect_max))
+            self._update(backoff=verdict.backoff)
+        if verdict.conflict:
+            self._count("client_id_conflicts")
+            self._update(last_error=verdict.message)
+            self._log.log(logging.ERROR if verdict.first else logging.DEBUG, "MQTT: %s",
+                          verdict.message)
+            return
+        if verdict.recovered:
+            self._log.info("MQTT: the connection had held; reconnect back-off is %g s again",
+                           verdict.backoff)
+        self._log.warning("MQTT: lost the connection to %s (%s); reconnecting", self.url,
+                          reason_code)
 
     def _on_log(self, client, userdata, level, text) -> None:
         # paho's messages only at DEBUG (it calls a clean disconnect an error); the failures
@@ -296,13 +386,15 @@ class MqttPublisher(Publisher):
 
 
 def make_publisher(config, on_event: Callable[[Any], Any], clock=None,
-                   log: Optional[logging.Logger] = None) -> Publisher:
+                   log: Optional[logging.Logger] = None,
+                   max_buttons: Optional[int] = None) -> Publisher:
     """The publisher ``config`` asks for: :class:`MqttPublisher` when ``mqtt.broker`` is set,
     else :class:`StdoutPublisher`. ``on_event`` receives valid remote commands (from paho's thread;
-    it should only enqueue). Not started: call ``start()`` or use it as a context manager."""
+    it should only enqueue). ``max_buttons`` caps Home Assistant's capture buttons (see
+    :class:`Publisher`). Not started: call ``start()`` or use it as a context manager."""
     if not config.mqtt.broker:
         if config.mqtt.commands:
             (log or logging.getLogger(__name__)).warning(
                 "mqtt.commands is on but there is no mqtt.broker: remote commands are off")
-        return StdoutPublisher(config, clock=clock, log=log)
-    return MqttPublisher(config, on_event, clock=clock, log=log)
+        return StdoutPublisher(config, clock=clock, log=log, max_buttons=max_buttons)
+    return MqttPublisher(config, on_event, clock=clock, log=log, max_buttons=max_buttons)

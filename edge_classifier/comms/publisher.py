@@ -14,8 +14,10 @@ import threading
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from edge_classifier.core.clock import SYSTEM_CLOCK
-from edge_classifier.comms.discovery import AVAILABLE, NOT_AVAILABLE, DiscoveryTracker, Topics, to_json
-from edge_classifier.errors import EdgeClassifierError, MqttError, PublisherClosedError  # noqa: F401 (re-exported)
+from edge_classifier.comms.discovery import (AVAILABLE, MAX_DISCOVERY_BYTES, NOT_AVAILABLE,
+                                             DiscoveryTracker, Topics, to_json)
+from edge_classifier.errors import (  # noqa: F401 (re-exported)
+    EdgeClassifierError, MqttError, MqttFatalError, PublisherClosedError)
 
 
 class Publisher:
@@ -29,10 +31,22 @@ class Publisher:
 
     ``stats`` keys: published, dropped, reconnects (connects after the first), connected (and
     the remembered values sent: what is published now goes out at once), callback_errors,
-    rate_limited, refused (messages or subscriptions the broker refused), queued, last_error.
+    rate_limited, refused (messages or subscriptions the broker refused), queued, last_error,
+    network_restarts (new MQTT clients built after paho's network thread died),
+    client_id_conflicts (connections lost to another client with the same client id), backoff
+    (seconds before the next reconnect attempt), fatal_error (None, or why MQTT is off).
+
+    **The device loop should poll** :attr:`failed` (cheap) and exit non-zero when it is true,
+    e.g. ``publisher.raise_if_failed()`` once per frame: it raises :class:`MqttFatalError` with
+    :attr:`fatal_error` as its message. Only :class:`~edge_classifier.comms.mqtt.MqttPublisher`
+    ever fails.
+
+    ``max_buttons`` caps the Home Assistant capture buttons (default: ``config.head.max_classes``
+    when the config has it, else :data:`~edge_classifier.comms.discovery.DEFAULT_MAX_BUTTONS`).
     """
 
-    def __init__(self, config, clock=None, log: Optional[logging.Logger] = None):
+    def __init__(self, config, clock=None, log: Optional[logging.Logger] = None,
+                 max_buttons: Optional[int] = None):
         self.config = config
         self.topics = Topics.from_config(config)
         self._qos = config.mqtt.qos
@@ -48,18 +62,36 @@ class Publisher:
         self._snapshot: Optional[bytes] = None  # waiting to be sent
         self._last_prediction: Optional[float] = None
         self._queue: collections.deque = collections.deque(maxlen=config.mqtt.max_queued)
-        self._discovery = DiscoveryTracker(config)
+        self._discovery = DiscoveryTracker(config, max_buttons=max_buttons)
+        self._without_button = 0  # classes left without a capture button (logged when it grows)
+        self._fatal_error: Optional[str] = None
         # _status guards _stats and wakes wait_for(); a leaf lock, safe in any paho callback.
         self._status = threading.Condition(threading.Lock())
         self._stats: Dict[str, Any] = dict(
             published=0, dropped=0, reconnects=0, connected=False, callback_errors=0,
-            rate_limited=0, refused=0, queued=0, last_error=None)
+            rate_limited=0, refused=0, queued=0, last_error=None, network_restarts=0,
+            client_id_conflicts=0, backoff=config.mqtt.reconnect_min, fatal_error=None)
 
     # --- status -----------------------------------------------------------------------------
     @property
     def stats(self) -> Dict[str, Any]:
         with self._status:
             return dict(self._stats)
+
+    @property
+    def failed(self) -> bool:
+        """True once the transport has stopped for good (see :attr:`fatal_error`)."""
+        return self._fatal_error is not None
+
+    @property
+    def fatal_error(self) -> Optional[str]:
+        """Why the transport stopped for good (one line), or None while it works or retries."""
+        return self._fatal_error
+
+    def raise_if_failed(self) -> None:
+        """Raise :class:`MqttFatalError` if :attr:`failed`; for the device loop to call often."""
+        if self.failed:
+            raise MqttFatalError(f"MQTT: {self._fatal_error}")
 
     def wait_for(self, predicate: Callable[[Dict[str, Any]], bool], timeout: float) -> bool:
         """Block until ``predicate(stats)`` is true (True) or ``timeout`` seconds pass (False)."""
@@ -121,6 +153,16 @@ class Publisher:
             changed = self._discovery.set_classes(names)
             send = changed and self._ready and self.config.mqtt.discovery
             messages = self._discovery.messages() if send else []
+            left_out, grew = self._discovery.without_button, None
+            if left_out > self._without_button and self.config.mqtt.commands:
+                grew = self._without_button == 0
+            self._without_button = left_out
+        if grew is not None:
+            self._log.log(logging.WARNING if grew else logging.DEBUG,
+                          "Home Assistant discovery: %d of %d classes have no capture button "
+                          "(at most %d buttons and %d bytes per discovery message)", left_out,
+                          len(self._discovery.classes), self._discovery.max_buttons,
+                          MAX_DISCOVERY_BYTES)
         for body in messages:
             self._transmit(self.topics.discovery, body, self._qos, True)
 
@@ -236,8 +278,8 @@ class StdoutPublisher(Publisher):
 
     name = "stdout"
 
-    def __init__(self, config, clock=None, log=None, stream=None):
-        super().__init__(config, clock=clock, log=log)
+    def __init__(self, config, clock=None, log=None, stream=None, max_buttons=None):
+        super().__init__(config, clock=clock, log=log, max_buttons=max_buttons)
         self._stream = stream  # None: sys.stdout at the time of writing
         self._write_lock = threading.Lock()
 

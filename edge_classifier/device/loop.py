@@ -43,6 +43,7 @@ from edge_classifier.learning.smoothing import make_smoother
 from edge_classifier.learning.state import StateDir
 
 log = logging.getLogger("edge_classifier.device")
+HEALTH_INTERVAL = 1.0  # seconds between checks that every transport is still alive
 HEAD_SAVE_INTERVAL = 30.0  # seconds between saves of a changed head (samples are saved at once)
 
 
@@ -159,7 +160,7 @@ class Device:
         ``on_started()`` runs once, after the first frame was processed."""
         self.bus.start()
         self.notifier.ready(status=f"classifying with {self.backbone.name}")
-        last_ping = last_stats = last_save = self.clock.now()
+        last_ping = last_stats = last_save = last_health = self.clock.now()
         try:
             while not self._stop.is_set():
                 self.apply_events()
@@ -176,6 +177,9 @@ class Device:
                 if self.watchdog_every is None or now - last_ping >= self.watchdog_every:
                     self.notifier.watchdog()  # tied to frame progress: a hung camera stops it
                     last_ping = now
+                if now - last_health >= HEALTH_INTERVAL:
+                    self.bus.raise_if_failed()  # a transport that gave up ends the run
+                    last_health = now
                 if now - last_stats >= self.config.mqtt.stats_interval:
                     self.bus.publish_stats(self.stats())
                     last_stats = now
