@@ -116,11 +116,11 @@ class AutoHead:
     def predict(self, X) -> Tuple[np.ndarray, np.ndarray]:
         return self.inner.predict(X)
 
+    def predict_detailed(self, X) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.inner.predict_detailed(X)
+
     def unknown_score(self, X) -> np.ndarray:
         return self.inner.unknown_score(X)
-
-    def loo_proba(self) -> np.ndarray:
-        return self.inner.loo_proba()
 
     @property
     def classes(self) -> List[str]:

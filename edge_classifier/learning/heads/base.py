@@ -1,16 +1,21 @@
 """The common machinery of every head: sample store, checks, calibration, unknowns, persistence.
 
+    head = KernelHead().fit(X, y, ["bottle", "can"])   # any subclass
+    labels, P, score = head.predict_detailed(X)          # unknown where score > head.unknown_threshold
+
 A head stores its samples as normalised points (see :mod:`.preprocess`) so that it can give
-held-out (leave-one-out) predictions for them. After every change (``fit``, ``add``,
-``remove``, ``add_class``) it refreshes
+held-out predictions for them. Held out means with the sample's *capture group* left out too:
+its exact or near-identical copies (see :mod:`.neighbours`). After every change (``fit``,
+``add``, ``remove``, ``add_class``) it refreshes
 
 * the temperature of its probabilities, fitted on the held-out scores (:mod:`.calibration`);
 * the unknown-score standardisation and threshold (:mod:`.openset`), from the held-out
-  nearest-neighbour distances and doubts.
+  nearest-neighbour distances and doubts, each group weighing as one sample.
 
 Subclasses implement the model through a handful of hooks (``_fit_model``, ``_add_model``,
 ``_remove_model``, ``_update_solution``, ``_decision``, ``_loo_decision`` and, when they have
-state worth saving, ``_model_arrays`` / ``_load_model``).
+state worth saving, ``_model_arrays`` / ``_load_model``). ``self._held`` holds the capture
+groups (``groups``, ``sizes``, ``blocks()``) for ``_loo_decision``.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import numpy as np
 from .calibration import fit_temperature, softmax
 from edge_classifier.errors import (EmptyHeadError, InvalidEmbeddingError, InvalidLabelError, InvalidParameterError,
                      SampleNotFoundError, StateError)
-from . import neighbours as nb
+from .neighbours import DUPLICATE_DISTANCE, HeldOut
 from .openset import fit_open_set, open_set_score
 from .preprocess import as_embeddings, as_labels, check_class_names, merge_views
 
@@ -48,6 +53,7 @@ class Head:
     default_temperature = 0.1  # T0: prior temperature for the head's raw scores
     temperature_prior_weight = 2.0
     n_neighbours = 1  # held-out neighbours kept per stored sample
+    duplicate_distance = DUPLICATE_DISTANCE  # closer samples form one capture group
     float64_below = 512  # up to this many samples the gram matrix is computed in float64
 
     def __init__(self, power: float = 0.75, unknown_quantile: float = 0.95) -> None:
@@ -211,16 +217,21 @@ class Head:
 
     def predict(self, X) -> Tuple[np.ndarray, np.ndarray]:
         """(labels N with -1 for unknown, probabilities NxC) for raw embeddings X."""
-        Zq, S = self._query(X)
-        P = self._proba(self._decision(Zq, S))
-        labels = P.argmax(axis=1).astype(np.int64)
-        labels[self._unknown(S, P) > self._open["threshold"]] = -1
+        labels, P, _ = self.predict_detailed(X)
         return labels, P
 
-    def loo_proba(self) -> np.ndarray:
-        """Calibrated leave-one-out probabilities (NxC) of the stored samples."""
-        self._require_samples()
-        return self._proba(self._loo_decision())
+    def predict_detailed(self, X) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(labels N, probabilities NxC, unknown scores N) from one pass over the samples.
+
+        ``labels`` are -1 where the score exceeds :attr:`unknown_threshold`; each part equals
+        what ``predict`` and ``unknown_score`` return.
+        """
+        Zq, S = self._query(X)
+        P = self._proba(self._decision(Zq, S))
+        score = self._unknown(S, P)
+        labels = P.argmax(axis=1).astype(np.int64)
+        labels[score > self._open["threshold"]] = -1
+        return labels, P, score
 
     # ------------------------------------------------------------------ persistence
     def to_state(self) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
@@ -291,6 +302,11 @@ class Head:
             return self._Z.astype(np.float64) @ Zq.astype(np.float64).T
         return (self._Z @ Zq.astype(np.float32).T).astype(np.float64)
 
+    def _similarities(self, rows: np.ndarray, cols: Optional[np.ndarray] = None) -> np.ndarray:
+        """Inner products (len(rows) x len(cols), all samples by default) of stored points."""
+        S = self._sims(self._Z[rows]).T
+        return S if cols is None else S[:, cols]
+
     def _query(self, X) -> Tuple[np.ndarray, np.ndarray]:
         self._require_samples()
         Xq = as_embeddings(X, self._dim, allow_1d=True)
@@ -309,15 +325,26 @@ class Head:
         return open_set_score(dist, 1.0 - P.max(axis=1), self._open)
 
     def _init_neighbours(self, G: np.ndarray) -> None:
-        self._nbr_sim, self._nbr_idx = nb.initial(G, self.n_neighbours)
+        self._held = HeldOut(self.n_neighbours, self.duplicate_distance)
+        self._held.rebuild(G)
 
     def _neighbours_add(self, sims: np.ndarray) -> None:
-        self._nbr_sim, self._nbr_idx = nb.appended(self._nbr_sim, self._nbr_idx, sims)
+        self._held.append(sims, self._similarities)
 
     def _neighbours_remove(self, i: int) -> None:
-        """Update neighbour lists after sample i was deleted (self._Z already shrunk)."""
-        self._nbr_sim, self._nbr_idx = nb.removed(
-            self._nbr_sim, self._nbr_idx, i, lambda rows: self._sims(self._Z[rows].astype(np.float64)).T)
+        """Update groups and neighbour lists after sample i was deleted (self._Z already shrunk)."""
+        self._held.remove(i, self._similarities)
+
+    def _held_out_distance(self) -> np.ndarray:
+        """Distance (N) of each sample to the nearest sample outside its group (NaN: none)."""
+        return np.where(self._held.idx[:, 0] >= 0, 1.0 - self._held.sim[:, 0], np.nan)
+
+    def _doubt_is_meaningful(self) -> np.ndarray:
+        """N bools: the sample's class has a sample outside the sample's capture group."""
+        C = len(self._classes)
+        key = self._held.groups * C + self._y
+        _, inverse, count = np.unique(key, return_inverse=True, return_counts=True)
+        return self.class_counts[self._y] > count[inverse.ravel()]
 
     def _refresh(self) -> None:
         """Re-solve the model, then refit temperature and unknown threshold on held-out scores."""
@@ -331,15 +358,15 @@ class Head:
         counts = self.class_counts
         active = np.flatnonzero(counts > 0)
         F = self._masked(self._loo_decision())
-        cal = counts[self._y] >= 2
+        cal = self._doubt_is_meaningful()
         previous, self._temperature = self._temperature, self.default_temperature
         if active.size >= 2 and cal.any():
             ymap = np.searchsorted(active, self._y[cal])
             self._temperature = fit_temperature(F[cal][:, active], ymap, self.default_temperature,
                                                 self.temperature_prior_weight, t_init=previous)
         P = softmax(F / self._temperature)
-        dist = np.where(self._nbr_idx[:, 0] >= 0, 1.0 - self._nbr_sim[:, 0], np.nan)
-        self._open = fit_open_set(dist, 1.0 - P.max(axis=1), cal, self.unknown_quantile)
+        self._open = fit_open_set(self._held_out_distance(), 1.0 - P.max(axis=1), cal,
+                                  self.unknown_quantile, 1.0 / self._held.sizes)
 
     # ------------------------------------------------------------------ hooks
     def _fit_model(self, G: np.ndarray) -> None:
@@ -363,7 +390,7 @@ class Head:
         raise NotImplementedError
 
     def _loo_decision(self) -> np.ndarray:
-        """Held-out raw scores (NxC) of the stored samples."""
+        """Held-out raw scores (NxC) of the stored samples, each with its capture group left out."""
         raise NotImplementedError
 
     def _model_arrays(self) -> Dict[str, np.ndarray]:

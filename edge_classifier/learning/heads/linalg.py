@@ -18,13 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = [
-    "chol_inv",
-    "factor_append",
-    "factor_delete",
-    "rbf_from_sq_dist",
-    "sq_dist_from_gram",
-]
+__all__ = ["chol_inv", "factor_append", "factor_delete"]
 
 
 def chol_inv(A: np.ndarray, block: int = 96) -> np.ndarray:
@@ -99,12 +93,3 @@ def factor_delete(M: np.ndarray, i: int) -> np.ndarray:
     reflected = rest - np.outer(v, (2.0 / vv) * (v @ rest)).astype(M.dtype)
     return np.delete(reflected, j, axis=0)
 
-
-def sq_dist_from_gram(G: np.ndarray, sq_a: np.ndarray, sq_b: np.ndarray) -> np.ndarray:
-    """Squared Euclidean distances (NxM) from inner products G (NxM) and squared norms (N), (M)."""
-    return np.maximum(sq_a[:, None] + sq_b[None, :] - 2.0 * G, 0.0)
-
-
-def rbf_from_sq_dist(D2: np.ndarray, gamma: float) -> np.ndarray:
-    """RBF kernel ``exp(-gamma * D2)`` of squared distances (any shape)."""
-    return np.exp(-float(gamma) * D2)

@@ -115,17 +115,28 @@ class MultiLabelHead(KernelHead):
         self._update_solution()
         F = self._loo_decision()
         counts = self.class_counts
+        Y = self._y.astype(bool)
+        outside = self._positives_outside_group()
         P = np.zeros_like(F)
         for c in range(C):
             if counts[c] == 0:
                 continue
-            t = self._y[:, c].astype(bool)
-            a, b = fit_platt(F[:, c], t)
+            # a positive whose class has no positive outside its capture group has no
+            # meaningful held-out score: it calibrates nothing
+            use = ~Y[:, c] | outside[:, c]
+            a, b = fit_platt(F[use, c], Y[use, c])
             self._platt[c] = a, b
             P[:, c] = sigmoid(a * F[:, c] + b)
-            self._thresholds[c] = best_f1_threshold(P[:, c], t)
-        dist = np.where(self._nbr_idx[:, 0] >= 0, 1.0 - self._nbr_sim[:, 0], np.nan)
-        self._open = fit_open_set(dist, 1.0 - P.max(axis=1), None, self.unknown_quantile)
+            self._thresholds[c] = best_f1_threshold(P[use, c], Y[use, c])
+        self._open = fit_open_set(self._held_out_distance(), 1.0 - P.max(axis=1),
+                                  np.all(outside | ~Y, axis=1), self.unknown_quantile,
+                                  1.0 / self._held.sizes)
+
+    def _positives_outside_group(self) -> np.ndarray:
+        """NxC bools: class c has a positive sample outside sample i's capture group."""
+        inside = np.zeros((self.n_samples, len(self._classes)))
+        np.add.at(inside, self._held.groups, self._y)
+        return self.class_counts[None, :] > inside[self._held.groups]
 
     def _proba(self, F: np.ndarray) -> np.ndarray:
         P = sigmoid(F * self._platt[:, 0] + self._platt[:, 1])
@@ -143,8 +154,14 @@ class MultiLabelHead(KernelHead):
 
     def predict(self, X) -> Tuple[np.ndarray, np.ndarray]:
         """(NxC booleans: label present, NxC probabilities); unknown rows are all False."""
+        present, P, _ = self.predict_detailed(X)
+        return present, P
+
+    def predict_detailed(self, X) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(NxC booleans, NxC probabilities, N unknown scores) from one pass over the samples."""
         Zq, S = self._query(X)
         P = self._proba(self._decision(Zq, S))
+        score = self._unknown(S, P)
         present = P >= self._thresholds[None, :]
-        present[self._unknown(S, P) > self._open["threshold"]] = False
-        return present, P
+        present[score > self._open["threshold"]] = False
+        return present, P, score

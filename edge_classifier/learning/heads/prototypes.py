@@ -75,6 +75,19 @@ class ImprintingHead(Head):
         zz = np.einsum("ij,ij->i", Z, Z)
         rest = np.sqrt(np.maximum(self._norms[self._y] ** 2 - 2.0 * zs + zz, 0.0))
         F[rows, self._y] = np.divide(zs - zz, rest, out=np.zeros_like(rest), where=rest > 1e-12)
+        grouped = np.flatnonzero(self._held.sizes > 1)
+        if grouped.size:  # a capture group leaves every class it has members in
+            C = len(self._classes)
+            keys, inverse = np.unique(self._held.groups[grouped] * C + self._y[grouped], return_inverse=True)
+            group_sums = np.zeros((keys.size, Z.shape[1]))
+            np.add.at(group_sums, inverse.ravel(), Z[grouped])
+            rest = self._sums[keys % C] - group_sums  # each (group, class) pair left out
+            norm = np.linalg.norm(rest, axis=1)
+            rest = np.divide(rest, norm[:, None], out=np.zeros_like(rest), where=norm[:, None] > 1e-12)
+            # every grouped sample against every (its group, class) pair
+            pair_row, pair_key = np.nonzero(self._held.groups[grouped][:, None] == (keys // C)[None, :])
+            F[grouped[pair_row], keys[pair_key] % C] = np.einsum(
+                "ij,ij->i", Z[grouped[pair_row]], rest[pair_key])
         return F
 
 
@@ -118,4 +131,4 @@ class KnnHead(Head):
         return self._votes(idx, np.take_along_axis(S, idx, axis=1))
 
     def _loo_decision(self) -> np.ndarray:
-        return self._votes(self._nbr_idx, self._nbr_sim)
+        return self._votes(self._held.idx, self._held.sim)  # neighbours outside the group

@@ -9,9 +9,11 @@ optimum unique). L-BFGS (:mod:`.optim`) needs no learning rate and is determinis
 change warm-starts from the current weights.
 
 Held-out scores for calibration: after ``fit`` from ``cv_folds``-fold cross-validation (folds
-dealt round-robin within each class, so no randomness; each fold warm-starts from the full fit);
-``add`` records the new sample's scores under the model *before* it is absorbed (a true held-out
-prediction) and keeps the others, ``remove`` drops its row. Unlike the least-squares heads an
+dealt round-robin within each class, so no randomness; each fold warm-starts from the full fit;
+a capture group of near-identical samples stays in one fold); ``add`` records the new sample's
+scores under the model *before* it is absorbed (a true held-out prediction; a near-copy of
+stored samples takes their group's held-out scores instead) and keeps the others, ``remove``
+drops its row. Unlike the least-squares heads an
 updated head therefore equals a fresh fit in its weights (to optimiser tolerance) but not in its
 held-out scores.
 """
@@ -101,11 +103,15 @@ class SoftmaxHead(Head):
     def _fit_model(self, G: np.ndarray) -> None:
         n = self.n_samples
         self._W = self._solve(np.arange(n), np.zeros((self._Z.shape[1] + 1, len(self._classes))))
-        # cross-validated held-out logits; folds dealt round-robin within each class
-        fold = np.zeros(n, np.int64)
-        for c in np.unique(self._y):
-            members = np.flatnonzero(self._y == c)
-            fold[members] = np.arange(members.size) % self.cv_folds
+        # cross-validated held-out logits; folds dealt round-robin within each class, a capture
+        # group at a time (a group is named after its first member, whose class it takes)
+        groups = self._held.groups
+        firsts = np.unique(groups)
+        fold_of = np.zeros(n, np.int64)
+        for c in np.unique(self._y[firsts]):
+            members = firsts[self._y[firsts] == c]
+            fold_of[members] = np.arange(members.size) % self.cv_folds
+        fold = fold_of[groups]
         H = np.zeros((n, len(self._classes)))
         Z = self._Z.astype(np.float64)
         for f in range(min(self.cv_folds, n)):
@@ -117,8 +123,13 @@ class SoftmaxHead(Head):
         self._H = H
 
     def _add_model(self, z: np.ndarray, label, sims: np.ndarray) -> None:
-        W = self._padded()
-        self._H = np.vstack([self._padded_H(), self._logits(z[None, :], W)])
+        H = self._padded_H()
+        near = sims > 1.0 - self.duplicate_distance
+        if near.any():  # joins a capture group: it shares the group's held-out logits
+            row = H[np.isin(self._held.groups, self._held.groups[near])].mean(axis=0)
+        else:
+            row = self._logits(z[None, :], self._padded())[0]
+        self._H = np.vstack([H, row[None, :]])
 
     def _padded_H(self) -> np.ndarray:
         C = len(self._classes)
