@@ -298,3 +298,21 @@ def test_a_config_that_fails_to_start_is_not_kept_as_the_last_good_one(tmp_path,
     assert cli.main(["run", "--config", str(good), "--frames", "2"]) == 0
     assert Path(state / "config.last-good.toml").read_text() == good.read_text()
     capsys.readouterr()
+
+
+# -- 9. the unknown score itself is published -------------------------------------------------
+def test_predictions_carry_the_unknown_score_and_its_threshold(many, tmp_path, capsys, sample,
+                                                               device_factory):
+    state = tmp_path / "state"
+    assert run(capsys, "train", many, "--state", state, "-q")[0] == 0
+    code, out, _ = run(capsys, "predict", sample("cat.bmp"), sample("sunflower.bmp"),
+                       "--state", state, "--json")
+    cat, sunflower = json.loads(out)["results"]
+    for r in (cat, sunflower):
+        assert r["unknown"] == (r["unknown_score"] > r["unknown_threshold"])
+    assert cat["unknown_score"] < sunflower["unknown_score"]
+    published = []
+    device = device_factory(make_config(), state=state)
+    device.bus.publish_prediction = published.append
+    device.step(device.source.read())
+    assert {"unknown_score", "unknown_threshold", "closest"} <= set(published[-1])

@@ -233,19 +233,20 @@ class Learner:
         if self.head is None:
             return NO_CLASSES
         head = self.head
-        labels, proba = head.predict(embedding[None])
+        labels, proba, unknown = head.predict_detailed(embedding[None])
         p = proba[0]
         best = int(np.argmax(p))
         names = list(head.classes)
         scores = {n: float(v) for n, v in zip(names, p)}
+        score, threshold = float(unknown[0]), float(head.unknown_threshold)
         if self.multilabel:  # every class above its threshold; none: unknown
             active = [n for n, on in zip(names, labels[0]) if on]
             confidence = min((scores[n] for n in active), default=float(p[best]))
             return Prediction(";".join(active) if active else UNKNOWN, confidence, scores,
-                              not active, names[best], embedding)
+                              not active, names[best], embedding, score, threshold)
         rejected = int(labels[0]) < 0
         return Prediction(UNKNOWN if rejected else names[best], float(p[best]), scores, rejected,
-                          names[best], embedding)
+                          names[best], embedding, score, threshold)
 
     def predict(self, rgb: np.ndarray) -> Prediction:
         return self.predict_embedding(self.backbone.embed(rgb))
