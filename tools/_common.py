@@ -6,6 +6,15 @@ import argparse
 import os
 from pathlib import Path
 
+from edge_classifier.backbone.fetch import installed_path
+from edge_classifier.backbone.manifest import load_manifest
+from edge_classifier.backbone.model import Backbone
+from edge_classifier.backbone.runtime import make_interpreter
+from edge_classifier.datasets.importer import dataset_views
+from edge_classifier.frames.images import load_image, preprocess
+from edge_classifier.frames.sources import FrameSource
+from edge_classifier.learning.augment import Augmentation
+
 DEFAULT_DATASET = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "trashnet"
 
 
@@ -20,9 +29,6 @@ def dataset_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_views(args):
     """(model name, NxVxD views, N labels, class names) of ``args.dataset``."""
-    from edge_classifier.learning.augment import Augmentation
-    from edge_classifier.backbone.model import Backbone
-    from edge_classifier.cli.learn import dataset_views
     backbone = Backbone.from_name(args.model)
     views, y, names, _ = dataset_views(args.dataset, backbone,
                                        Augmentation(flip=not args.no_flip, crops=args.crops),
@@ -32,16 +38,12 @@ def load_views(args):
 
 def decoded_frames(size=(240, 320)):
     """The sample photos decoded once and sized like a Pi camera's lores stream."""
-    from edge_classifier.backbone.fetch import installed_path
-    from edge_classifier.frames.images import load_image, preprocess
-    from edge_classifier.backbone.manifest import load_manifest
     return [preprocess(load_image(installed_path(e)), size, "squash")
             for e in load_manifest().images()]
 
 
 def memory_source(frames):
     """A frame source cycling through pre-decoded frames (no decoding cost in the loop)."""
-    from edge_classifier.frames.sources import FrameSource
 
     class MemorySource(FrameSource):
         def _read(self):
@@ -51,7 +53,6 @@ def memory_source(frames):
 
 def bare_interpreter(backbone, threads):
     """``run(n)``: n set_tensor/invoke/get_tensor rounds of the plain model, nothing else."""
-    from edge_classifier.backbone.runtime import make_interpreter
     interpreter = make_interpreter(backbone.path.read_bytes(), threads, backbone.name)
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     ready = [backbone.prepare(f)[None] for f in decoded_frames()]

@@ -20,8 +20,18 @@ from pathlib import Path
 from typing import List, Optional
 
 import numpy as np
+from tqdm import tqdm
 
 from edge_classifier import __version__
+from edge_classifier.backbone.fetch import fetch
+from edge_classifier.backbone.integrity import MISSING, check_files
+from edge_classifier.backbone.manifest import load_manifest
+from edge_classifier.backbone.model import Backbone
+from edge_classifier.core import atomic
+from edge_classifier.datasets.embedcache import embed_files
+from edge_classifier.datasets.folders import scan_folder
+from edge_classifier.frames.images import load_image
+from edge_classifier.learning.augment import Augmentation
 from edge_classifier.cli import device as cli_device
 from edge_classifier.cli import learn as cli_learn
 from edge_classifier.errors import (BrokerUrlError, ConfigError, EdgeClassifierError, ImageError,
@@ -37,11 +47,7 @@ TRACEBACK_HINT = f"run with -v or {DEBUG_ENV}=1 for the traceback"
 def _err(message: str) -> None:
     """Print ``message`` to standard error, every line prefixed ``edge-classifier:``."""
     text = "\n".join(f"{PROG}: {line}" for line in str(message).splitlines() or [""])
-    try:
-        from tqdm import tqdm
-        tqdm.write(text, file=sys.stderr)
-    except ImportError:  # pragma: no cover
-        print(text, file=sys.stderr)
+    tqdm.write(text, file=sys.stderr)
 
 
 def _one_line(text: str) -> str:
@@ -54,7 +60,6 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def _progress_factory():
-    from tqdm import tqdm
 
     def make(total=None, desc=""):
         return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
@@ -76,8 +81,6 @@ class Parser(argparse.ArgumentParser):
 
 # -- models ------------------------------------------------------------------------------------
 def cmd_models_list(args) -> int:
-    from edge_classifier.backbone.integrity import MISSING, check_files
-    from edge_classifier.backbone.manifest import load_manifest
     manifest = load_manifest()
     rows = []
     for c in check_files(manifest.entries):  # hashes a file only once per change
@@ -106,7 +109,6 @@ def cmd_models_list(args) -> int:
 
 
 def cmd_models_fetch(args) -> int:
-    from edge_classifier.backbone.fetch import fetch
     fetch(args.names or None, mirror=args.mirror, progress=_progress_factory(),
           log=(lambda s: None) if args.quiet else print)
     return 0
@@ -114,8 +116,6 @@ def cmd_models_fetch(args) -> int:
 
 # -- classify / embed --------------------------------------------------------------------------
 def _backbone(name: Optional[str], args, default_kind: str):
-    from edge_classifier.backbone.model import Backbone
-    from edge_classifier.backbone.manifest import load_manifest
     manifest = load_manifest()
     if name is None:
         name = (manifest.default_classifier_model if default_kind == "classifier"
@@ -124,7 +124,6 @@ def _backbone(name: Optional[str], args, default_kind: str):
 
 
 def cmd_classify(args) -> int:
-    from edge_classifier.frames.images import load_image
     backbone = _backbone(args.model, args, "classifier")
     if not backbone.has_scores:
         raise EdgeClassifierError(f"{backbone.name} is an embedding extractor and cannot "
@@ -174,22 +173,21 @@ def embed_output_path(text: str) -> Path:
 
 
 def cmd_embed(args) -> int:
-    from edge_classifier.core import atomic
-    from edge_classifier.datasets.folders import embed_paths, scan_folder
     out = embed_output_path(args.out)
     data = scan_folder(args.dataset)
     backbone = _backbone(args.model, args, "embedding")
-    result = embed_paths(backbone, data.paths, progress=not args.quiet, on_error=_err)
-    paths = np.asarray(data.paths)[result.ok]
+    views, ok, errors = embed_files(backbone, data.paths, Augmentation(flip=False),
+                                    progress=not args.quiet, on_error=_err)
+    paths = np.asarray(data.paths)[ok]
     with atomic.atomic_writer(out) as f:
-        np.savez(f, embeddings=result.embeddings, labels=data.labels[result.ok],
+        np.savez(f, embeddings=views[:, 0], labels=data.labels[ok],
                  class_names=np.asarray(data.class_names), paths=paths,
                  model=np.asarray(backbone.name), model_sha256=np.asarray(backbone.sha256),
                  resize=np.asarray(backbone.resize))
     print(f"{len(paths)} embeddings ({backbone.embedding_dim}-d, {backbone.name}) of "
           f"{len(data.class_names)} classes written to {out}"
-          + (f"; {len(result.errors)} files failed" if result.errors else ""))
-    return 1 if result.errors else 0
+          + (f"; {len(errors)} files failed" if errors else ""))
+    return 1 if errors else 0
 
 
 # -- parser ------------------------------------------------------------------------------------

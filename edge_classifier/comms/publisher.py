@@ -16,8 +16,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 from edge_classifier.core.clock import SYSTEM_CLOCK
 from edge_classifier.comms.discovery import (AVAILABLE, MAX_DISCOVERY_BYTES, NOT_AVAILABLE,
                                              DiscoveryTracker, Topics, to_json)
-from edge_classifier.errors import (  # noqa: F401 (re-exported)
-    EdgeClassifierError, MqttError, MqttFatalError, PublisherClosedError)
+from edge_classifier.errors import MqttFatalError, PublisherClosedError
 
 
 class Publisher:

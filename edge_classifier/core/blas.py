@@ -20,6 +20,8 @@ import ctypes
 import os
 from typing import Iterator, Optional, Tuple
 
+import numpy  # noqa: F401  (loads the BLAS this module controls)
+
 _SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
             "openblas_set_num_threads64_", "openblas_set_num_threads")
 _GETTERS = ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
@@ -30,7 +32,6 @@ _found: Optional[Tuple] = None
 def _openblas():
     global _found
     if _found is None:
-        import numpy  # noqa: F401  (loads its BLAS)
         _found = (None, None)
         try:
             with open("/proc/self/maps") as f:

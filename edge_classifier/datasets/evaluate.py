@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+from tqdm import tqdm
 
 from edge_classifier.errors import DatasetWarning
 from edge_classifier.learning.heads import make_head
@@ -135,7 +136,6 @@ def few_shot_eval(views: np.ndarray, y: np.ndarray, class_names: Sequence[str],
     total = seeds * len(shots) * len(heads)
     bar = None
     if progress:
-        from tqdm import tqdm
         bar = tqdm(total=total, desc="evaluating", unit="fit", disable=None, leave=False)
     for s, train, test in _splits(y, seeds, None if val is None else val[1]):
         if test is None:

@@ -1,23 +1,25 @@
-"""Folder data sets (one subfolder per class) and embedding them with a backbone.
+"""Folder data sets (one subfolder per class) and ``file,label1;label2`` CSVs.
 
 ::
 
     data = scan_folder("trashnet/")         # paths, labels, class names
-    result = embed_paths(backbone, data.paths, progress=True)
-    result.embeddings.shape                 # (N_ok, D); result.errors lists the bad files
+    data = read_csv("labels.csv")           # paths, label sets, class names
+
+Embedding them is :func:`edge_classifier.datasets.embedcache.embed_files`.
 """
 
 from __future__ import annotations
 
+import csv
 import os
 import re
-from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import List, Sequence
 
 import numpy as np
 
-from edge_classifier.errors import ClassNameError, DatasetError, ImageError
-from edge_classifier.frames.images import list_images, load_image
+from edge_classifier.errors import ClassNameError, DatasetError
+from edge_classifier.frames.images import list_images
 from edge_classifier.core.names import validate_class_name
 
 
@@ -59,35 +61,6 @@ def scan_folder(root: "os.PathLike[str] | str") -> FolderDataset:
         labels = [remap[i] for i in labels]
         classes = classes_kept
     return FolderDataset(root, paths, np.asarray(labels, dtype=np.int64), classes)
-
-
-@dataclass
-class EmbeddedFiles:
-    embeddings: np.ndarray  # N_ok x D float32
-    ok: np.ndarray  # N bool: which input paths produced an embedding
-    errors: List[str] = field(default_factory=list)  # one line per failed file
-
-
-def embed_paths(backbone, paths: Sequence[str], progress: bool = False,
-                on_error: Optional[Callable[[str], None]] = None) -> EmbeddedFiles:
-    """Embed image files; a bad file is reported and skipped, the others still processed."""
-    rows, ok, errors = [], np.zeros(len(paths), dtype=bool), []
-    iterator = paths
-    if progress:
-        from tqdm import tqdm
-        iterator = tqdm(paths, desc="embedding", unit="img", disable=None)
-    for i, path in enumerate(iterator):
-        try:
-            rows.append(backbone.embed(load_image(path)))
-        except ImageError as exc:
-            errors.append(str(exc))
-            if on_error:
-                on_error(str(exc))
-            continue
-        ok[i] = True
-    dim = backbone.embedding_dim
-    embeddings = np.stack(rows).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
-    return EmbeddedFiles(embeddings, ok, errors)
 
 
 @dataclass(frozen=True)
@@ -138,8 +111,6 @@ def read_csv(path: "os.PathLike[str] | str") -> CsvDataset:
     A first row that names the columns (see :func:`is_header_row`) is skipped. Raises
     :class:`DatasetError` naming the line of the first malformed row.
     """
-    import csv
-
     path = os.fspath(path)
     base = os.path.dirname(os.path.abspath(path))
     paths, label_sets, names = [], [], {}

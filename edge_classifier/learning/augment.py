@@ -62,9 +62,6 @@ class Augmentation:
         return out
 
 
-NO_AUGMENTATION = Augmentation(flip=False, crops=0)
-
-
 def embed_views(backbone, rgb: np.ndarray, augmentation: Augmentation) -> np.ndarray:
     """VxD embeddings of a frame's views (row 0: the frame itself)."""
     frames = augmentation.views(rgb, backbone.input_size, backbone.resize)

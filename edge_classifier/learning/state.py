@@ -30,6 +30,7 @@ Read-only users take no lock and write nothing.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import json
 import os
@@ -69,7 +70,6 @@ class StateLock:
         return self._fd is not None
 
     def acquire(self) -> None:
-        import fcntl
         if self._fd is not None:
             return
         try:

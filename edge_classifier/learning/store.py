@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
+from PIL import Image
 
 from edge_classifier.core import atomic
 from edge_classifier.errors import (ClassLimitError, ReadOnlyStoreError, StorageFullError, StoreError,
@@ -491,7 +492,6 @@ class SampleStore:
         return _new_id(self._latest)
 
     def _jpeg(self, rgb: np.ndarray) -> bytes:
-        from PIL import Image
         image = Image.fromarray(np.asarray(rgb, dtype=np.uint8))
         scale = self.thumbnail_size / min(image.size)
         if scale < 1:
