@@ -1,19 +1,11 @@
-"""The sample store: what the device has learned, kept crash-safely on disk.
+"""The sample store: the class list (``store.json``) and the samples of a state directory.
 
-Layout of a state directory::
+Opened through :class:`~edge_classifier.learning.state.StateDir`, which owns the rest of the
+folder; the on-disk format is :mod:`~edge_classifier.learning.store_disk`. Every file is written
+atomically; a sample is durable when :meth:`SampleStore.add_sample` returns. Class folders have
+opaque names, so a rename only rewrites the ``name`` file and ``store.json``::
 
-    store.json                   classes (in label order) and the backbone that embedded them
-    samples/<class-dir>/<id>.npy one sample: its embedding views (VxD float32; row 0 the frame
-                                 itself, the rest augmented views such as its mirror image)
-    samples/<class-dir>/<id>.jpg its thumbnail (short side ``thumbnail_size``)
-    head.npz, head.json          the fitted head (rebuildable from the samples)
-
-Every file is written atomically (temp file, fsync, rename, fsync folder); a sample is durable
-when :meth:`SampleStore.add_sample` returns. A class directory has an opaque name, so renaming a
-class only rewrites ``store.json``. On opening, stray temporary files and folders of deleted
-classes are removed, and unreadable samples are skipped and reported in ``problems``::
-
-    store = SampleStore("/var/lib/edge-classifier", backbone=backbone.identity)
+    store = SampleStore(state_dir, backbone=backbone.identity)
     store.add_sample("apple", views, thumbnail)
     views, y, names = store.samples_matrix()   # NxVxD, N, C
 """
@@ -21,72 +13,28 @@ classes are removed, and unreadable samples are skipped and reported in ``proble
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import io
 import json
 import os
-import re
 import secrets
 import shutil
-import time
 from collections import OrderedDict
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
-from PIL import Image
 
 from edge_classifier.core import atomic
-from edge_classifier.errors import (ClassLimitError, ReadOnlyStoreError, StorageFullError, StoreError,
-                                     UnknownClassError)
 from edge_classifier.core.names import class_key, validate_class_name
+from edge_classifier.errors import (ClassLimitError, ReadOnlyStoreError, StoreError,
+                                    UnknownClassError)
+from edge_classifier.learning.store_disk import (FORMAT, META, SAMPLES, TRASH_PREFIX,
+                                                 clean_leftovers, jpeg_thumbnail,
+                                                 load_class_folder, new_id, read_meta,
+                                                 safe_folder, storage_errors, unlisted_folders)
 
-FORMAT = 1
-META = "store.json"
-SAMPLES = "samples"
-TRASH_PREFIX = ".trash-"
-_FOLDER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-
-
-@contextmanager
-def storage_errors(what: str) -> Iterator[None]:
-    """Turn a full or read-only disk into a clear :class:`StoreError`."""
-    try:
-        yield
-    except OSError as exc:
-        if isinstance(exc, StoreError):
-            raise
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise StorageFullError(f"disk full: {what} was not stored") from None
-        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-            raise ReadOnlyStoreError(f"cannot write the state directory ({exc.strerror}): "
-                                     f"{what} was not stored") from None
-        raise StoreError(f"{what} failed: {exc}") from None
-
-
-def _new_id(after: str) -> str:
-    """A sample id later than ``after`` in sort order (clock going back or not)."""
-    now = time.time_ns()
-    if after:
-        now = max(now, int(after[:16], 16) + 1)
-    return f"{now:016x}{secrets.token_hex(2)}"
-
-
-def read_meta(root: Path) -> Optional[dict]:
-    """``store.json`` of a state directory as a dict, or None if missing or unreadable."""
-    try:
-        meta = json.loads((Path(root) / META).read_text("utf-8"))
-    except (OSError, ValueError):
-        return None
-    return meta if isinstance(meta, dict) else None
-
-
-def _safe_folder(name: object) -> bool:
-    """A class folder name is one plain path component of our own making: nothing that
-    ``store.json`` says can lead outside ``samples/``."""
-    return isinstance(name, str) and _FOLDER.fullmatch(name) is not None
+__all__ = ["META", "SampleStore", "read_meta", "storage_errors"]
 
 
 class SampleStore:
@@ -148,7 +96,7 @@ class SampleStore:
                                          "ignored")
                     dirty = True
                     continue
-                if not _safe_folder(folder) or folder in self._classes.values():
+                if not safe_folder(folder) or folder in self._classes.values():
                     self.problems.append(f"{path}: class {name!r} names folder {str(folder)[:80]!r}, "
                                          "which is not a folder of this state; ignored")
                     dirty = True
@@ -185,27 +133,14 @@ class SampleStore:
     def _adopt_folders(self) -> bool:
         """Class folders that the list does not mention come back (their ``name`` file says
         which class they are); returns True if any did."""
-        samples_dir = self.root / SAMPLES
-        if not samples_dir.is_dir():
-            return False
+        found = unlisted_folders(self.root / SAMPLES, set(self._classes.values()), self.problems)
         adopted = False
-        known = set(self._classes.values())
-        for folder in sorted(samples_dir.iterdir()):
-            if folder.name in known or not _safe_folder(folder.name) or folder.is_symlink() \
-                    or not folder.is_dir():
-                continue
-            try:
-                name = validate_class_name((folder / "name").read_text("utf-8"))
-            except (ValueError, OSError) as exc:
-                self.problems.append(f"{folder}: a class folder without a readable name file "
-                                     f"({exc}); left as it is")
-                continue
+        for name, folder, count in found:
             if self._find(name) is not None:
                 self.problems.append(f"{folder}: another folder already holds class {name!r}; "
                                      "left as it is")
                 continue
             self._classes[name] = folder.name
-            count = len(list(folder.glob("*.npy")))
             self.problems.append(f"{folder}: class {name!r} ({count} samples) was not in the "
                                  "class list; adopted")
             adopted = True
@@ -214,49 +149,11 @@ class SampleStore:
     def _load_samples(self) -> None:
         samples_dir = self.root / SAMPLES
         if not self.readonly and samples_dir.is_dir():
-            for entry in samples_dir.iterdir():  # explicit deletions a crash interrupted
-                if entry.name.startswith(TRASH_PREFIX) and entry.is_dir() and \
-                        not entry.is_symlink():
-                    shutil.rmtree(entry, ignore_errors=True)
-            atomic.remove_stale_temps(samples_dir)
-            atomic.remove_stale_temps(self.root)  # a crash while saving the class list or head
+            clean_leftovers(self.root)
         dim = self.backbone.get("embedding_dim") if self.backbone else None
         for name, folder in self._classes.items():
-            path = samples_dir / folder
-            loaded: "OrderedDict[str, np.ndarray]" = OrderedDict()
-            self._samples[name] = loaded
-            if path.is_symlink():
-                self.problems.append(f"{path}: a symbolic link, not a class folder; class "
-                                     f"{name!r} is read as empty")
-                continue
-            if not path.is_dir():
-                if not self.readonly:
-                    with contextlib.suppress(OSError):
-                        path.mkdir(parents=True)
-                        atomic.write_text(path / "name", name)
-                continue
-            if not self.readonly:
-                atomic.remove_stale_temps(path)
-            for npy in sorted(path.glob("*.npy")):
-                if npy.is_symlink():
-                    self.problems.append(f"{npy}: a symbolic link; skipped")
-                    continue
-                try:
-                    views = np.load(npy, allow_pickle=False)
-                    if views.ndim != 2 or not np.isfinite(views).all():
-                        raise ValueError(f"bad array {views.shape}")
-                    if dim and views.shape[1] != dim:
-                        raise ValueError(f"{views.shape[1]}-d, expected {dim}-d")
-                    if dim is None:
-                        dim = views.shape[1]
-                except (ValueError, OSError, EOFError) as exc:
-                    self.problems.append(f"{npy}: unreadable sample skipped ({exc})")
-                    continue
-                loaded[npy.stem] = views.astype(np.float32, copy=False)
-            if not self.readonly:
-                for jpg in path.glob("*.jpg"):  # the thumbnail of a capture that never landed
-                    if jpg.stem not in loaded and not (path / f"{jpg.stem}.npy").exists():
-                        jpg.unlink(missing_ok=True)
+            self._samples[name], dim = load_class_folder(samples_dir / folder, name, dim,
+                                                         self.readonly, self.problems)
 
     def _write_meta(self) -> None:
         self._require_writable("the class list")
@@ -475,7 +372,7 @@ class SampleStore:
         folder = self.root / SAMPLES / self._classes[name]
         with storage_errors(f"the sample for {name!r}"):
             if thumbnail is not None and self.thumbnail_size:
-                atomic.write_bytes(folder / f"{sample_id}.jpg", self._jpeg(thumbnail))
+                atomic.write_bytes(folder / f"{sample_id}.jpg", jpeg_thumbnail(thumbnail, self.thumbnail_size))
             buf = io.BytesIO()
             np.save(buf, views, allow_pickle=False)
             try:
@@ -489,17 +386,7 @@ class SampleStore:
 
     def new_sample_id(self) -> str:
         """An id later than every stored sample's, even if the clock went back."""
-        return _new_id(self._latest)
-
-    def _jpeg(self, rgb: np.ndarray) -> bytes:
-        image = Image.fromarray(np.asarray(rgb, dtype=np.uint8))
-        scale = self.thumbnail_size / min(image.size)
-        if scale < 1:
-            image = image.resize((max(1, round(image.width * scale)),
-                                  max(1, round(image.height * scale))), Image.BILINEAR)
-        out = io.BytesIO()
-        image.save(out, "JPEG", quality=85)
-        return out.getvalue()
+        return new_id(self._latest)
 
     def remove_sample(self, name: str, sample_id: str) -> None:
         name = self.resolve(name)

@@ -1,0 +1,163 @@
+"""How a state's samples look on disk, and how a lost class list is found again.
+
+::
+
+    samples/<folder>/name        the class name (so the folder is found again without the list)
+    samples/<folder>/<id>.npy    one sample's embedding views, VxD float32
+    samples/<folder>/<id>.jpg    its thumbnail
+    samples/.trash-*             a folder an explicit deletion is removing
+
+Folder names are ours (``c`` and 12 hex digits); anything else that ``store.json`` names is not
+a folder of the state and is never read, written or deleted. Sample ids sort by time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import json
+import re
+import secrets
+import shutil
+import time
+from collections import OrderedDict
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, List, Optional, Tuple
+
+import numpy as np
+from PIL import Image
+
+from edge_classifier.core import atomic
+from edge_classifier.core.names import validate_class_name
+from edge_classifier.errors import ReadOnlyStoreError, StorageFullError, StoreError
+
+FORMAT = 1
+META = "store.json"
+SAMPLES = "samples"
+TRASH_PREFIX = ".trash-"
+FOLDER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+@contextmanager
+def storage_errors(what: str) -> Iterator[None]:
+    """Turn a full or read-only disk into a clear :class:`StoreError`."""
+    try:
+        yield
+    except OSError as exc:
+        if isinstance(exc, StoreError):
+            raise
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StorageFullError(f"disk full: {what} was not stored") from None
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise ReadOnlyStoreError(f"cannot write the state directory ({exc.strerror}): "
+                                     f"{what} was not stored") from None
+        raise StoreError(f"{what} failed: {exc}") from None
+
+
+def new_id(after: str) -> str:
+    """A sample id later than ``after`` in sort order (clock going back or not)."""
+    now = time.time_ns()
+    if after:
+        now = max(now, int(after[:16], 16) + 1)
+    return f"{now:016x}{secrets.token_hex(2)}"
+
+
+def read_meta(root: Path) -> Optional[dict]:
+    """``store.json`` of a state directory as a dict, or None if missing or unreadable."""
+    try:
+        meta = json.loads((Path(root) / META).read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def safe_folder(name: object) -> bool:
+    """A class folder name is one plain path component of our own making: nothing that
+    ``store.json`` says can lead outside ``samples/``."""
+    return isinstance(name, str) and FOLDER.fullmatch(name) is not None
+
+
+
+
+def jpeg_thumbnail(rgb: np.ndarray, short_side: int) -> bytes:
+    """A JPEG of a frame whose short side is at most ``short_side`` pixels."""
+    image = Image.fromarray(np.asarray(rgb, dtype=np.uint8))
+    scale = short_side / min(image.size)
+    if scale < 1:
+        image = image.resize((max(1, round(image.width * scale)),
+                              max(1, round(image.height * scale))), Image.BILINEAR)
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=85)
+    return out.getvalue()
+
+
+def clean_leftovers(root: Path) -> None:
+    """Remove what a crash left: the folders of explicit deletions under way, temp files."""
+    samples_dir = root / SAMPLES
+    for entry in samples_dir.iterdir():
+        if entry.name.startswith(TRASH_PREFIX) and entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+    atomic.remove_stale_temps(samples_dir)
+    atomic.remove_stale_temps(root)  # a crash while saving the class list or the head
+
+
+def unlisted_folders(samples_dir: Path, listed: set,
+                     problems: List[str]) -> List[Tuple[str, Path, int]]:
+    """(class name, folder, sample count) of every class folder the list does not mention;
+    folders without a readable ``name`` file are reported and left as they are."""
+    found = []
+    if not samples_dir.is_dir():
+        return found
+    for folder in sorted(samples_dir.iterdir()):
+        if folder.name in listed or not safe_folder(folder.name) or folder.is_symlink() \
+                or not folder.is_dir():
+            continue
+        try:
+            name = validate_class_name((folder / "name").read_text("utf-8"))
+        except (ValueError, OSError) as exc:
+            problems.append(f"{folder}: a class folder without a readable name file ({exc}); "
+                            "left as it is")
+            continue
+        found.append((name, folder, len(list(folder.glob("*.npy")))))
+    return found
+
+
+def load_class_folder(path: Path, name: str, dim: Optional[int], readonly: bool,
+                      problems: List[str]) -> Tuple["OrderedDict[str, np.ndarray]", Optional[int]]:
+    """The samples of one class folder (id -> VxD views) and the embedding size seen; bad
+    samples are skipped and reported, symbolic links never followed."""
+    loaded: "OrderedDict[str, np.ndarray]" = OrderedDict()
+    if path.is_symlink():
+        problems.append(f"{path}: a symbolic link, not a class folder; class {name!r} is read "
+                        "as empty")
+        return loaded, dim
+    if not path.is_dir():
+        if not readonly:
+            with contextlib.suppress(OSError):
+                path.mkdir(parents=True)
+                atomic.write_text(path / "name", name)
+        return loaded, dim
+    if not readonly:
+        atomic.remove_stale_temps(path)
+    for npy in sorted(path.glob("*.npy")):
+        if npy.is_symlink():
+            problems.append(f"{npy}: a symbolic link; skipped")
+            continue
+        try:
+            views = np.load(npy, allow_pickle=False)
+            if views.ndim != 2 or not np.isfinite(views).all():
+                raise ValueError(f"bad array {views.shape}")
+            if dim and views.shape[1] != dim:
+                raise ValueError(f"{views.shape[1]}-d, expected {dim}-d")
+            dim = dim or views.shape[1]
+        except (ValueError, OSError, EOFError) as exc:
+            problems.append(f"{npy}: unreadable sample skipped ({exc})")
+            continue
+        loaded[npy.stem] = views.astype(np.float32, copy=False)
+    if not readonly:
+        for jpg in path.glob("*.jpg"):  # the thumbnail of a capture that never landed
+            if jpg.stem not in loaded and not (path / f"{jpg.stem}.npy").exists():
+                jpg.unlink(missing_ok=True)
+    return loaded, dim
