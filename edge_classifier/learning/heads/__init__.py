@@ -63,21 +63,8 @@ samples, least squares above. ``multilabel`` (:class:`MultiLabelHead`): one-vs-r
 with per-class thresholds. Evaluation helpers live in :mod:`.metrics`; seeded synthetic
 embeddings for tests and demos in :mod:`.synthetic`.
 
-Benchmark (TrashNet, MobileNet V1 embeddings, 5 stratified 70/30 splits, k shots per class,
-training samples with their flipped view, queries one centre-crop view; accuracy / ECE)::
-
-    head           k=1          k=5          k=10         k=20         all
-    kernel (auto)  0.426/0.084  0.625/0.102  0.685/0.051  0.730/0.058  0.921/0.023
-    least_squares  0.442/0.082  0.622/0.086  0.672/0.058  0.716/0.050  0.870/0.033
-    softmax        0.433/0.173  0.619/0.088  0.669/0.059  0.715/0.056  0.874/0.029
-    imprinting     0.418/0.222  0.602/0.109  0.643/0.053  0.658/0.044  0.701/0.049
-    knn (k=3)      0.418/0.136  0.541/0.101  0.608/0.074  0.678/0.058  0.890/0.033
-
-Without the flipped views the kernel head reaches 0.916 with all samples. Unknown detection,
-one class held out (AUROC, mean of 6, ``tools/eval_openset.py``): kernel 0.868, least_squares
-0.861, softmax 0.856, knn 0.843, imprinting 0.832 (kernel 0.869 and ECE 0.025 before capture
-groups: TrashNet holds 19 near-identical pairs, three of them one photo under two classes). On a 2-core x86 machine the kernel head fits 1,769 samples in
-~0.24 s and absorbs a sample into 1,000 in ~9 ms (least squares 0.31 s / 11 ms, softmax 2.3 s).
+Measured accuracy, calibration and unknown detection of every head are in the README
+("Learning on the device"), produced by ``edge-classifier eval`` and ``tools/eval_openset.py``.
 """
 
 from __future__ import annotations
