@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import threading
 from typing import Callable, Optional, Tuple
 
 import numpy as np
 
 from edge_classifier.core.clock import Clock
-from edge_classifier.errors import CameraError
+from edge_classifier.errors import CameraError, SourceClosedError
 from edge_classifier.frames.base import FrameSource
 from edge_classifier.frames.colour import lores_to_rgb
 
@@ -65,16 +66,25 @@ class PicameraSource(FrameSource):
     :class:`CameraError` (the camera is hung). ``picamera2_factory`` replaces the
     ``Picamera2`` class (tests); every failure to open raises :class:`CameraError` saying what
     to check.
+
+    A hung camera still closes: picamera2 keeps a timed-out capture queued and its ``stop()``
+    waits behind it for ever, so the queue is flushed (``cancel_all_and_flush``) after a
+    timeout and before stopping, and ``stop``/``close`` run on a helper thread that ``close()``
+    waits for at most ``stop_timeout`` seconds (then logs an error and leaves the camera).
+    ``close()`` from another thread while ``read()`` waits makes that read raise
+    :class:`SourceClosedError`.
     """
 
     def __init__(self, width: int = 320, height: int = 240,
                  picamera2_factory: Optional[Callable[[], object]] = None,
-                 timeout: float = 10.0, fps: float = 0.0, clock: Optional[Clock] = None):
+                 timeout: float = 10.0, fps: float = 0.0, clock: Optional[Clock] = None,
+                 stop_timeout: float = 5.0):
         super().__init__(fps, clock)
         width, height = int(width), int(height)
         if width < 2 or height < 2:
             raise ValueError(f"lores size must be at least 2x2, not {width}x{height}")
         self.timeout = float(timeout)
+        self.stop_timeout = float(stop_timeout)
         factory = picamera2_factory or _import_picamera2()
         try:
             self._camera = factory()
@@ -118,11 +128,20 @@ class PicameraSource(FrameSource):
         _log.info("camera lores stream: %dx%d %s", self.size[0], self.size[1], self.format)
 
     def _read(self) -> np.ndarray:
+        camera = self._camera
+        if camera is None:
+            raise SourceClosedError("PicameraSource is closed")
         try:
-            array = self._camera.capture_array("lores", wait=self.timeout)
+            array = camera.capture_array("lores", wait=self.timeout)
         except (TimeoutError, concurrent.futures.TimeoutError) as exc:
+            _flush(camera)  # else the stale job takes the next frame and blocks stop()
             raise CameraError(f"no frame from the camera for {self.timeout:g} s: it is hung "
                               f"or disconnected; {_CAMERA_HINT}") from exc
+        except concurrent.futures.CancelledError as exc:
+            if self._closed:
+                raise SourceClosedError("PicameraSource was closed while waiting for a "
+                                        "frame") from exc
+            raise CameraError("the frame capture was cancelled") from exc
         except Exception as exc:
             raise CameraError(f"capturing a frame failed ({type(exc).__name__}: {exc})") from exc
         return lores_to_rgb(array, self.format, self.size[0], self._colour_space)
@@ -131,11 +150,21 @@ class PicameraSource(FrameSource):
         camera, self._camera = getattr(self, "_camera", None), None
         if camera is None:
             return
-        for step in ("stop", "close"):
-            try:
-                getattr(camera, step)()
-            except Exception as exc:  # closing must not fail
-                _log.debug("camera %s failed: %s", step, exc)
+        _flush(camera)
+
+        def stop_and_close() -> None:
+            for step in ("stop", "close"):
+                try:
+                    getattr(camera, step)()
+                except Exception as exc:  # closing must not fail
+                    _log.debug("camera %s failed: %s", step, exc)
+
+        closer = threading.Thread(target=stop_and_close, name="camera-close", daemon=True)
+        closer.start()
+        closer.join(self.stop_timeout)
+        if closer.is_alive():
+            _log.error("the camera did not stop within %g s (hung in the driver?); left "
+                       "behind, a restart may be needed: %s", self.stop_timeout, _CAMERA_HINT)
 
     def close(self) -> None:
         super().close()
@@ -144,3 +173,14 @@ class PicameraSource(FrameSource):
     def __repr__(self) -> str:
         size = getattr(self, "size", None)
         return f"<PicameraSource {size} {getattr(self, 'format', '?')}>"
+
+
+def _flush(camera) -> None:
+    """Cancel and drop picamera2's queued jobs (a timed-out capture); older picamera2 lacks it."""
+    flush = getattr(camera, "cancel_all_and_flush", None)
+    if flush is None:
+        return
+    try:
+        flush()
+    except Exception as exc:
+        _log.debug("camera cancel_all_and_flush failed: %s", exc)
