@@ -94,7 +94,7 @@ def test_replay_decodes_each_file_once(folder, monkeypatch):
     import edge_classifier.frames.sources as sources
     calls = []
     real = sources.load_image
-    monkeypatch.setattr(sources, "load_image", lambda p: calls.append(p) or real(p))
+    monkeypatch.setattr(sources, "load_image", lambda p, **kw: calls.append(p) or real(p, **kw))
     with ReplaySource(folder) as source:
         for _ in range(9):
             source.read()
@@ -150,6 +150,34 @@ def test_replay_fps_cap_does_not_sleep_when_caller_is_slow(folder):
         clock.advance(0.5)
         source.read()
     assert clock.now() == pytest.approx(0.5)
+
+
+def test_replay_with_size_hint_decodes_big_photos_near_the_model_size(tmp_path):
+    write_image(tmp_path / "big.png", GREEN, size=(2000, 1000))
+    with ReplaySource(tmp_path, size_hint=(224, 224)) as source:
+        frame = source.read()
+    assert frame.shape == (500, 1000, 3) and colour_of(frame) == GREEN  # reduced by 2
+    with pytest.raises(ValueError, match="size_hint"):  # a bad hint fails at once
+        ReplaySource(tmp_path, size_hint=(224, -1))
+
+
+def test_make_source_passes_the_size_hint_to_the_replay(tmp_path):
+    write_image(tmp_path / "big.png", GREEN, size=(2000, 1000))
+    with make_source(SourceConfig(kind="replay", path=str(tmp_path)),
+                     size_hint=(224, 224)) as source:
+        assert source.size_hint == (224, 224)
+        assert source.read().shape == (500, 1000, 3)
+
+
+def test_replay_skips_a_file_over_max_pixels_with_one_warning(folder, caplog):
+    write_image(folder / "d.png", WHITE, size=(64, 48))  # 3072 pixels; the others 768
+    with caplog.at_level(logging.WARNING, logger="edge_classifier.frames.sources"):
+        with ReplaySource(folder, max_pixels=1000) as source:
+            colours = [colour_of(source.read()) for _ in range(4)]
+    assert colours == [RED, GREEN, BLUE, RED]
+    assert [r.getMessage() for r in caplog.records if "d.png" in r.getMessage()] == [
+        f"skipping {folder / 'd.png'}: image too large: 64x48 pixels (0.00307 megapixels, more "
+        f"than the limit of 0.001); shrink it first"]
 
 
 def test_read_after_close_raises_and_close_twice_is_safe(folder):

@@ -28,7 +28,8 @@ from edge_classifier.errors import (CameraError, EndOfStream, ImageError,  # noq
 from edge_classifier.frames.base import FrameSource
 from edge_classifier.frames.camera import PicameraSource
 from edge_classifier.frames.colour import lores_to_rgb, yuv420_to_rgb  # noqa: F401  (re-exported)
-from edge_classifier.frames.images import list_images, load_image
+from edge_classifier.frames.images import (DEFAULT_MAX_PIXELS, SizeHint, list_images, load_image,
+                                           needed_short_side)
 
 __all__ = ["CameraError", "EndOfStream", "FrameSource", "NoImagesError", "PicameraSource",
            "ReplaySource", "SourceClosedError", "SourceError", "lores_to_rgb", "make_source",
@@ -45,22 +46,34 @@ class ReplaySource(FrameSource):
 
         source = ReplaySource(["photos/", "extra/cat.jpg"], fps=5, clock=clock)
 
+        # the device, which knows its model: frames decoded near the size they are used at
+        source = ReplaySource("photos/", size_hint=backbone.input_size)
+
     ``paths_or_folders``: one path or a list; a folder contributes its images sorted by name
     (:func:`~edge_classifier.frames.images.list_images`). Each file is decoded once and kept (up to
     ``cache_bytes`` of decoded frames; files past that are decoded again on each visit). A file
     that cannot be decoded is skipped with one warning. Raises :class:`NoImagesError`, naming
     the path(s), when a path does not exist or no file at all can be read.
+
+    ``size_hint``: the model's input (height, width), passed to
+    :func:`~edge_classifier.frames.images.load_image`: big photos are decoded at a short side of
+    twice that, not in full (None: full resolution). ``max_pixels``: files whose header promises
+    more pixels are skipped like undecodable ones.
     """
 
     def __init__(self, paths_or_folders: Union[PathLike, Sequence[PathLike]], fps: float = 0.0,
                  loop: bool = True, clock: Optional[Clock] = None,
-                 cache_bytes: int = 256 * 1024 * 1024):
+                 cache_bytes: int = 256 * 1024 * 1024, size_hint: SizeHint = None,
+                 max_pixels: Optional[int] = DEFAULT_MAX_PIXELS):
         super().__init__(fps, clock)
         if isinstance(paths_or_folders, (str, bytes, os.PathLike)):
             paths_or_folders = [paths_or_folders]
         self.paths = [os.fspath(p) for p in paths_or_folders]
         self.loop = bool(loop)
         self.cache_bytes = int(cache_bytes)
+        needed_short_side(size_hint)  # a bad hint fails here, not on the first frame
+        self.size_hint = size_hint
+        self.max_pixels = max_pixels
         self.files = self._expand(self.paths)
         self._cache: Dict[int, np.ndarray] = {}
         self._cached_bytes = 0
@@ -97,7 +110,7 @@ class ReplaySource(FrameSource):
         if frame is not None:
             return frame
         try:
-            frame = load_image(self.files[i])
+            frame = load_image(self.files[i], size_hint=self.size_hint, max_pixels=self.max_pixels)
         except ImageError as exc:
             self._bad.add(i)
             self.skipped += 1
@@ -146,12 +159,17 @@ def _split_paths(path: str) -> List[str]:
 
 def make_source(source_config, default_paths: Optional[Sequence[PathLike]] = None,
                 clock: Optional[Clock] = None,
-                picamera2_factory: Optional[Callable[[], object]] = None) -> FrameSource:
-    """The source a :class:`~edge_classifier.config.SourceConfig` asks for.
+                picamera2_factory: Optional[Callable[[], object]] = None,
+                size_hint: SizeHint = None) -> FrameSource:
+    """The source a :class:`~edge_classifier.config.SourceConfig` asks for::
+
+        source = make_source(config.source, default_paths=[samples], size_hint=backbone.input_size)
 
     ``kind = "picamera2"``: the camera (errors are raised). ``"replay"``: ``path`` (a folder, an
     image, or several separated by ':'), else ``default_paths``. ``"auto"``: the camera if
-    picamera2 imports and a camera opens, else the replay (logging why).
+    picamera2 imports and a camera opens, else the replay (logging why). ``size_hint``: the
+    model's input (height, width), so a replay decodes big photos near that size (see
+    :class:`ReplaySource`); the camera's lores stream is already small and ignores it.
     """
     cfg = source_config
     replay_paths = _split_paths(cfg.path) if cfg.path else list(default_paths or [])
@@ -163,7 +181,8 @@ def make_source(source_config, default_paths: Optional[Sequence[PathLike]] = Non
     def replay() -> ReplaySource:
         if not replay_paths:
             raise NoImagesError("nothing to replay: set source.path to a folder or image files")
-        return ReplaySource(replay_paths, fps=cfg.fps, loop=cfg.loop, clock=clock)
+        return ReplaySource(replay_paths, fps=cfg.fps, loop=cfg.loop, clock=clock,
+                            size_hint=size_hint)
 
     if cfg.kind == "picamera2":
         return camera()
