@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import logging
 import sys
@@ -16,7 +17,10 @@ from edge_classifier.frames.sources import (CameraError, EndOfStream, NoImagesEr
                                      ReplaySource, SourceClosedError, lores_to_rgb, make_source,
                                      yuv420_to_rgb)
 
-from picamera2_standin import ColorSpace, Picamera2, encode_i420, failing_picamera2
+from picamera2_standin import ColorSpace, Picamera2, encode_i420, failing_picamera2, in_thread
+
+#: How long a watchdog waits for a call that should return at once; only reached on a hang.
+WATCHDOG = 30.0
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 
@@ -90,7 +94,7 @@ def test_replay_decodes_each_file_once(folder, monkeypatch):
     import edge_classifier.frames.sources as sources
     calls = []
     real = sources.load_image
-    monkeypatch.setattr(sources, "load_image", lambda p: calls.append(p) or real(p))
+    monkeypatch.setattr(sources, "load_image", lambda p, **kw: calls.append(p) or real(p, **kw))
     with ReplaySource(folder) as source:
         for _ in range(9):
             source.read()
@@ -146,6 +150,34 @@ def test_replay_fps_cap_does_not_sleep_when_caller_is_slow(folder):
         clock.advance(0.5)
         source.read()
     assert clock.now() == pytest.approx(0.5)
+
+
+def test_replay_with_size_hint_decodes_big_photos_near_the_model_size(tmp_path):
+    write_image(tmp_path / "big.png", GREEN, size=(2000, 1000))
+    with ReplaySource(tmp_path, size_hint=(224, 224)) as source:
+        frame = source.read()
+    assert frame.shape == (500, 1000, 3) and colour_of(frame) == GREEN  # reduced by 2
+    with pytest.raises(ValueError, match="size_hint"):  # a bad hint fails at once
+        ReplaySource(tmp_path, size_hint=(224, -1))
+
+
+def test_make_source_passes_the_size_hint_to_the_replay(tmp_path):
+    write_image(tmp_path / "big.png", GREEN, size=(2000, 1000))
+    with make_source(SourceConfig(kind="replay", path=str(tmp_path)),
+                     size_hint=(224, 224)) as source:
+        assert source.size_hint == (224, 224)
+        assert source.read().shape == (500, 1000, 3)
+
+
+def test_replay_skips_a_file_over_max_pixels_with_one_warning(folder, caplog):
+    write_image(folder / "d.png", WHITE, size=(64, 48))  # 3072 pixels; the others 768
+    with caplog.at_level(logging.WARNING, logger="edge_classifier.frames.sources"):
+        with ReplaySource(folder, max_pixels=1000) as source:
+            colours = [colour_of(source.read()) for _ in range(4)]
+    assert colours == [RED, GREEN, BLUE, RED]
+    assert [r.getMessage() for r in caplog.records if "d.png" in r.getMessage()] == [
+        f"skipping {folder / 'd.png'}: image too large: 64x48 pixels (0.00307 megapixels, more "
+        f"than the limit of 0.001); shrink it first"]
 
 
 def test_read_after_close_raises_and_close_twice_is_safe(folder):
@@ -237,9 +269,107 @@ def test_camera_failing_to_start_is_closed():
 
 
 def test_hung_camera_raises_camera_error():
-    with PicameraSource(picamera2_factory=camera(stall=True), timeout=0.5) as source:
-        with pytest.raises(CameraError, match="no frame from the camera for 0.5 s"):
+    with PicameraSource(picamera2_factory=camera(stall=True), timeout=0.01) as source:
+        with pytest.raises(CameraError, match=r"no frame from the camera for 0.01 s: it is hung "
+                                              r"or disconnected; check that the ribbon cable"):
             source.read()
+
+
+def test_hung_camera_still_closes():
+    # picamera2's stop() queues behind the timed-out capture and waits without a timeout: the
+    # old close() hung here for ever.
+    source = PicameraSource(picamera2_factory=camera(stall=True), timeout=0.01)
+    cam = Picamera2.instances[-1]
+    with pytest.raises(CameraError, match="no frame from the camera"):
+        source.read()
+    closer, outcome = in_thread(source.close)
+    try:
+        closer.join(WATCHDOG)
+        assert not closer.is_alive(), "close() hung behind the timed-out capture"
+    finally:
+        cam.cancel_all_and_flush()  # lets a hung close() finish, so no thread is left behind
+    assert outcome == [None]
+    assert cam.closed and not cam.started and cam.queued_jobs == 0
+
+
+def test_timed_out_capture_is_flushed_so_a_recovered_camera_reads_on():
+    with PicameraSource(picamera2_factory=camera(stall=True), timeout=0.01) as source:
+        cam = Picamera2.instances[-1]
+        with pytest.raises(CameraError):
+            source.read()
+        assert cam.queued_jobs == 0 and "cancel_all_and_flush" in cam.calls
+        cam.resume()
+        source.read()
+        assert cam.captures == 1  # no stale job took a frame first
+
+
+def test_close_from_another_thread_ends_a_waiting_read():
+    source = PicameraSource(picamera2_factory=camera(stall=True), timeout=3600)
+    cam = Picamera2.instances[-1]
+    reader, outcome = in_thread(source.read)
+    assert cam.wait_until(lambda c: c.queued_jobs == 1)
+    closer, closed = in_thread(source.close)
+    try:
+        closer.join(WATCHDOG)
+        reader.join(WATCHDOG)
+        assert not closer.is_alive() and closed == [None]
+        assert not reader.is_alive()
+    finally:
+        cam.cancel_all_and_flush()
+    assert len(outcome) == 1 and isinstance(outcome[0], SourceClosedError)
+    assert cam.closed
+
+
+def test_camera_whose_stop_never_returns_is_left_after_stop_timeout(caplog):
+    source = PicameraSource(picamera2_factory=camera(block_on="stop"), stop_timeout=0.01)
+    cam = Picamera2.instances[-1]
+    closer, outcome = in_thread(source.close)
+    try:
+        with caplog.at_level(logging.ERROR, logger="edge_classifier.frames.camera"):
+            closer.join(WATCHDOG)
+        assert not closer.is_alive(), "close() waited for a stop() that never returns"
+        assert outcome == [None]
+        assert "did not stop within 0.01 s" in caplog.text
+    finally:
+        cam.unblock.set()  # the driver call returns; the helper thread finishes the close
+    assert cam.wait_until(lambda c: c.closed)
+
+
+# --- the stand-in behaves like picamera2 --------------------------------------------------------
+def test_standin_stop_waits_behind_a_timed_out_capture_until_cancel_all_and_flush():
+    cam = Picamera2.started(stall=True)
+    with pytest.raises(TimeoutError):
+        cam.capture_array("lores", wait=0.01)
+    assert cam.queued_jobs == 1  # the timed-out job stays queued
+    stopper, outcome = in_thread(cam.stop)
+    assert cam.wait_until(lambda c: c.queued_jobs == 2)  # the stop job, behind the capture
+    assert stopper.is_alive() and cam.started and outcome == []
+    cam.cancel_all_and_flush()  # cancels the waiting stop too, as upstream does
+    stopper.join(WATCHDOG)
+    assert len(outcome) == 1 and isinstance(outcome[0], concurrent.futures.CancelledError)
+    cam.stop()
+    assert not cam.started
+
+
+def test_standin_queued_capture_takes_the_next_frame_when_frames_resume():
+    cam = Picamera2.started(stall=True)
+    job = cam.capture_array("lores", wait=False)
+    assert not job.done
+    cam.resume()
+    assert job.get_result(timeout=0).shape == (72, 64)  # a 64x48 YUV420 frame
+    assert cam.captures == 1 and cam.queued_jobs == 0
+
+
+def test_standin_close_stops_the_event_loop_first_so_it_does_not_wait():
+    cam = Picamera2.started(stall=True)
+    with pytest.raises(TimeoutError):
+        cam.capture_array("lores", wait=0.01)
+    closer, outcome = in_thread(cam.close)
+    closer.join(WATCHDOG)
+    try:
+        assert not closer.is_alive() and outcome == [None] and cam.closed
+    finally:
+        cam.cancel_all_and_flush()
 
 
 def test_missing_picamera2_names_the_apt_package(monkeypatch):

@@ -94,6 +94,3 @@ def lores_to_rgb(array: np.ndarray, fmt: str, width: int, colour_space=None) -> 
     if fmt in ("RGB888", "XRGB8888"):
         return np.ascontiguousarray(array[:, :, 2::-1])
     return np.ascontiguousarray(array[:, :, :3])
-
-
-# --- the camera ---------------------------------------------------------------------------------
