@@ -91,7 +91,7 @@ def cmd_predict(args, err) -> int:
     results, failed = [], 0
     for path in args.images:
         try:
-            p = learner.predict(load_image(path))
+            p = learner.predict(load_image(path, size_hint=learner.backbone.input_size))
         except ImageError as exc:
             failed += 1
             results.append({"file": path, "error": str(exc)})

@@ -131,7 +131,7 @@ def cmd_classify(args) -> int:
     results, failed = [], 0
     for path in args.images:
         try:
-            result = backbone.run(load_image(path))
+            result = backbone.run(load_image(path, size_hint=backbone.input_size))
         except ImageError as exc:
             failed += 1
             results.append({"file": path, "error": str(exc)})

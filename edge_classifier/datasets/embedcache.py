@@ -25,6 +25,7 @@ from edge_classifier.errors import ImageError
 from edge_classifier.frames.images import load_image
 from edge_classifier.learning.augment import Augmentation, embed_views
 
+DECODE = "d2"  # how files are decoded (load_image near the model size); new: embed again
 SHARD_EVERY = 64  # images embedded between two shard writes
 MAX_SHARDS = 32  # more than this many shards are merged into one at the end of a run
 
@@ -40,14 +41,13 @@ def file_key(path: str) -> Optional[str]:
 
 def cache_folder(backbone, augmentation: Augmentation, folder: Optional[Path] = None) -> Path:
     folder = Path(folder) if folder else data_home() / "cache"
-    return folder / f"emb-{backbone.sha256[:16]}-{backbone.resize}-{augmentation.key()}"
+    return folder / f"emb-{backbone.sha256[:16]}-{backbone.resize}-{augmentation.key()}-{DECODE}"
 
 
 def _read(folder: Path) -> Tuple[Dict[str, np.ndarray], List[Path]]:
     cached: Dict[str, np.ndarray] = {}
     shards = sorted(folder.glob("*.npz")) if folder.is_dir() else []
-    legacy = folder.with_suffix(".npz")  # one file per cache, as older versions wrote it
-    for path in ([legacy] if legacy.is_file() else []) + shards:
+    for path in shards:
         try:
             with np.load(path, allow_pickle=False) as data:
                 cached.update(zip(data["keys"].tolist(), data["views"]))
@@ -83,7 +83,8 @@ def embed_files(backbone, paths: Sequence[str], augmentation: Augmentation,
     writable = use_cache
     for i in tqdm(todo, desc="embedding", unit="img", disable=None if progress else True):
         try:
-            views = embed_views(backbone, load_image(paths[i]), augmentation)
+            views = embed_views(backbone, load_image(paths[i], size_hint=backbone.input_size),
+                                augmentation)
         except ImageError as exc:
             errors.append(str(exc))
             if on_error:

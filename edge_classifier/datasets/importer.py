@@ -93,7 +93,7 @@ def import_files(learner, paths: Sequence[str], label_sets: Sequence[Sequence[st
             thumb = None
             if thumbnails:
                 try:
-                    thumb = load_image(path)
+                    thumb = load_image(path, size_hint=learner.backbone.input_size)
                 except ImageError:
                     pass
             if previous and sorted(previous["labels"]) == sorted(labels):

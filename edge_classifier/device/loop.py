@@ -139,6 +139,7 @@ class Device:
             else:
                 kb.close()
         self.source = source or make_source(cfg.source, default_paths=default_paths,
+                                            size_hint=backbone.input_size,
                                             clock=self.clock)
         self._closers.append(self.source.close)
 
