@@ -23,6 +23,7 @@ import numpy as np
 
 from edge_classifier import __version__
 from edge_classifier.cli import device as cli_device
+from edge_classifier.cli import export as cli_export
 from edge_classifier.cli import learn as cli_learn
 from edge_classifier.errors import (BrokerUrlError, ConfigError, EdgeClassifierError, ImageError,
                                     UnknownModelError, UsageError)
@@ -266,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_learn.add_parsers(sub, backbone_opts, _positive_int, _err, common=common)
     cli_device.add_parsers(sub, _positive_int, _err, common=common)
+    cli_export.add_parsers(sub, _positive_int, _err, common=common)
     return parser
 
 
