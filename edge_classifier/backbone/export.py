@@ -26,6 +26,7 @@ from edge_classifier.backbone.graph import check_tflite_bytes
 from edge_classifier.errors import ExportError
 
 FLOAT32 = 0  # schema TensorType.FLOAT32
+FLOAT16 = 1
 INT32 = 2
 _QUANTISED = {3: np.uint8, 9: np.int8}  # TensorType.UINT8, TensorType.INT8
 _ALIGN = 16  # ``data:[ubyte] (force_align: 16)`` in schema.fbs
@@ -36,7 +37,8 @@ SUPPORT_METADATA = "TFLITE_METADATA"  # the TFLite Support metadata of the conve
 _OPS = {
     "ABS": ("AbsOptions", {1: "1.13.0"}),
     "ADD": ("AddOptions", {1: "1.5.0"}),
-    "DEQUANTIZE": ("DequantizeOptions", {1: "1.13.1", 2: "1.14.0"}),  # 1: uint8, 2: int8 in
+    "DEQUANTIZE": ("DequantizeOptions", {1: "1.13.1", 2: "1.14.0", 3: "1.15.0"}),  # uint8,
+    # int8, float16 input
     "EXP": ("ExpOptions", {1: "1.7.0"}),
     "FULLY_CONNECTED": ("FullyConnectedOptions", {1: "1.5.0"}),
     "L2_NORMALIZATION": ("L2NormOptions", {1: "1.5.0"}),
@@ -109,17 +111,27 @@ class GraphEditor:
         self.graph.tensors.append(t)
         return len(self.graph.tensors) - 1
 
-    def constant(self, name: str, values) -> int:
-        """A constant float32 (or int32, for shapes and axes) tensor stored in the model."""
+    def constant(self, name: str, values, half: bool = False) -> int:
+        """A constant float32 (or int32, for shapes and axes) tensor stored in the model.
+
+        ``half``: stored as float16 (half the bytes) and widened to float32 by a DEQUANTIZE
+        op, which the runtimes compute once for a constant, as for TFLite's float16 models.
+        """
         array = np.asarray(values)
-        array = array.astype(np.int32 if np.issubdtype(array.dtype, np.integer) else np.float32)
+        integer = np.issubdtype(array.dtype, np.integer)
+        array = array.astype(np.int32 if integer else np.float16 if half else np.float32)
         if not np.all(np.isfinite(array)):
-            raise ExportError(f"{self.source}: constant {name} holds NaN or infinity")
+            raise ExportError(f"{self.source}: constant {name} holds NaN or infinity "
+                              "(or is out of the float16 range)")
         buf = self.schema.BufferT()
         buf.data = np.frombuffer(array.astype(array.dtype.newbyteorder("<")).tobytes(), np.uint8)
         self.model.buffers.append(buf)
-        dtype = INT32 if array.dtype == np.int32 else FLOAT32
-        return self.tensor(name, array.shape, dtype, len(self.model.buffers) - 1)
+        dtype = INT32 if integer else FLOAT16 if half else FLOAT32
+        index = self.tensor(name + ("/float16" if half else ""), array.shape, dtype,
+                            len(self.model.buffers) - 1)
+        if half:
+            index = self.op("DEQUANTIZE", [index], name, array.shape, version=3)
+        return index
 
     def shape(self, index: int) -> List[int]:
         return [int(d) for d in self.graph.tensors[index].shape]

@@ -65,7 +65,7 @@ def cmd_export_model(args, err) -> int:
     if learner.head is None:
         raise StoreError(f"{state.root}: no head could be fitted from the samples")
     backbone = learner.backbone
-    exported = export_model(backbone, learner.head, out, labels)
+    exported = export_model(backbone, learner.head, out, labels, float16=args.float16)
     h, w = backbone.input_size
     classes = len(exported.classes)
     threshold = exported.unknown_threshold
@@ -95,6 +95,9 @@ def add_parsers(sub, positive_int, err, common=None) -> None:
     p.add_argument("--state", metavar="DIR", help="state directory (default: <data home>/state)")
     p.add_argument("--labels", metavar="FILE",
                    help="where to write the labels (default: labels.txt beside the model)")
+    p.add_argument("--float16", action="store_true",
+                   help="keep the stored samples as float16: about half the head's size, "
+                        "probabilities a few thousandths from the package's")
     p.add_argument("--threads", type=positive_int, default=None,
                    help="interpreter threads (default: all cores)")
     p.set_defaults(func=functools.partial(cmd_export_model, err=err))

@@ -53,8 +53,10 @@ EXPORT_FORMAT = 1
 OUTPUTS = ("probabilities", "unknown_score")
 MASKED = -1e30  # bias of a class without samples
 TINY = 1e-30  # |e| below this counts as zero in the signed power
-PROBABILITY_TOLERANCE = 1e-3  # the self-check; the tests ask for 0.01 against the package
-UNKNOWN_TOLERANCE = 1e-3  # times max(1, |score|)
+# The self-check's limits (float32 sums over ~2,000 kernel terms differ from the package's
+# float64 by ~5e-4 on TrashNet; the project's goal is 0.01).
+PROBABILITY_TOLERANCE = 5e-3
+UNKNOWN_TOLERANCE = 1e-2  # times max(1, |score|)
 
 
 @dataclass(frozen=True)
@@ -145,9 +147,10 @@ def head_constants(head) -> HeadConstants:
                          float(inner.unknown_threshold), T, classes)
 
 
-def append_head(editor: GraphEditor, e: int, k: HeadConstants, nonnegative: bool):
+def append_head(editor: GraphEditor, e: int, k: HeadConstants, nonnegative: bool,
+                half_points: bool = False):
     """Append the head's ops after float32 embedding tensor ``e`` (1xD); returns the
-    (probabilities, unknown score) tensors."""
+    (probabilities, unknown score) tensors. ``half_points`` stores the NxD points as float16."""
     ed = editor
     if k.power != 1.0:
         power = ed.constant("head/power", np.array([k.power], np.float32))
@@ -159,7 +162,8 @@ def append_head(editor: GraphEditor, e: int, k: HeadConstants, nonnegative: bool
             p1 = ed.constant("head/power_minus_one", np.array([k.power - 1.0], np.float32))
             e = ed.binary("MUL", e, ed.binary("POW", m, p1, "head/scale"), "head/powered")
     z = ed.op("L2_NORMALIZATION", [e], "head/normalised", ed.shape(e))
-    s = ed.fully_connected(z, ed.constant("head/points", k.points), None, "head/similarity")
+    points = ed.constant("head/points", k.points, half=half_points)
+    s = ed.fully_connected(z, points, None, "head/similarity")
     if k.kernel == "rbf":
         g = k.gamma
         two_g = ed.constant("head/two_gamma", np.array([2.0 * g], np.float32))
@@ -188,7 +192,17 @@ def append_head(editor: GraphEditor, e: int, k: HeadConstants, nonnegative: bool
     return probs, unknown
 
 
-def _metadata(k: HeadConstants, backbone) -> bytes:
+@dataclass(frozen=True)
+class BuiltModel:
+    """An exported model's bytes and what it was built from (nothing written yet)."""
+
+    content: bytes
+    constants: HeadConstants
+    nonnegative: bool  # the embedding cannot be negative: the power is one POW op
+    float16: bool  # the stored points are kept as float16
+
+
+def _metadata(k: HeadConstants, backbone, float16: bool) -> bytes:
     threshold = k.threshold if np.isfinite(k.threshold) else None
     c, a, b = k.unknown
     meta = {"format": EXPORT_FORMAT, "outputs": list(OUTPUTS), "classes": k.classes,
@@ -196,6 +210,7 @@ def _metadata(k: HeadConstants, backbone) -> bytes:
             "unknown_threshold": threshold,
             "unknown_score": {"formula": "c + a * max_similarity + b * max_probability",
                               "c": c, "a": a, "b": b},
+            "points": "float16" if float16 else "float32",
             "backbone": backbone.identity, "input_size": list(backbone.input_size),
             "resize": backbone.resize}
     return json.dumps(meta).encode("utf-8")
@@ -206,9 +221,8 @@ def _nonnegative(editor: GraphEditor, index: int) -> bool:
     return lo is not None and lo[0] >= 0.0
 
 
-def build_model(backbone, head) -> Tuple[bytes, HeadConstants, bool]:
-    """The exported model's bytes, the head's constants and whether the embedding is known to
-    be non-negative (then the power is one POW op); nothing is written."""
+def build_model(backbone, head, float16: bool = False) -> BuiltModel:
+    """The backbone's model with the head's ops after its embedding; nothing is written."""
     k = head_constants(head)
     if k.points.shape[1] != backbone.embedding_dim:
         raise ExportError(f"the head takes {k.points.shape[1]}-d embeddings, {backbone.name} "
@@ -222,18 +236,18 @@ def build_model(backbone, head) -> Tuple[bytes, HeadConstants, bool]:
     else:
         embedding = editor.graph.outputs[0]
     nonneg = _nonnegative(editor, embedding)
-    probs, unknown = append_head(editor, editor.float_vector(embedding), k, nonneg)
+    probs, unknown = append_head(editor, editor.float_vector(embedding), k, nonneg, float16)
     out = editor.finish({OUTPUTS[0]: probs, OUTPUTS[1]: unknown},
-                        {METADATA_KEY: _metadata(k, backbone)},
+                        {METADATA_KEY: _metadata(k, backbone, float16)},
                         f"{backbone.name} + edge-classifier {k.head} head")
-    return out, k, nonneg
+    return BuiltModel(out, k, nonneg, float16)
 
 
-def head_only_model(k: HeadConstants, nonnegative: bool) -> bytes:
+def head_only_model(k: HeadConstants, nonnegative: bool = False, float16: bool = False) -> bytes:
     """The same head ops on a float32 embedding input (1xD): for checks and tests."""
     editor = GraphEditor(None, "head")
     e = editor.input("embedding", [1, k.points.shape[1]])
-    probs, unknown = append_head(editor, e, k, nonnegative)
+    probs, unknown = append_head(editor, e, k, nonnegative, float16)
     return editor.finish({OUTPUTS[0]: probs, OUTPUTS[1]: unknown}, {})
 
 
@@ -270,18 +284,18 @@ def _compare(P, U, head, X) -> Tuple[float, float]:
     return dp, du
 
 
-def check_export(content: bytes, k: HeadConstants, nonnegative: bool, backbone,
-                 head) -> Tuple[float, float]:
+def check_export(built: BuiltModel, backbone, head) -> Tuple[float, float]:
     """Largest (probability, relative unknown-score) differences between the exported ops and
     the package, on probes through the head alone and on two frames through the whole file;
     :class:`ExportError` if over the tolerances."""
     rng = np.random.default_rng(0)
-    X = _probes(k, rng)
-    small = make_interpreter(head_only_model(k, nonnegative), 1, "the exported head")
+    X = _probes(built.constants, rng)
+    small = make_interpreter(head_only_model(built.constants, built.nonnegative, built.float16),
+                             1, "the exported head")
     d1 = _compare(*run_exported(small, X), head, X)
     h, w = backbone.input_size
     frames = [np.full((h, w, 3), 128, np.uint8), rng.integers(0, 256, (h, w, 3), dtype=np.uint8)]
-    whole = make_interpreter(content, None, "the exported model")
+    whole = make_interpreter(built.content, None, "the exported model")
     emb = np.stack([backbone.run_prepared(f).embedding for f in frames])
     P, U = run_exported(whole, [backbone._to_input(f)[0] for f in frames])
     d2 = _compare(P, U, head, emb)
@@ -293,18 +307,25 @@ def labels_text(classes) -> str:
     return "".join(f"{i} {name}\n" for i, name in enumerate(classes))
 
 
-def export_model(backbone, head, out, labels_path=None, check: bool = True) -> ExportedModel:
+def export_model(backbone, head, out, labels_path=None, *, float16: bool = False,
+                 check: bool = True) -> ExportedModel:
     """Write the backbone plus ``head`` to ``out`` (.tflite) and ``labels.txt`` beside it
-    (or to ``labels_path``), both atomically, after checking the export (see module docs)."""
+    (or to ``labels_path``), both atomically, after checking the export (see module docs).
+
+    ``float16`` keeps the stored points (the bulk of a kernel head) as float16: about half
+    the head's bytes, probabilities a few thousandths from the package's instead of ~1e-4.
+    """
     out = Path(out)
     labels = Path(labels_path) if labels_path else out.with_name("labels.txt")
-    content, k, nonneg = build_model(backbone, head)
+    built = build_model(backbone, head, float16)
     dp = du = float("nan")
     if check:
-        dp, du = check_export(content, k, nonneg, backbone, head)
-    atomic.write_bytes(out, content)
+        dp, du = check_export(built, backbone, head)
+    k = built.constants
+    atomic.write_bytes(out, built.content)
     atomic.write_text(labels, labels_text(k.classes))
-    return ExportedModel(out, labels, len(content), list(k.classes), k.threshold, k.head, dp, du)
+    return ExportedModel(out, labels, len(built.content), list(k.classes), k.threshold, k.head,
+                         dp, du)
 
 
 def read_export_metadata(content: bytes) -> Optional[dict]:
