@@ -13,7 +13,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -318,3 +317,17 @@ def test_exported_file_runs_under_tflite_runtime(taught):
     assert result["runtime"].startswith("tflite-runtime")
     assert result["label_agreement"] == 1.0 and result["max_probability_difference"] < 0.01
     assert result["images"] > 150
+
+
+def test_a_state_of_one_sample_exports_as_never_unknown(models_dir, tmp_path, capsys):
+    (tmp_path / "data" / "cat").mkdir(parents=True)
+    (tmp_path / "data" / "cat" / "cat.bmp").write_bytes((models_dir / "cat.bmp").read_bytes())
+    state = tmp_path / "state"
+    assert run(capsys, "train", tmp_path / "data", "--state", state, "-q")[0] == 0
+    code, out, _ = run(capsys, "export-model", tmp_path / "cat", "--state", state)
+    assert code == 0 and "never unknown" in out
+    model = tmp_path / "cat.tflite"  # .tflite added
+    assert read_export_metadata(model.read_bytes())["unknown_threshold"] is None
+    assert (tmp_path / "labels.txt").read_text("utf-8") == "0 cat\n"
+    P, U = run_bare(model, [np.full((224, 224, 3), 90, np.uint8)])
+    assert P.tolist() == [[1.0]] and np.isfinite(U).all()

@@ -8,7 +8,7 @@ interpreter on the exported file, on the same prepared pixels. Prints one JSON o
 agreement, largest probability and unknown-score differences, accuracy, file size and
 load-to-first-prediction time (median of 5 loads) next to the plain backbone's::
 
-    python tools/check_export.py --work /tmp/export-check            # LiteRT: train, export, compare
+    python tools/check_export.py --work /tmp/export-check   # LiteRT: train, export, compare
     /path/to/tflite-runtime-venv/bin/python tools/check_export.py --work /tmp/export-check \\
         --compare-only   # the same file and state, run by tflite-runtime (no LiteRT installed)
 """
@@ -141,7 +141,8 @@ def compare(work: Path, data, test, threads: int) -> dict:
         "accuracy_exported": rows["right_exported"] / n,
         "max_probability_difference": dp, "max_unknown_score_difference": du,
         "unknown_threshold": threshold, "closest_unknown_score_to_threshold": closest,
-        "package_ms_per_image": 1000 * t_package / n, "exported_ms_per_image": 1000 * t_exported / n,
+        "package_ms_per_image": 1000 * t_package / n,
+        "exported_ms_per_image": 1000 * t_exported / n,
         "size_bytes": model.stat().st_size, "backbone_size_bytes": backbone_file.stat().st_size,
         "load_to_first_prediction_s": load_to_first_prediction(model, first_pixels, threads, 5),
         "backbone_load_to_first_prediction_s": load_to_first_prediction(backbone_file,

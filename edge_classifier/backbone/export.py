@@ -37,8 +37,8 @@ SUPPORT_METADATA = "TFLITE_METADATA"  # the TFLite Support metadata of the conve
 _OPS = {
     "ABS": ("AbsOptions", {1: "1.13.0"}),
     "ADD": ("AddOptions", {1: "1.5.0"}),
-    "DEQUANTIZE": ("DequantizeOptions", {1: "1.13.1", 2: "1.14.0", 3: "1.15.0"}),  # uint8,
-    # int8, float16 input
+    # DEQUANTIZE version 1: uint8 input, 2: int8, 3: float16
+    "DEQUANTIZE": ("DequantizeOptions", {1: "1.13.1", 2: "1.14.0", 3: "1.15.0"}),
     "EXP": ("ExpOptions", {1: "1.7.0"}),
     "FULLY_CONNECTED": ("FullyConnectedOptions", {1: "1.5.0"}),
     "L2_NORMALIZATION": ("L2NormOptions", {1: "1.5.0"}),
@@ -88,7 +88,8 @@ class GraphEditor:
             s = self.schema
             self.model = s.ModelT()
             self.model.version = 3
-            self.model.operatorCodes, self.model.buffers, self.model.metadata = [], [s.BufferT()], []
+            self.model.operatorCodes, self.model.metadata = [], []
+            self.model.buffers = [s.BufferT()]
             self.model.subgraphs = [s.SubGraphT()]
             g = self.model.subgraphs[0]
             g.tensors, g.inputs, g.outputs, g.operators = [], [], [], []
@@ -114,8 +115,9 @@ class GraphEditor:
     def constant(self, name: str, values, half: bool = False) -> int:
         """A constant float32 (or int32, for shapes and axes) tensor stored in the model.
 
-        ``half``: stored as float16 (half the bytes) and widened to float32 by a DEQUANTIZE
-        op, which the runtimes compute once for a constant, as for TFLite's float16 models.
+        ``half``: stored as float16 (half the bytes in the file) and widened to float32 by a
+        DEQUANTIZE op, which TFLite evaluates once for a constant input and keeps (so in
+        memory it is float32 again), as in TFLite's own float16-quantised models.
         """
         array = np.asarray(values)
         integer = np.issubdtype(array.dtype, np.integer)
@@ -236,7 +238,7 @@ class GraphEditor:
         for m in entries:
             if _name(m.name) == MIN_RUNTIME:
                 data = self.model.buffers[m.buffer].data
-                old = bytes(data).rstrip(b"\0").decode("ascii", "replace") if data is not None else ""
+                old = "" if data is None else bytes(data).rstrip(b"\0").decode("ascii", "replace")
                 if _version_key(old) < _version_key(self._runtime):
                     self.model.buffers[m.buffer].data = np.frombuffer(
                         self._runtime.encode().ljust(16, b"\0"), np.uint8)

@@ -71,12 +71,11 @@ def cmd_export_model(args, err) -> int:
     threshold = exported.unknown_threshold
     print(f"{out}: {exported.size / 1e6:.1f} MB, {backbone.name} + {learner.head_name} head "
           f"({exported.head}), {classes} classes; labels in {labels}")
-    print(f"input: 1x{h}x{w}x3, each frame {'centre-cropped' if backbone.resize == 'crop' else 'squashed'} "
-          f"to {h}x{w}")
-    print(f"outputs: probabilities (1x{classes}), unknown_score (1x1, unknown above "
-          f"{threshold:.4g})" if threshold != float("inf") else
-          f"outputs: probabilities (1x{classes}), unknown_score (1x1, never unknown: fewer "
-          "than two samples)")
+    fitted = "centre-cropped" if backbone.resize == "crop" else "squashed"
+    print(f"input: 1x{h}x{w}x3, each frame {fitted} to {h}x{w}")
+    rule = (f"unknown above {threshold:.4g}" if threshold != float("inf")
+            else "never unknown: fewer than two samples")
+    print(f"outputs: probabilities (1x{classes}), unknown_score (1x1, {rule})")
     return 0
 
 

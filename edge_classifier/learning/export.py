@@ -30,6 +30,10 @@ The unknown score is affine in the best similarity and the best probability (tod
 own scoring function, so a refit (or a new way of fitting the threshold) changes constants
 only. Before anything is written the export is checked against the package's own numbers (on
 probes at the stored points and on two whole frames); a mismatch is an :class:`ExportError`.
+
+Precision: the ops run in float32, the package in float64 (up to 512 samples) or float32
+products; on TrashNet (1,769 samples) probabilities agree within 5e-4. ``float16=True`` keeps
+the stored points, the bulk of a kernel head's bytes, as float16 in the file (3e-3).
 """
 
 from __future__ import annotations
