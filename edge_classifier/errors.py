@@ -59,6 +59,14 @@ class RuntimeMissingError(ModelError, ImportError):
     """Neither ai-edge-litert nor tflite-runtime is installed."""
 
 
+class ExportError(ModelError):
+    """The trained classifier cannot be written as one TFLite model; nothing was written."""
+
+
+class UnsupportedHeadError(ExportError, ValueError):
+    """The state's head has no TFLite form; the message names the heads that export."""
+
+
 # --- images -------------------------------------------------------------------------------------
 class ImageError(EdgeClassifierError, ValueError):
     """An image file is missing, unreadable, truncated or not an image."""

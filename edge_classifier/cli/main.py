@@ -33,6 +33,7 @@ from edge_classifier.datasets.folders import scan_folder
 from edge_classifier.frames.images import load_image
 from edge_classifier.learning.augment import Augmentation
 from edge_classifier.cli import device as cli_device
+from edge_classifier.cli import export as cli_export
 from edge_classifier.cli import learn as cli_learn
 from edge_classifier.errors import (BrokerUrlError, ConfigError, EdgeClassifierError, ImageError,
                                     UnknownModelError, UsageError)
@@ -264,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_learn.add_parsers(sub, backbone_opts, _positive_int, _err, common=common)
     cli_device.add_parsers(sub, _positive_int, _err, common=common)
+    cli_export.add_parsers(sub, _positive_int, _err, common=common)
     return parser
 
 
