@@ -20,6 +20,7 @@ import csv
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,12 +28,12 @@ from pathlib import Path
 import numpy as np
 from _common import DEFAULT_DATASET
 
-from edge_classifier import cli
+from edge_classifier.backbone.model import Backbone
 from edge_classifier.backbone.runtime import interpreter_class, runtime_version
-from edge_classifier.cli.learn import open_learner
 from edge_classifier.datasets.folders import scan_folder
 from edge_classifier.frames.images import load_image
 from edge_classifier.learning.heads.metrics import stratified_split
+from edge_classifier.learning.learner import Learner
 from edge_classifier.learning.state import StateDir
 
 
@@ -54,6 +55,11 @@ def first_per_class(indices, labels, n: int):
     return np.array(keep, np.int64)
 
 
+def command(*argv: str) -> int:
+    """Run ``edge-classifier ARGV`` as a user would; its exit code."""
+    return subprocess.run([sys.executable, "-m", "edge_classifier", *argv]).returncode
+
+
 def teach_and_export(work: Path, data, train, float16: bool) -> float:
     """Train the state on ``train`` and export it; returns the export's seconds."""
     work.mkdir(parents=True, exist_ok=True)
@@ -64,11 +70,11 @@ def teach_and_export(work: Path, data, train, float16: bool) -> float:
         for i in train:
             writer.writerow([data.paths[i], data.class_names[data.labels[i]]])
     state = work / "state"
-    if cli.main(["train", str(table), "--state", str(state), "--no-thumbnails", "-q"]) != 0:
+    if command("train", str(table), "--state", str(state), "--no-thumbnails", "-q") != 0:
         raise SystemExit("train failed")
     t0 = time.perf_counter()
     extra = ["--float16"] if float16 else []
-    if cli.main(["export-model", str(work / "model.tflite"), "--state", str(state)] + extra) != 0:
+    if command("export-model", str(work / "model.tflite"), "--state", str(state), *extra) != 0:
         raise SystemExit("export-model failed")
     return time.perf_counter() - t0
 
@@ -92,7 +98,7 @@ def compare(work: Path, data, test, threads: int) -> dict:
     """Every test image through the package and through the exported file."""
     Interpreter, _ = interpreter_class()
     with StateDir(work / "state", write=False) as state:
-        learner = open_learner(argparse.Namespace(threads=threads, command="check"), state)
+        learner = Learner(Backbone.from_name(state.model_name(), num_threads=threads), state)
     head, backbone = learner.head, learner.backbone
     names = (work / "labels.txt").read_text("utf-8").splitlines()
     names = [line.split(" ", 1)[1] for line in names]

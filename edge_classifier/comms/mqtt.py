@@ -189,9 +189,8 @@ class MqttPublisher(Publisher):
                 self._rebuild_timer = timer = threading.Timer(plan.delay, self._rebuild)
                 timer.daemon = True
                 timer.start()
-        self._update(connected=False, last_error=plan.message,
-                     fatal_error=self._fatal_error)
-        self._log.error("MQTT: %s", redact(plan.message))
+        self._report(logging.ERROR, "MQTT: %s", redact(plan.message), connected=False,
+                     last_error=plan.message, fatal_error=self._fatal_error)
 
     def _rebuild(self) -> None:
         """Replace the client whose network thread died and connect again (timer thread)."""
@@ -205,8 +204,8 @@ class MqttPublisher(Publisher):
             except Exception as exc:  # e.g. the TLS files are gone
                 with self._lock:
                     self._fatal_error = f"cannot build a new MQTT client: {exc}"
-                self._update(fatal_error=self._fatal_error, last_error=self._fatal_error)
-                self._log.error("MQTT: %s; MQTT is off", self._fatal_error)
+                self._report(logging.ERROR, "MQTT: %s; MQTT is off", self._fatal_error,
+                             fatal_error=self._fatal_error, last_error=self._fatal_error)
                 return
             with self._lock:
                 self._client = new
@@ -260,11 +259,10 @@ class MqttPublisher(Publisher):
                         redact(str(exc)), exc_info=exc)
 
     def _failed(self, message: str) -> None:
-        self._update(last_error=message, connected=False)
         level = logging.DEBUG if message == self._last_failure else logging.ERROR
         self._last_failure = message
-        self._log.log(level, "MQTT: %s; retrying (back-off up to %g s)", message,
-                      self.config.mqtt.reconnect_max)
+        self._report(level, "MQTT: %s; retrying (back-off up to %g s)", message,
+                     self.config.mqtt.reconnect_max, last_error=message, connected=False)
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
@@ -327,10 +325,11 @@ class MqttPublisher(Publisher):
             client.reconnect_delay_set(verdict.backoff, max(verdict.backoff, m.reconnect_max))
             self._update(backoff=verdict.backoff)
         if verdict.conflict:
-            self._count("client_id_conflicts")
-            self._update(last_error=verdict.message)
-            self._log.log(logging.ERROR if verdict.first else logging.DEBUG, "MQTT: %s",
-                          verdict.message)
+            with self._status:
+                conflicts = self._stats.get("client_id_conflicts", 0) + 1
+            self._report(logging.ERROR if verdict.first else logging.DEBUG, "MQTT: %s",
+                         verdict.message, last_error=verdict.message,
+                         client_id_conflicts=conflicts)
             return
         if verdict.recovered:
             self._log.info("MQTT: the connection had held; reconnect back-off is %g s again",

@@ -103,6 +103,14 @@ class Publisher:
                 self._stats[key] = value
             self._status.notify_all()
 
+    def _report(self, level: int, message: str, *args: Any, **changes: Any) -> None:
+        """Log a line and change the stats as one step: whoever sees either sees both."""
+        with self._status:
+            for key, value in changes.items():
+                self._stats[key] = value
+            self._log.log(level, message, *args)
+            self._status.notify_all()
+
     def _count(self, key: str, n: int = 1) -> None:
         with self._status:
             self._stats[key] += n
