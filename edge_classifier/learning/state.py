@@ -25,11 +25,17 @@ A process that changes the state holds ``lock`` exclusively: an advisory lock th
 when the process dies, so a kill never leaves it stuck. A second writer gets a
 :class:`~edge_classifier.errors.StateLockedError` naming the holder (PID and command).
 Read-only users take no lock and write nothing.
+
+Whatever the files inside it are, nothing outside the state is read, written or deleted: no
+file is read through a symbolic link or from a FIFO or device, nor appended to through a hard
+link (:func:`~edge_classifier.learning.store_disk.open_fd`); a lock or ``samples/`` that is
+one is refused with a message saying so, and the rest is rebuilt from the samples.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import io
 import json
@@ -43,6 +49,7 @@ import numpy as np
 from edge_classifier.core import atomic
 from edge_classifier.errors import HeadLoadError, StateLockedError, StoreError
 from edge_classifier.learning.store import META, SampleStore, read_meta, storage_errors
+from edge_classifier.learning.store_disk import open_fd, open_own, read_own
 
 HEAD_ARRAYS = "head.npz"
 HEAD_META = "head.json"
@@ -50,6 +57,7 @@ IMPORTS = "imports.jsonl"
 LEGACY_IMPORTS = "imports.json"
 LAST_GOOD = "config.last-good.toml"
 LOCK = "lock"
+IMPORTS_LIMIT = 1 << 30  # an import list of millions of files is still read
 
 
 class StateLock:
@@ -72,13 +80,18 @@ class StateLock:
     def acquire(self) -> None:
         if self._fd is not None:
             return
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
-        except OSError:
-            try:  # a read-only state: lock the existing file, or go without
-                fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-            except OSError:
-                return
+        fd = None
+        # a read-only state: lock the existing file, or go without
+        for flags in (os.O_RDWR | os.O_CREAT, os.O_RDONLY):
+            try:
+                fd = open_fd(self.path, flags)
+                break
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.EINVAL, errno.EMLINK):
+                    raise StoreError(f"{self.path}: {exc.strerror}; the state's lock must be "
+                                     "a plain file: remove it and start again") from None
+        if fd is None:
+            return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -179,7 +192,7 @@ class StateDir:
     # -- the head ------------------------------------------------------------------------------
     def _head_meta(self) -> Optional[dict]:
         try:
-            return json.loads((self.root / HEAD_META).read_text("utf-8"))
+            return json.loads(read_own(self.root / HEAD_META).decode("utf-8"))
         except (OSError, ValueError):
             return None
 
@@ -189,12 +202,12 @@ class StateDir:
         if not meta_path.exists():
             return None
         try:
-            meta = json.loads(meta_path.read_text("utf-8"))
-            with np.load(arrays_path, allow_pickle=False) as data:
-                arrays = {k: data[k] for k in data.files}
+            meta = json.loads(read_own(meta_path).decode("utf-8"))
+            arrays = _load_arrays(arrays_path)
             if not isinstance(meta, dict) or not isinstance(meta.get("edge_classifier"), dict):
                 raise ValueError("no edge_classifier section")
-        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
+        except (OSError, ValueError, KeyError, TypeError, EOFError, MemoryError,
+                zipfile.BadZipFile) as exc:
             raise HeadLoadError(f"{arrays_path}: head file is corrupt or incomplete "
                                 f"({exc})") from None
         return arrays, meta
@@ -221,23 +234,23 @@ class StateDir:
         torn last line (a kill while writing it) is ignored."""
         imported: Dict[str, dict] = {}
         try:
-            legacy = json.loads((self.root / LEGACY_IMPORTS).read_text("utf-8"))
+            legacy = json.loads(read_own(self.root / LEGACY_IMPORTS).decode("utf-8"))
             if isinstance(legacy, dict):
                 imported.update({k: v for k, v in legacy.items() if _import_entry(v)})
         except (OSError, ValueError):
             pass
         try:
-            with open(self.root / IMPORTS, encoding="utf-8", errors="replace") as f:
-                for line in f:
-                    try:
-                        entry = json.loads(line)
-                    except ValueError:
-                        continue
-                    if isinstance(entry, dict) and isinstance(entry.get("file"), str) \
-                            and _import_entry(entry):
-                        imported[entry["file"]] = {"id": entry["id"], "labels": entry["labels"]}
+            lines = read_own(self.root / IMPORTS, IMPORTS_LIMIT).decode("utf-8", "replace")
         except OSError:
-            pass
+            lines = ""
+        for line in lines.splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict) and isinstance(entry.get("file"), str) \
+                    and _import_entry(entry):
+                imported[entry["file"]] = {"id": entry["id"], "labels": entry["labels"]}
         return imported
 
     @contextlib.contextmanager
@@ -245,7 +258,8 @@ class StateDir:
         """Append import records durably (each is on disk before its sample is written)."""
         self._require_write("the import list")
         with storage_errors("the import list"):
-            f = open(self.root / IMPORTS, "a", encoding="utf-8")
+            fd = open_fd(self.root / IMPORTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            f = os.fdopen(fd, "a", encoding="utf-8")
         try:
             yield ImportJournal(f)
         finally:
@@ -256,7 +270,7 @@ class StateDir:
         """(text, path) of the last config the device started with, if kept."""
         path = self.root / LAST_GOOD
         try:
-            return path.read_text("utf-8"), path
+            return read_own(path).decode("utf-8"), path
         except (OSError, UnicodeDecodeError):
             return None
 
@@ -270,6 +284,19 @@ class StateDir:
     def _require_write(self, what: str) -> None:
         if not self.write:
             raise StoreError(f"{self.root} is open read-only: {what} was not written")
+
+
+def _load_arrays(path: Path) -> Dict[str, np.ndarray]:
+    """The arrays of ``head.npz`` (a regular file of the state; see :func:`open_own`). Members
+    must be stored as ``np.savez`` stores them, so a hostile archive cannot inflate."""
+    with open_own(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        with zipfile.ZipFile(f) as archive:
+            if sum(i.file_size for i in archive.infolist()) > size:
+                raise ValueError("compressed members (np.savez stores them plain)")
+        f.seek(0)
+        with np.load(f, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
 
 
 def _import_entry(v) -> bool:

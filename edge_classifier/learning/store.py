@@ -65,6 +65,10 @@ class SampleStore:
         self.head = head
         self._classes: "OrderedDict[str, str]" = OrderedDict()  # name -> directory
         self._samples: Dict[str, "OrderedDict[str, np.ndarray]"] = {}
+        if (self.root / SAMPLES).is_symlink():
+            raise StoreError(f"{self.root / SAMPLES}: a symbolic link; the samples must be a "
+                             "folder inside the state (nothing outside it is read, written or "
+                             "deleted): put the folder it points to in its place")
         if not readonly:
             with storage_errors("the state directory"):
                 (self.root / SAMPLES).mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,12 @@
 
 Folder names are ours (``c`` and 12 hex digits); anything else that ``store.json`` names is not
 a folder of the state and is never read, written or deleted. Sample ids sort by time.
+
+Every file of a state is read through :func:`open_own`: never through a symbolic link, never
+from a FIFO or a device (which would block or never end), so whatever a state's files say or
+are, nothing outside the state is read::
+
+    data = read_own(root / "store.json", limit=64 << 20)   # OSError if a link, FIFO, too big
 """
 
 from __future__ import annotations
@@ -17,9 +23,12 @@ import contextlib
 import errno
 import io
 import json
+import math
+import os
 import re
 import secrets
 import shutil
+import stat
 import time
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -38,6 +47,72 @@ META = "store.json"
 SAMPLES = "samples"
 TRASH_PREFIX = ".trash-"
 FOLDER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+JSON_LIMIT = 64 << 20  # the largest class list, head metadata or import list read
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | \
+    getattr(os, "O_CLOEXEC", 0)
+
+
+def open_fd(path: Path, flags: int = os.O_RDONLY, mode: int = 0o644) -> int:
+    """A descriptor of ``path`` if it is a regular file (opened with ``flags``, never through a
+    symbolic link and never blocking on a FIFO); OSError naming what it is otherwise. Opened
+    for writing in place, it must not be a hard link either (another file's contents)."""
+    try:
+        fd = os.open(path, flags | _NOFOLLOW, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, "a symbolic link (never followed out of the state)",
+                          str(path)) from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file (a FIFO, device or folder)",
+                          str(path))
+        if flags & (os.O_WRONLY | os.O_RDWR) and info.st_nlink > 1:
+            raise OSError(errno.EMLINK, "a hard link (another file's contents); not written",
+                          str(path))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_own(path: Path):
+    """``path`` opened for binary reading; see :func:`open_fd`."""
+    return os.fdopen(open_fd(path), "rb")
+
+
+def read_own(path: Path, limit: int = JSON_LIMIT) -> bytes:
+    """The bytes of a regular file of the state (OSError if it is not one, or over ``limit``)."""
+    with open_own(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > limit:
+            raise OSError(errno.EFBIG, f"{size} bytes, more than a state's file holds",
+                          str(path))
+        return f.read(limit + 1)[:limit]
+
+
+def load_views(path: Path) -> np.ndarray:
+    """One sample's VxD float32 views from its ``.npy``; ValueError or OSError if the file is
+    not one (its header is checked against its size first, so a corrupt or hostile header
+    never makes the array allocate more than the file holds)."""
+    with open_own(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f".npy format {version} is not one we write")
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+            np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(f)
+        if len(shape) != 2 or shape[0] < 1 or dtype.kind != "f":
+            raise ValueError(f"not a VxD float array ({dtype}, shape {shape})")
+        if math.prod(shape) * dtype.itemsize != size - f.tell():
+            raise ValueError(f"header says {shape}, the file holds {size - f.tell()} bytes")
+        f.seek(0)
+        views = np.load(f, allow_pickle=False)
+    if not np.isfinite(views).all():
+        raise ValueError("holds NaN or infinity")
+    return views.astype(np.float32, copy=False)
 
 
 @contextmanager
@@ -67,7 +142,7 @@ def new_id(after: str) -> str:
 def read_meta(root: Path) -> Optional[dict]:
     """``store.json`` of a state directory as a dict, or None if missing or unreadable."""
     try:
-        meta = json.loads((Path(root) / META).read_text("utf-8"))
+        meta = json.loads(read_own(Path(root) / META).decode("utf-8"))
     except (OSError, ValueError):
         return None
     return meta if isinstance(meta, dict) else None
@@ -115,7 +190,7 @@ def unlisted_folders(samples_dir: Path, listed: set,
                 or not folder.is_dir():
             continue
         try:
-            name = validate_class_name((folder / "name").read_text("utf-8"))
+            name = validate_class_name(read_own(folder / "name", 4096).decode("utf-8"))
         except (ValueError, OSError) as exc:
             problems.append(f"{folder}: a class folder without a readable name file ({exc}); "
                             "left as it is")
@@ -146,16 +221,14 @@ def load_class_folder(path: Path, name: str, dim: Optional[int], readonly: bool,
             problems.append(f"{npy}: a symbolic link; skipped")
             continue
         try:
-            views = np.load(npy, allow_pickle=False)
-            if views.ndim != 2 or not np.isfinite(views).all():
-                raise ValueError(f"bad array {views.shape}")
+            views = load_views(npy)
             if dim and views.shape[1] != dim:
                 raise ValueError(f"{views.shape[1]}-d, expected {dim}-d")
             dim = dim or views.shape[1]
-        except (ValueError, OSError, EOFError) as exc:
+        except (ValueError, OSError, EOFError, MemoryError) as exc:
             problems.append(f"{npy}: unreadable sample skipped ({exc})")
             continue
-        loaded[npy.stem] = views.astype(np.float32, copy=False)
+        loaded[npy.stem] = views
     if not readonly:
         for jpg in path.glob("*.jpg"):  # the thumbnail of a capture that never landed
             if jpg.stem not in loaded and not (path / f"{jpg.stem}.npy").exists():

@@ -1,0 +1,213 @@
+"""The state directory attacked by an unlucky and by a hostile user: files of the state that are
+links, FIFOs, devices or hard links, corrupt headers, kills at bad moments, duplicates, floods
+of classes. Each test failed on the code before its fix.
+
+A hostile state could make the old code block forever or read without end, so those checks run
+in a fresh interpreter with a bounded address space and a generous time bound: a hang or a
+runaway read fails the test instead of stopping the suite.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_classifier.errors import HeadLoadError, StoreError
+from edge_classifier.learning.state import StateDir
+from edge_classifier.learning.store import SampleStore
+
+IDENTITY = {"model": "m", "sha256": "abc", "embedding_dim": 8, "resize": "crop"}
+BOUND = 120  # seconds: a generous bound on a child that must not hang; nothing is timed
+
+
+def views(seed, n=2, dim=8):
+    return np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+
+
+def taught(root, per_class=3, classes=("apple", "pear")):
+    """A state with samples, a head, an import list and a last good config."""
+    with StateDir(root) as state:
+        store = state.open_store(IDENTITY)
+        for i, c in enumerate(classes):
+            for k in range(per_class):
+                store.add_sample(c, views(10 * i + k))
+        state.save_head({"w": np.ones((2, 8))}, {"edge_classifier": {"head": "auto"}})
+        with state.import_journal() as journal:
+            journal.record("/photos/a.jpg", store.sample_ids(classes[0])[0], [classes[0]])
+        state.keep_good_config("keyboard = 'off'\n")
+    return store
+
+
+def folder_of(root, name):
+    meta = json.loads((root / "store.json").read_text())
+    return root / "samples" / next(c["dir"] for c in meta["classes"] if c["name"] == name)
+
+
+def isolated(code, *args):
+    """Run ``code`` (``sys.argv[1:]`` = ``args``) in a fresh interpreter with 3 GiB of address
+    space; its CompletedProcess."""
+    prelude = "import resource\nresource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))\n"
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-c", prelude + code, *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=BOUND)
+
+
+# -- the lock: never a way to write outside, never a way to block -------------------------------
+@pytest.mark.parametrize("how", ["symlink", "hardlink"])
+def test_a_lock_that_is_a_link_leaves_its_target_alone(tmp_path, how):
+    root = tmp_path / "state"
+    taught(root)
+    victim = tmp_path / "passwd"
+    victim.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    (root / "lock").unlink()
+    if how == "symlink":
+        (root / "lock").symlink_to(victim)
+    else:
+        os.link(victim, root / "lock")
+    with pytest.raises(StoreError, match="lock must be a plain file"):
+        StateDir(root, command="edge-classifier run")
+    assert victim.read_text() == "root:x:0:0:root:/root:/bin/bash\n"
+
+
+def test_a_lock_that_is_a_fifo_is_refused_at_once(tmp_path):
+    root = tmp_path / "state"
+    taught(root)
+    (root / "lock").unlink()
+    os.mkfifo(root / "lock")
+    done = isolated("import sys\nfrom edge_classifier.learning.state import StateDir\n"
+                    "try:\n    StateDir(sys.argv[1])\nexcept Exception as exc:\n    print(exc)\n",
+                    root)
+    assert done.returncode == 0, done.stderr
+    assert "not a regular file" in done.stdout and "lock must be a plain file" in done.stdout
+
+
+# -- files of the state that are FIFOs or devices: read, nothing blocks, nothing runs away -------
+READ_EVERYTHING = """
+import json, sys
+from edge_classifier.errors import HeadLoadError
+from edge_classifier.learning.state import StateDir
+out = {}
+for write in (False, True):
+    state = StateDir(sys.argv[1], write=write)
+    store = state.open_store()
+    out[str(write)] = {"counts": store.counts(), "imports": len(state.read_imports()),
+                       "model": state.model_name(), "head": state.head_name(),
+                       "config": state.last_good_config() is not None}
+    try:
+        state.load_head_files()
+    except HeadLoadError as exc:
+        out[str(write)]["head_error"] = str(exc)
+    state.close()
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
+def test_state_files_that_are_fifos_or_devices_neither_block_nor_run_away(tmp_path, kind):
+    root = tmp_path / "state"
+    taught(root, classes=("apple", "pear", "plum"))
+    pear, plum = folder_of(root, "pear"), folder_of(root, "plum")
+    targets = [root / n for n in ("store.json", "head.json", "head.npz", "imports.jsonl",
+                                  "config.last-good.toml", "imports.json")]
+    targets += [pear / "name", next(plum.glob("*.npy"))]
+    for path in targets:
+        path.unlink(missing_ok=True)
+        if kind == "fifo":
+            os.mkfifo(path)
+        else:
+            path.symlink_to("/dev/zero")
+    done = isolated(READ_EVERYTHING, root)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    for write in ("False", "True"):
+        # the class list is rebuilt from the name files; pear's is unreadable, so its folder
+        # is left as it is; plum lost the one unreadable sample from the count, not the disk
+        assert result[write]["counts"] == {"apple": 3, "plum": 2}, result
+        assert result[write]["imports"] == 0 and not result[write]["config"]
+        assert "head_error" in result[write]
+    assert len(list(pear.glob("*.npy"))) == 3  # nothing of pear was deleted
+
+
+# -- links inside the state are never followed out of it ----------------------------------------
+def test_links_to_another_states_files_are_neither_read_nor_written(tmp_path):
+    other = tmp_path / "other"
+    taught(other, classes=("cat", "dog"))
+    before = {p.name: p.read_bytes() for p in other.iterdir() if p.is_file()}
+    root = tmp_path / "state"
+    taught(root)
+    for name in ("head.json", "head.npz", "imports.jsonl", "config.last-good.toml"):
+        (root / name).unlink()
+        (root / name).symlink_to(other / name)
+    reader = StateDir(root, write=False)
+    assert reader.read_imports() == {} and reader.last_good_config() is None
+    with pytest.raises(HeadLoadError, match="symbolic link"):
+        reader.load_head_files()
+    with StateDir(root) as state:
+        with pytest.raises(StoreError, match="symbolic link"):
+            with state.import_journal() as journal:
+                journal.record("/photos/b.jpg", "0" * 20, ["apple"])
+        state.save_head({"w": np.zeros((1, 8))}, {"edge_classifier": {"head": "auto"}})
+        state.keep_good_config("keyboard = 'on'\n")
+    assert {p.name: p.read_bytes() for p in other.iterdir() if p.is_file()} == before
+
+
+def test_a_symlinked_samples_folder_is_refused_and_nothing_in_it_is_touched(tmp_path):
+    root = tmp_path / "state"
+    taught(root)
+    outside = tmp_path / "elsewhere"
+    (root / "samples").rename(outside)
+    (outside / ".trash-keep").mkdir()
+    (outside / ".trash-keep" / "photo.jpg").write_bytes(b"precious")
+    (outside / ".tmp-notes").write_text("precious")
+    (root / "samples").symlink_to(outside)
+    listing = sorted(str(p.relative_to(outside)) for p in outside.rglob("*"))
+    for readonly in (True, False):
+        with pytest.raises(StoreError, match="symbolic link"):
+            SampleStore(root, backbone=IDENTITY, readonly=readonly)
+    assert sorted(str(p.relative_to(outside)) for p in outside.rglob("*")) == listing
+
+
+# -- corrupt or hostile headers cannot take the memory ------------------------------------------
+def huge_npy_header(path, shape=(10 ** 8, 10 ** 7)):
+    """A .npy whose header claims 4 PB of float32 but holds 64 bytes."""
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False,
+                                                 "shape": shape})
+        f.write(b"\0" * 64)
+
+
+def test_a_sample_with_a_lying_header_is_skipped_not_fatal(tmp_path):
+    root = tmp_path / "state"
+    taught(root)
+    huge_npy_header(folder_of(root, "apple") / "00000000000000000001.npy")
+    store = SampleStore(root, backbone=IDENTITY)
+    assert store.counts() == {"apple": 3, "pear": 3}
+    assert any("unreadable sample skipped" in p and "header says" in p for p in store.problems)
+
+
+def test_a_head_whose_arrays_claim_petabytes_is_rebuilt_not_fatal(tmp_path):
+    root = tmp_path / "state"
+    taught(root)
+    huge_npy_header(tmp_path / "w.npy")
+    with zipfile.ZipFile(root / "head.npz", "w") as archive:
+        archive.write(tmp_path / "w.npy", "w.npy")
+    with pytest.raises(HeadLoadError, match="corrupt"):
+        StateDir(root, write=False).load_head_files()
+    with zipfile.ZipFile(root / "head.npz", "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("w.npy", _npy_bytes(np.zeros((4096, 256))))  # 8 MB in a few KB
+    with pytest.raises(HeadLoadError, match="compressed"):
+        StateDir(root, write=False).load_head_files()
+
+
+def _npy_bytes(array):
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
