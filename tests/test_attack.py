@@ -211,3 +211,18 @@ def _npy_bytes(array):
     buf = io.BytesIO()
     np.save(buf, array)
     return buf.getvalue()
+
+
+# -- the import list: a torn last line does not take the next record with it ----------------------
+def test_a_torn_last_import_line_does_not_swallow_the_next_record(tmp_path):
+    root = tmp_path / "state"
+    store = taught(root)
+    with open(root / "imports.jsonl", "a") as f:  # a power cut in the middle of a line
+        f.write('{"file": "/photos/torn.jpg", "id": "0000')
+    sid = store.sample_ids("pear")[0]
+    with StateDir(root) as state:
+        with state.import_journal() as journal:
+            journal.record("/photos/next.jpg", sid, ["pear"])
+        imported = state.read_imports()
+    assert imported["/photos/next.jpg"] == {"id": sid, "labels": ["pear"]}
+    assert "/photos/a.jpg" in imported and "/photos/torn.jpg" not in imported

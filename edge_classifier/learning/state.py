@@ -258,8 +258,11 @@ class StateDir:
         """Append import records durably (each is on disk before its sample is written)."""
         self._require_write("the import list")
         with storage_errors("the import list"):
-            fd = open_fd(self.root / IMPORTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            fd = open_fd(self.root / IMPORTS, os.O_RDWR | os.O_APPEND | os.O_CREAT)
             f = os.fdopen(fd, "a", encoding="utf-8")
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                f.write("\n")  # a line torn by a power cut must not swallow the next record
         try:
             yield ImportJournal(f)
         finally:
