@@ -226,3 +226,13 @@ def test_a_torn_last_import_line_does_not_swallow_the_next_record(tmp_path):
         imported = state.read_imports()
     assert imported["/photos/next.jpg"] == {"id": sid, "labels": ["pear"]}
     assert "/photos/a.jpg" in imported and "/photos/torn.jpg" not in imported
+
+
+# -- a new state is not a lost one -------------------------------------------------------------
+def test_a_new_state_reports_no_lost_class_list(tmp_path):
+    with StateDir(tmp_path / "state") as state:
+        store = state.open_store(IDENTITY)
+        assert store.problems == [] and state.problems == []  # was "store.json: missing; rebuilding"
+        store.add_sample("apple", views(1))
+    (tmp_path / "state" / "store.json").unlink()
+    assert any("missing; rebuilding" in p for p in SampleStore(tmp_path / "state").problems)

@@ -82,7 +82,8 @@ class SampleStore:
         stored, dirty = None, False
         meta = read_meta(self.root)
         if meta is None:
-            if path.exists() or (self.root / SAMPLES).is_dir():
+            samples = self.root / SAMPLES
+            if path.exists() or (samples.is_dir() and any(samples.iterdir())):
                 why = "unreadable" if path.exists() else "missing"
                 self.problems.append(f"{path}: {why}; rebuilding the class list from the class "
                                      "folders")
