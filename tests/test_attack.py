@@ -236,3 +236,35 @@ def test_a_new_state_reports_no_lost_class_list(tmp_path):
         store.add_sample("apple", views(1))
     (tmp_path / "state" / "store.json").unlink()
     assert any("missing; rebuilding" in p for p in SampleStore(tmp_path / "state").problems)
+
+
+# -- kill -9 in the middle of a rename -------------------------------------------------------------
+KILL_AFTER_NAME_FILE = """
+import os, signal, sys
+from pathlib import Path
+from edge_classifier.core import atomic
+from edge_classifier.learning.store import SampleStore
+real = atomic.write_text
+def write_then_die(path, text):
+    real(path, text)
+    if Path(path).name == "name":
+        os.kill(os.getpid(), signal.SIGKILL)  # between the name file and the class list
+atomic.write_text = write_then_die
+SampleStore(sys.argv[1]).rename_class("toy", "robot")
+"""
+
+
+def test_a_rename_killed_half_way_is_rolled_back_everywhere(tmp_path):
+    root = tmp_path / "state"
+    taught(root, classes=("toy",))
+    done = isolated(KILL_AFTER_NAME_FILE, root)
+    assert done.returncode == -9, done.stderr
+    assert (folder_of(root, "toy") / "name").read_text() == "robot"  # the kill's leftover
+    store = SampleStore(root, backbone=IDENTITY)
+    assert store.counts() == {"toy": 3}
+    assert any("a rename that did not finish" in p for p in store.problems)
+    assert (folder_of(root, "toy") / "name").read_text() == "toy"  # put back
+    store.add_sample("robot", views(99))  # the user then teaches a real "robot"
+    (root / "store.json").unlink()  # and later the class list is lost
+    again = SampleStore(root, backbone=IDENTITY)
+    assert again.counts() == {"toy": 3, "robot": 1}  # was {"robot": 3}, the robot sample left out

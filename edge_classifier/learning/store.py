@@ -30,7 +30,7 @@ from edge_classifier.core.names import class_key, validate_class_name
 from edge_classifier.errors import (ClassLimitError, ReadOnlyStoreError, StoreError,
                                     UnknownClassError)
 from edge_classifier.learning.store_disk import (FORMAT, META, SAMPLES, TRASH_PREFIX,
-                                                 clean_leftovers, jpeg_thumbnail,
+                                                 agree_name_files, clean_leftovers, jpeg_thumbnail,
                                                  load_class_folder, new_id, read_meta,
                                                  safe_folder, storage_errors, unlisted_folders)
 
@@ -159,6 +159,7 @@ class SampleStore:
         for name, folder in self._classes.items():
             self._samples[name], dim = load_class_folder(samples_dir / folder, name, dim,
                                                          self.readonly, self.problems)
+        agree_name_files(samples_dir, self._classes, self.readonly, self.problems)
 
     def _write_meta(self) -> None:
         self._require_writable("the class list")

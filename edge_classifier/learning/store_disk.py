@@ -234,3 +234,31 @@ def load_class_folder(path: Path, name: str, dim: Optional[int], readonly: bool,
             if jpg.stem not in loaded and not (path / f"{jpg.stem}.npy").exists():
                 jpg.unlink(missing_ok=True)
     return loaded, dim
+
+
+def agree_name_files(samples_dir: Path, classes: "OrderedDict[str, str]", readonly: bool,
+                     problems: List[str]) -> None:
+    """Make each listed class folder's ``name`` file say what the class list says.
+
+    A rename writes the ``name`` file first, then the list; killed in between, the two
+    disagree. The list wins (the rename never finished, as when it fails), and the ``name``
+    file is put back, so a later loss of the list neither brings back the unfinished name nor
+    leaves two folders claiming one class.
+    """
+    for name, folder in classes.items():
+        path = samples_dir / folder / "name"
+        try:
+            said: Optional[str] = read_own(path, 4096).decode("utf-8")
+        except FileNotFoundError:
+            said = None
+        except (OSError, ValueError):
+            said = ""
+        if said == name:
+            continue
+        if said is not None:
+            problems.append(f"{path}: says {said[:80]!r}, the class list {name!r} (a rename "
+                            f"that did not finish?); kept {name!r}")
+        if not readonly and (samples_dir / folder).is_dir() and \
+                not (samples_dir / folder).is_symlink():
+            with contextlib.suppress(OSError):
+                atomic.write_text(path, name)
