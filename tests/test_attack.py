@@ -268,3 +268,88 @@ def test_a_rename_killed_half_way_is_rolled_back_everywhere(tmp_path):
     (root / "store.json").unlink()  # and later the class list is lost
     again = SampleStore(root, backbone=IDENTITY)
     assert again.counts() == {"toy": 3, "robot": 1}  # was {"robot": 3}, the robot sample left out
+
+
+# -- duplicates: one file, one sample, however it is reached ------------------------------------
+@pytest.fixture
+def home(tmp_path, models_dir, monkeypatch):
+    """A data home of the test's own (its embedding cache starts empty), with the models."""
+    home = tmp_path / "home"
+    (home / "models").mkdir(parents=True)
+    for f in models_dir.iterdir():
+        (home / "models" / f.name).symlink_to(f)
+    monkeypatch.setenv("EDGE_CLASSIFIER_HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def photos(tmp_path, models_dir):
+    """Two classes of three small crops each: a folder data set."""
+    from PIL import Image
+    root = tmp_path / "photos"
+    for cls, photo in (("bird", "bird.bmp"), ("cat", "cat.bmp")):
+        image = Image.open(models_dir / photo).convert("RGB")
+        (root / cls).mkdir(parents=True)
+        for i in range(3):
+            box = (10 * i, 5 * i, image.width - 7 * i, image.height - 9 * i)
+            image.crop(box).resize((96, 72)).save(root / cls / f"{i}.jpg")
+    return root
+
+
+def train(capsys, dataset, state):
+    from edge_classifier import cli
+    code = cli.main(["train", str(dataset), "--state", str(state), "-q", "--threads", "1"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    return out.out
+
+
+def cache_keys(home):
+    from edge_classifier.datasets.embedcache import _read
+    return {k for folder in (home / "cache").iterdir() if folder.is_dir()
+            for k in _read(folder)[0]}
+
+
+def test_the_same_pictures_reached_any_way_are_stored_once(tmp_path, capsys, home, photos):
+    state = tmp_path / "state"
+    assert "6 samples added" in train(capsys, photos, state)
+    keys = cache_keys(home)
+    link = tmp_path / "link-to-photos"
+    link.symlink_to(photos)
+    # the same data set through a link: nothing added, nothing embedded again
+    assert "0 samples added (6 already imported)" in train(capsys, link, state)
+    assert cache_keys(home) == keys
+    # a CSV naming one file twice, another through the link and through "..", and a copy
+    copy = tmp_path / "copy.jpg"
+    copy.write_bytes((photos / "cat" / "2.jpg").read_bytes())
+    csv = tmp_path / "labels.csv"
+    csv.write_text(f"{photos}/bird/0.jpg,bird\n{photos}/bird/0.jpg,bird\n"
+                   f"{link}/cat/1.jpg,cat\n{photos}/cat/../cat/1.jpg,cat\n{copy},cat\n")
+    assert "0 samples added (5 already imported)" in train(capsys, csv, state)
+    # an import list that was lost: the pictures are still known
+    (state / "imports.jsonl").unlink()
+    assert "0 samples added (6 already imported)" in train(capsys, photos, state)
+    assert SampleStore(state, readonly=True).counts() == {"bird": 3, "cat": 3}
+
+
+def test_a_file_twice_in_one_new_csv_is_one_sample(tmp_path, capsys, home, photos):
+    csv = tmp_path / "labels.csv"
+    csv.write_text(f"{photos}/bird/0.jpg,bird;outdoor\n{photos}/bird/0.jpg,bird;outdoor\n"
+                   f"{photos}/cat/0.jpg,cat\n")
+    state = tmp_path / "state"
+    assert "2 samples added (1 already imported)" in train(capsys, csv, state)
+    store = SampleStore(state, readonly=True)
+    assert store.counts() == {"bird": 1, "cat": 1, "outdoor": 1}
+    assert store.sample_ids("bird") == store.sample_ids("outdoor")  # one multi-label sample
+
+
+def test_one_file_under_two_labels_on_two_rows_keeps_both(tmp_path, capsys, home, photos):
+    csv = tmp_path / "labels.csv"
+    csv.write_text(f"{photos}/bird/0.jpg,bird\n{photos}/bird/0.jpg,garden\n"
+                   f"{photos}/cat/0.jpg,cat\n")
+    state = tmp_path / "state"
+    train(capsys, csv, state)
+    assert "0 samples added (3 already imported)" in train(capsys, csv, state)
+    store = SampleStore(state, readonly=True)
+    assert store.counts() == {"bird": 1, "garden": 1, "cat": 1}
+    assert store.sample_ids("bird") == store.sample_ids("garden")
