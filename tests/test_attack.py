@@ -343,6 +343,23 @@ def test_a_file_twice_in_one_new_csv_is_one_sample(tmp_path, capsys, home, photo
     assert store.sample_ids("bird") == store.sample_ids("outdoor")  # one multi-label sample
 
 
+# -- a data set of more classes than a state may hold -------------------------------------------
+def test_train_stops_creating_classes_at_the_ceiling_and_embeds_no_refused_file(
+        tmp_path, capsys, home, photos, monkeypatch):
+    from edge_classifier.learning import store as store_module
+    monkeypatch.setattr(store_module, "CLASS_CEILING", 4, raising=False)  # 1000 in real life
+    files = sorted(photos.rglob("*.jpg"))
+    csv = tmp_path / "labels.csv"
+    csv.write_text("".join(f"{f},class{i}\n" for i, f in enumerate(files)))  # 6 classes
+    from edge_classifier import cli
+    code = cli.main(["train", str(csv), "--state", str(tmp_path / "state"), "-q"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert SampleStore(tmp_path / "state", readonly=True).classes == [f"class{i}" for i in range(4)]
+    assert err.count("not created") == 2 and "'class5'" in err
+    assert len(cache_keys(home)) == 4  # the files of refused classes were not embedded
+
+
 def test_one_file_under_two_labels_on_two_rows_keeps_both(tmp_path, capsys, home, photos):
     csv = tmp_path / "labels.csv"
     csv.write_text(f"{photos}/bird/0.jpg,bird\n{photos}/bird/0.jpg,garden\n"

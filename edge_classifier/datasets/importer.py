@@ -77,6 +77,7 @@ def import_files(learner, paths: Sequence[str], label_sets: Sequence[Sequence[st
     state, store = learner.state, learner.store
     report = ImportReport()
     imported = state.read_imports()
+    paths, label_sets = _within_class_limit(store, paths, label_sets, report)
     views, ok, errors = embed_files(learner.backbone, paths, learner.augmentation,
                                     progress=progress, on_error=on_error)
     report.failed.extend(errors)
@@ -138,6 +139,32 @@ def stored_digests(store) -> Dict[str, Dict[bytes, str]]:
                               for sid in store.sample_ids(name)} for name in store.classes}
 
 
+def _within_class_limit(store, paths: Sequence[str], label_sets: Sequence[Sequence[str]],
+                        report: ImportReport) -> Tuple[List[str], List[List[str]]]:
+    """The files with a label the store can take (an existing class, or a new one while the
+    store is under ``max_classes``, in file order); the others are not even embedded, and
+    the classes they name are reported refused."""
+    known = {class_key(n) for n in store.classes}
+    room = store.max_classes - len(known)
+    kept_paths, kept_labels, refused = [], [], set(report.classes_refused)
+    for path, labels in zip(paths, label_sets):
+        usable = False
+        for label in labels:
+            k = class_key(label)
+            if k not in known and room > 0:
+                known.add(k)
+                room -= 1
+            if k in known:
+                usable = True
+            elif label not in refused:
+                refused.add(label)
+                report.classes_refused.append(label)
+        if usable:
+            kept_paths.append(path)
+            kept_labels.append(list(labels))
+    return kept_paths, kept_labels
+
+
 def _admit(store, labels: List[str], counts: Dict[str, int], limit: Optional[int],
            report: ImportReport) -> List[str]:
     """The labels of one file that may still take a sample (class limit, class count)."""
@@ -147,8 +174,7 @@ def _admit(store, labels: List[str], counts: Dict[str, int], limit: Optional[int
         if limit is not None and counts.get(k, 0) >= limit:
             report.over_limit[label] = report.over_limit.get(label, 0) + 1
             continue
-        if k not in counts and store.max_classes is not None and \
-                len(store.classes) >= store.max_classes:
+        if k not in counts and len(store.classes) >= store.max_classes:
             if label not in report.classes_refused:
                 report.classes_refused.append(label)
             continue

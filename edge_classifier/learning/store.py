@@ -34,7 +34,8 @@ from edge_classifier.learning.store_disk import (FORMAT, META, SAMPLES, TRASH_PR
                                                  load_class_folder, new_id, read_meta,
                                                  safe_folder, storage_errors, unlisted_folders)
 
-__all__ = ["META", "SampleStore", "read_meta", "storage_errors"]
+__all__ = ["CLASS_CEILING", "META", "SampleStore", "read_meta", "storage_errors"]
+CLASS_CEILING = 1000  # no state holds more classes: the most head.max_classes may be
 
 
 class SampleStore:
@@ -44,7 +45,7 @@ class SampleStore:
         raises :class:`StoreError` (its embeddings would be meaningless).
     :param thumbnail_size: short side of stored thumbnails in pixels (0: no thumbnails).
     :param readonly: read what is there; create, clean up and write nothing.
-    :param max_classes: most classes the store may hold (None: no limit).
+    :param max_classes: most classes the store may hold (None: :data:`CLASS_CEILING`).
     :param head: the head name the state is taught with, remembered in ``store.json``.
 
     Nothing on disk is deleted because ``store.json`` does not mention it: a class folder
@@ -59,11 +60,12 @@ class SampleStore:
         self.root = Path(root)
         self.thumbnail_size = thumbnail_size
         self.readonly = readonly
-        self.max_classes = max_classes
+        self.max_classes = CLASS_CEILING if max_classes is None else max_classes
         self.problems: List[str] = []
         self.backbone = backbone
         self.head = head
         self._classes: "OrderedDict[str, str]" = OrderedDict()  # name -> directory
+        self._keys: Optional[Dict[str, str]] = {}  # class_key -> name; None: rebuild
         self._samples: Dict[str, "OrderedDict[str, np.ndarray]"] = {}
         if (self.root / SAMPLES).is_symlink():
             raise StoreError(f"{self.root / SAMPLES}: a symbolic link; the samples must be a "
@@ -110,7 +112,7 @@ class SampleStore:
                     self.problems.append(f"{path}: class {name!r} is listed twice; ignored")
                     dirty = True
                     continue
-                self._classes[name] = folder
+                self._set_class(name, folder)
         dirty |= self._adopt_folders()
         if backbone and stored and stored.get("sha256") != backbone.get("sha256"):
             if stored.get("model") == backbone.get("model"):
@@ -145,7 +147,7 @@ class SampleStore:
                 self.problems.append(f"{folder}: another folder already holds class {name!r}; "
                                      "left as it is")
                 continue
-            self._classes[name] = folder.name
+            self._set_class(name, folder.name)
             self.problems.append(f"{folder}: class {name!r} ({count} samples) was not in the "
                                  "class list; adopted")
             adopted = True
@@ -163,10 +165,13 @@ class SampleStore:
 
     def _write_meta(self) -> None:
         self._require_writable("the class list")
-        meta = {"format": FORMAT, "backbone": self.backbone, "head": self.head,
-                "classes": [{"name": n, "dir": d} for n, d in self._classes.items()]}
+        meta = {"format": FORMAT, "backbone": self.backbone, "head": self.head}
+        classes = ",\n ".join(json.dumps({"name": n, "dir": d}, ensure_ascii=False)
+                              for n, d in self._classes.items())  # one per line, C-encoded
+        listed = f"[\n {classes}\n]" if classes else "[]"
+        text = json.dumps(meta, ensure_ascii=False)[:-1] + f', "classes": {listed}}}\n'
         with storage_errors("the class list"):
-            atomic.write_text(self.root / META, json.dumps(meta, indent=1, ensure_ascii=False))
+            atomic.write_text(self.root / META, text)
 
     def _require_writable(self, what: str) -> None:
         if self.readonly:
@@ -176,8 +181,14 @@ class SampleStore:
         """The stored class that ``name`` means (case and Unicode form ignored), if any."""
         if name in self._classes:
             return name
-        key = class_key(name)
-        return next((n for n in self._classes if class_key(n) == key), None)
+        if self._keys is None:
+            self._keys = {class_key(n): n for n in self._classes}
+        return self._keys.get(class_key(name))
+
+    def _set_class(self, name: str, folder: str) -> None:
+        self._classes[name] = folder
+        if self._keys is not None:
+            self._keys[class_key(name)] = name
 
     def resolve(self, name: str) -> str:
         """The stored spelling of class ``name`` (``apple`` -> ``Apple``); UnknownClassError."""
@@ -274,18 +285,19 @@ class SampleStore:
         if found is not None:
             return found
         self._require_writable(f"class {name!r}")
-        if self.max_classes is not None and len(self._classes) >= self.max_classes:
+        if len(self._classes) >= self.max_classes:
             raise ClassLimitError(f"class {name!r} not created: the state already holds "
                                   f"{len(self._classes)} classes, the limit (head.max_classes)")
         folder = f"c{secrets.token_hex(6)}"
         with storage_errors(f"class {name!r}"):
             (self.root / SAMPLES / folder).mkdir()
             atomic.write_text(self.root / SAMPLES / folder / "name", name)
-            self._classes[name] = folder
+            self._set_class(name, folder)
             try:
                 self._write_meta()
             except StoreError:
                 del self._classes[name]
+                self._keys = None
                 shutil.rmtree(self.root / SAMPLES / folder, ignore_errors=True)
                 raise
         self._samples[name] = OrderedDict()
@@ -301,12 +313,12 @@ class SampleStore:
         self._require_writable(f"renaming {old!r}")
         items = [(new if n == old else n, d) for n, d in self._classes.items()]
         before = self._classes
-        self._classes = OrderedDict(items)
+        self._classes, self._keys = OrderedDict(items), None
         try:
             atomic.write_text(self.root / SAMPLES / self._classes[new] / "name", new)
             self._write_meta()
         except (StoreError, OSError) as exc:
-            self._classes = before
+            self._classes, self._keys = before, None
             with contextlib.suppress(OSError):
                 atomic.write_text(self.root / SAMPLES / before[old] / "name", old)
             if isinstance(exc, StoreError):
@@ -326,6 +338,7 @@ class SampleStore:
         with storage_errors(f"deleting {name!r}"):
             os.replace(self.root / SAMPLES / folder, trash)
         del self._classes[name]
+        self._keys = None
         try:
             self._write_meta()
         except StoreError:
