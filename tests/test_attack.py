@@ -254,20 +254,40 @@ SampleStore(sys.argv[1]).rename_class("toy", "robot")
 """
 
 
-def test_a_rename_killed_half_way_is_rolled_back_everywhere(tmp_path):
+def test_a_rename_killed_half_way_is_finished_and_agreed_everywhere(tmp_path):
     root = tmp_path / "state"
     taught(root, classes=("toy",))
+    ids = SampleStore(root, backbone=IDENTITY).sample_ids("toy")
     done = isolated(KILL_AFTER_NAME_FILE, root)
     assert done.returncode == -9, done.stderr
-    assert (folder_of(root, "toy") / "name").read_text() == "robot"  # the kill's leftover
+    assert json.loads((root / "store.json").read_text())["classes"][0]["name"] == "toy"
     store = SampleStore(root, backbone=IDENTITY)
-    assert store.counts() == {"toy": 3}
+    assert store.classes == ["robot"] and store.sample_ids("robot") == ids
     assert any("a rename that did not finish" in p for p in store.problems)
-    assert (folder_of(root, "toy") / "name").read_text() == "toy"  # put back
-    store.add_sample("robot", views(99))  # the user then teaches a real "robot"
-    (root / "store.json").unlink()  # and later the class list is lost
+    assert json.loads((root / "store.json").read_text())["classes"][0]["name"] == "robot"
+    store.add_sample("ROBOT", views(99))  # a later "robot" is the same class
+    (root / "store.json").unlink()  # and a lost class list brings back the same
+    assert SampleStore(root, backbone=IDENTITY).counts() == {"robot": 4}  # was {"robot": 3},
+    # the folder of the real "robot" left out, and the listed "toy" renamed by the lost list
+
+
+def test_a_class_list_that_swaps_folders_cannot_relabel_samples(tmp_path):
+    root = tmp_path / "state"
+    store = taught(root)
+    ids = {c: store.sample_ids(c) for c in store.classes}
+    meta = json.loads((root / "store.json").read_text())
+    a, b = meta["classes"]
+    a["dir"], b["dir"] = b["dir"], a["dir"]  # apple -> pear's folder, pear -> apple's
+    (root / "store.json").write_text(json.dumps(meta))
+    for readonly in (True, False):
+        again = SampleStore(root, backbone=IDENTITY, readonly=readonly)
+        assert {c: again.sample_ids(c) for c in again.classes} == ids
+    # a name file claiming a class another folder holds changes nothing either
+    (folder_of(root, "pear") / "name").write_text("apple")
     again = SampleStore(root, backbone=IDENTITY)
-    assert again.counts() == {"toy": 3, "robot": 1}  # was {"robot": 3}, the robot sample left out
+    assert {c: again.sample_ids(c) for c in again.classes} == ids
+    assert any("a class another folder holds" in p for p in again.problems)
+    assert (folder_of(root, "pear") / "name").read_text() == "pear"
 
 
 # -- duplicates: one file, one sample, however it is reached ------------------------------------

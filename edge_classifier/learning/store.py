@@ -30,9 +30,10 @@ from edge_classifier.core.names import class_key, validate_class_name
 from edge_classifier.errors import (ClassLimitError, ReadOnlyStoreError, StoreError,
                                     UnknownClassError)
 from edge_classifier.learning.store_disk import (FORMAT, META, SAMPLES, TRASH_PREFIX,
-                                                 agree_name_files, clean_leftovers, jpeg_thumbnail,
-                                                 load_class_folder, new_id, read_meta,
-                                                 safe_folder, storage_errors, unlisted_folders)
+                                                 clean_leftovers, jpeg_thumbnail,
+                                                 load_class_folder, names_from_folders, new_id,
+                                                 read_meta, safe_folder, storage_errors,
+                                                 unlisted_folders)
 
 __all__ = ["CLASS_CEILING", "META", "SampleStore", "read_meta", "storage_errors"]
 CLASS_CEILING = 1000  # no state holds more classes: the most head.max_classes may be
@@ -113,6 +114,10 @@ class SampleStore:
                     dirty = True
                     continue
                 self._set_class(name, folder)
+            renamed, changed = names_from_folders(self.root / SAMPLES, self._classes,
+                                                  self.readonly, self.problems)
+            if changed:
+                self._classes, self._keys, dirty = renamed, None, True
         dirty |= self._adopt_folders()
         if backbone and stored and stored.get("sha256") != backbone.get("sha256"):
             if stored.get("model") == backbone.get("model"):
@@ -161,7 +166,6 @@ class SampleStore:
         for name, folder in self._classes.items():
             self._samples[name], dim = load_class_folder(samples_dir / folder, name, dim,
                                                          self.readonly, self.problems)
-        agree_name_files(samples_dir, self._classes, self.readonly, self.problems)
 
     def _write_meta(self) -> None:
         self._require_writable("the class list")

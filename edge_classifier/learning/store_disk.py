@@ -30,16 +30,16 @@ import secrets
 import shutil
 import stat
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 from PIL import Image
 
 from edge_classifier.core import atomic
-from edge_classifier.core.names import validate_class_name
+from edge_classifier.core.names import class_key, validate_class_name
 from edge_classifier.errors import ReadOnlyStoreError, StorageFullError, StoreError
 
 FORMAT = 1
@@ -236,29 +236,46 @@ def load_class_folder(path: Path, name: str, dim: Optional[int], readonly: bool,
     return loaded, dim
 
 
-def agree_name_files(samples_dir: Path, classes: "OrderedDict[str, str]", readonly: bool,
-                     problems: List[str]) -> None:
-    """Make each listed class folder's ``name`` file say what the class list says.
+def names_from_folders(samples_dir: Path, classes: "OrderedDict[str, str]", readonly: bool,
+                       problems: List[str]) -> "Tuple[OrderedDict[str, str], bool]":
+    """The class list (name -> folder) with each listed folder named by its own ``name`` file,
+    and whether that changed a name.
 
-    A rename writes the ``name`` file first, then the list; killed in between, the two
-    disagree. The list wins (the rename never finished, as when it fails), and the ``name``
-    file is put back, so a later loss of the list neither brings back the unfinished name nor
-    leaves two folders claiming one class.
+    The folders are the data and ``store.json`` their index: a rename writes the ``name``
+    file first, then the list, so after a kill between the two the name file is the newer
+    word (the rename is finished), and a list that names folders wrongly (swapped, edited)
+    cannot relabel samples. A name file that is missing, unreadable, or claims a class
+    another folder holds is written back from the list (unless read-only).
     """
-    for name, folder in classes.items():
-        path = samples_dir / folder / "name"
+    said: Dict[str, Optional[str]] = {}
+    for folder in classes.values():
         try:
-            said: Optional[str] = read_own(path, 4096).decode("utf-8")
-        except FileNotFoundError:
-            said = None
+            said[folder] = validate_class_name(read_own(samples_dir / folder / "name", 4096)
+                                               .decode("utf-8"))
         except (OSError, ValueError):
-            said = ""
-        if said == name:
-            continue
-        if said is not None:
-            problems.append(f"{path}: says {said[:80]!r}, the class list {name!r} (a rename "
-                            f"that did not finish?); kept {name!r}")
-        if not readonly and (samples_dir / folder).is_dir() and \
-                not (samples_dir / folder).is_symlink():
-            with contextlib.suppress(OSError):
-                atomic.write_text(path, name)
+            said[folder] = None
+    listed = {folder: name for name, folder in classes.items()}
+    final = {folder: said[folder] or name for folder, name in listed.items()}
+    while True:  # two folders may not end as one class: those that clash keep the list's name
+        keys = Counter(class_key(n) for n in final.values())
+        clash = [f for f, n in final.items() if keys[class_key(n)] > 1 and n != listed[f]]
+        if not clash:
+            break
+        for folder in clash:
+            final[folder] = listed[folder]
+    renamed: "OrderedDict[str, str]" = OrderedDict()
+    for folder, name in listed.items():
+        new = final[folder]
+        if new != name:
+            problems.append(f"{samples_dir / folder}: its name file says {new!r}, the class "
+                            f"list {name!r} (a rename that did not finish?); named {new!r}")
+        elif said[folder] != name:
+            if said[folder] is not None:
+                problems.append(f"{samples_dir / folder}: its name file says "
+                                f"{said[folder]!r}, a class another folder holds; kept {name!r}")
+            if not readonly and not (samples_dir / folder).is_symlink() and \
+                    (samples_dir / folder).is_dir():
+                with contextlib.suppress(OSError):
+                    atomic.write_text(samples_dir / folder / "name", name)
+        renamed[new] = folder
+    return renamed, list(renamed) != list(classes)
