@@ -390,3 +390,35 @@ def test_one_file_under_two_labels_on_two_rows_keeps_both(tmp_path, capsys, home
     store = SampleStore(state, readonly=True)
     assert store.counts() == {"bird": 1, "garden": 1, "cat": 1}
     assert store.sample_ids("bird") == store.sample_ids("garden")
+
+
+# -- a full disk -----------------------------------------------------------------------------------
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 64 KiB tmpfs filled to the last byte (needs root, as CI has)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounts a tmpfs, which needs root (CI is root)")
+    point = tmp_path / "small"
+    point.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(point)], check=True)
+    try:
+        with open(point / "filler", "wb", buffering=0) as f:
+            for chunk in (4096, 1):
+                try:
+                    while f.write(b"\0" * chunk):
+                        pass
+                except OSError:
+                    pass
+        yield point
+    finally:
+        subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+def test_a_class_refused_by_a_full_disk_leaves_no_folder_behind(full_disk):
+    from edge_classifier.errors import StorageFullError
+    store = SampleStore(full_disk / "state", backbone=IDENTITY)  # as a device starts
+    for _ in range(3):  # e.g. three starts, each adding the config's classes
+        with pytest.raises(StorageFullError):
+            store.add_class("cat")
+    assert list((full_disk / "state" / "samples").iterdir()) == []  # was three empty folders
+    assert store.classes == []

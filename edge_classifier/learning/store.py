@@ -293,16 +293,17 @@ class SampleStore:
             raise ClassLimitError(f"class {name!r} not created: the state already holds "
                                   f"{len(self._classes)} classes, the limit (head.max_classes)")
         folder = f"c{secrets.token_hex(6)}"
+        path = self.root / SAMPLES / folder
         with storage_errors(f"class {name!r}"):
-            (self.root / SAMPLES / folder).mkdir()
-            atomic.write_text(self.root / SAMPLES / folder / "name", name)
-            self._set_class(name, folder)
+            path.mkdir()
             try:
+                atomic.write_text(path / "name", name)
+                self._set_class(name, folder)
                 self._write_meta()
-            except StoreError:
-                del self._classes[name]
+            except BaseException:  # a full disk leaves no empty folder behind
+                self._classes.pop(name, None)
                 self._keys = None
-                shutil.rmtree(self.root / SAMPLES / folder, ignore_errors=True)
+                shutil.rmtree(path, ignore_errors=True)
                 raise
         self._samples[name] = OrderedDict()
         return name
