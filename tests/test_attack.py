@@ -454,3 +454,31 @@ def test_names_differing_only_in_an_invisible_mark_are_one_class(tmp_path):
     store.add_sample("cat", views(1))
     store.add_sample("c\u034fat", views(2))
     assert store.classes == ["cat"]
+
+
+# -- one owner, even when its lock file is deleted -------------------------------------------------
+HOLDER = """
+import sys
+from edge_classifier.learning.state import StateDir
+state = StateDir(sys.argv[1], command="edge-classifier run")
+print("HELD", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_deleting_the_lock_file_does_not_let_a_second_writer_in(tmp_path):
+    from edge_classifier.errors import StateLockedError
+    root = tmp_path / "state"
+    taught(root)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(root)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "HELD"
+        (root / "lock").unlink()  # a clean-up script, a hand
+        with pytest.raises(StateLockedError, match="in use by"):
+            StateDir(root, command="edge-classifier train")
+    finally:
+        holder.kill()
+        holder.wait()
+    with StateDir(root, command="edge-classifier train") as state:  # free once it is gone
+        assert state._lock.held

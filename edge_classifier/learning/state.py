@@ -61,67 +61,91 @@ IMPORTS_LIMIT = 1 << 30  # an import list of millions of files is still read
 
 
 class StateLock:
-    """An exclusive advisory lock on ``<root>/lock`` holding the owner's PID and command.
+    """Exclusive advisory locks on the state directory itself and on ``<root>/lock``, which
+    holds the owner's PID and command.
 
-    ``acquire()`` raises :class:`StateLockedError` when another process holds it. On a
-    read-only state directory (nothing can change it anyway) the lock is skipped and
-    ``held`` stays False.
+    The folder's lock cannot be lost by deleting or replacing the ``lock`` file (a clean-up
+    script, a hand); the file's is the one older versions take. ``acquire()`` raises
+    :class:`StateLockedError` when another process holds either. Where locks cannot be taken
+    (a file system without them, a read-only state without a lock file) they are skipped and
+    ``held`` stays False: nothing can change such a state anyway, or nothing better can be done.
     """
 
     def __init__(self, root: Path, command: str):
         self.path = Path(root) / LOCK
         self.command = command
-        self._fd: Optional[int] = None
+        self._fds: List[int] = []
 
     @property
     def held(self) -> bool:
-        return self._fd is not None
+        return bool(self._fds)
 
     def acquire(self) -> None:
-        if self._fd is not None:
+        if self._fds:
             return
-        fd = None
+        held: List[int] = []
+        try:
+            folder = self._open_folder()
+            if folder is not None:
+                held.append(folder) if self._lock(folder) else os.close(folder)
+            file = self._open_file()
+            if file is not None and not self._lock(file):
+                os.close(file)
+                file = None
+        except BaseException:
+            for fd in held:
+                os.close(fd)
+            raise
+        self._fds = held + ([file] if file is not None else [])
+        if file is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(file, 0)
+                os.write(file, json.dumps({"pid": os.getpid(), "command": self.command}).encode())
+
+    def _open_folder(self) -> Optional[int]:
+        try:
+            return os.open(self.path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) |
+                           getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            return None
+
+    def _open_file(self) -> Optional[int]:
         # a read-only state: lock the existing file, or go without
         for flags in (os.O_RDWR | os.O_CREAT, os.O_RDONLY):
             try:
-                fd = open_fd(self.path, flags)
-                break
+                return open_fd(self.path, flags)
             except OSError as exc:
                 if exc.errno in (errno.ELOOP, errno.EINVAL, errno.EMLINK):
                     raise StoreError(f"{self.path}: {exc.strerror}; the state's lock must be "
                                      "a plain file: remove it and start again") from None
-        if fd is None:
-            return
+        return None
+
+    def _lock(self, fd: int) -> bool:
+        """True if locked, False where locks are not supported; StateLockedError if held."""
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
         except BlockingIOError:
-            holder = _read_holder(fd)
             os.close(fd)
             raise StateLockedError(
-                f"{self.path.parent} is in use by {holder}; stop it first (for a service: "
-                "sudo systemctl stop edge-classifier), or teach the running device through its "
-                "commands (MQTT cmd/capture, buttons) instead of a second process") from None
+                f"{self.path.parent} is in use by {self._holder()}; stop it first (for a "
+                "service: sudo systemctl stop edge-classifier), or teach the running device "
+                "through its commands (MQTT cmd/capture, buttons) instead of a second "
+                "process") from None
         except OSError:
-            os.close(fd)
-            return  # a file system without locks: nothing better to do
-        self._fd = fd
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
-            os.write(fd, json.dumps({"pid": os.getpid(), "command": self.command}).encode())
+            return False  # a file system without locks: nothing better to do
+
+    def _holder(self) -> str:
+        try:
+            info = json.loads(read_own(self.path, 4096).decode("utf-8"))
+            return f"PID {int(info['pid'])} ({str(info['command'])[:80]})"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "another process"
 
     def release(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
+        fds, self._fds = self._fds, []
+        for fd in fds:
             os.close(fd)  # closing releases the flock; the file stays (others may wait on it)
-
-
-def _read_holder(fd: int) -> str:
-    try:
-        os.lseek(fd, 0, os.SEEK_SET)
-        info = json.loads(os.read(fd, 4096).decode("utf-8"))
-        return f"PID {int(info['pid'])} ({str(info['command'])[:80]})"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "another process"
 
 
 class StateDir:
