@@ -482,3 +482,22 @@ def test_deleting_the_lock_file_does_not_let_a_second_writer_in(tmp_path):
         holder.wait()
     with StateDir(root, command="edge-classifier train") as state:  # free once it is gone
         assert state._lock.held
+
+
+# -- the head's two files are one save ------------------------------------------------------------
+def test_head_files_from_two_saves_are_not_loaded_as_one(tmp_path):
+    root = tmp_path / "state"
+    taught(root)
+    first = {"w": np.ones((2, 8))}
+    with StateDir(root) as state:
+        state.save_head(first, {"edge_classifier": {"head": "auto", "fingerprint": "F1"}})
+        old_meta = (root / "head.json").read_bytes()
+        state.save_head({"w": np.zeros((3, 8))}, {"edge_classifier": {"head": "auto",
+                                                                      "fingerprint": "F2"}})
+    # what a reader sees in the middle of the second save, or a kill leaves between its writes
+    (root / "head.json").write_bytes(old_meta)
+    assert StateDir(root, write=False).load_head_files() is None  # refit, not F1 + F2's arrays
+    with StateDir(root) as state:
+        state.save_head(first, {"edge_classifier": {"head": "auto", "fingerprint": "F1"}})
+    arrays, meta = StateDir(root, write=False).load_head_files()
+    assert arrays["w"].shape == (2, 8) and meta["edge_classifier"]["fingerprint"] == "F1"

@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import io
 import json
 import os
@@ -57,6 +58,7 @@ IMPORTS = "imports.jsonl"
 LEGACY_IMPORTS = "imports.json"
 LAST_GOOD = "config.last-good.toml"
 LOCK = "lock"
+ARRAYS_DIGEST = "arrays_sha256"  # in head.json: which head.npz it was saved with
 IMPORTS_LIMIT = 1 << 30  # an import list of millions of files is still read
 
 
@@ -221,19 +223,23 @@ class StateDir:
             return None
 
     def load_head_files(self) -> Optional[Tuple[Dict[str, np.ndarray], dict]]:
-        """(arrays, metadata) of the saved head; None if none; HeadLoadError if unusable."""
+        """(arrays, metadata) of the saved head; None if none, or if the two files are not
+        of one save (read while a save was under way, or left so by a kill between the two
+        writes: the head is refitted); HeadLoadError if unusable."""
         meta_path, arrays_path = self.root / HEAD_META, self.root / HEAD_ARRAYS
         if not meta_path.exists():
             return None
         try:
             meta = json.loads(read_own(meta_path).decode("utf-8"))
-            arrays = _load_arrays(arrays_path)
             if not isinstance(meta, dict) or not isinstance(meta.get("edge_classifier"), dict):
                 raise ValueError("no edge_classifier section")
+            arrays, digest = _load_arrays(arrays_path)
         except (OSError, ValueError, KeyError, TypeError, EOFError, MemoryError,
                 zipfile.BadZipFile) as exc:
             raise HeadLoadError(f"{arrays_path}: head file is corrupt or incomplete "
                                 f"({exc})") from None
+        if meta.get(ARRAYS_DIGEST, digest) != digest:
+            return None
         return arrays, meta
 
     def save_head(self, arrays: Dict[str, np.ndarray], meta: dict) -> None:
@@ -241,6 +247,7 @@ class StateDir:
         self._require_write("the head")
         buf = io.BytesIO()
         np.savez(buf, **arrays)
+        meta = dict(meta, **{ARRAYS_DIGEST: hashlib.sha256(buf.getvalue()).hexdigest()})
         with storage_errors("the head"):
             atomic.write_bytes(self.root / HEAD_ARRAYS, buf.getvalue())
             atomic.write_text(self.root / HEAD_META, json.dumps(meta))
@@ -313,17 +320,22 @@ class StateDir:
             raise StoreError(f"{self.root} is open read-only: {what} was not written")
 
 
-def _load_arrays(path: Path) -> Dict[str, np.ndarray]:
-    """The arrays of ``head.npz`` (a regular file of the state; see :func:`open_own`). Members
-    must be stored as ``np.savez`` stores them, so a hostile archive cannot inflate."""
+def _load_arrays(path: Path) -> Tuple[Dict[str, np.ndarray], str]:
+    """The arrays of ``head.npz`` (a regular file of the state; see :func:`open_own`) and the
+    file's SHA-256. Members must be stored as ``np.savez`` stores them, so a hostile archive
+    cannot inflate."""
     with open_own(path) as f:
         size = os.fstat(f.fileno()).st_size
+        digest = hashlib.sha256()
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+        f.seek(0)
         with zipfile.ZipFile(f) as archive:
             if sum(i.file_size for i in archive.infolist()) > size:
                 raise ValueError("compressed members (np.savez stores them plain)")
         f.seek(0)
         with np.load(f, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
+            return {k: data[k] for k in data.files}, digest.hexdigest()
 
 
 def _import_entry(v) -> bool:
