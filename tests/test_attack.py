@@ -1,6 +1,7 @@
 """The state directory attacked by an unlucky and by a hostile user: files of the state that are
 links, FIFOs, devices or hard links, corrupt headers, kills at bad moments, duplicates, floods
-of classes. Each test failed on the code before its fix.
+of classes. Each test failed on the code before its fix, but the strict xfails at the end: bugs
+whose fix belongs outside the state's modules.
 
 A hostile state could make the old code block forever or read without end, so those checks run
 in a fresh interpreter with a bounded address space and a generous time bound: a hang or a
@@ -425,9 +426,10 @@ def test_a_class_refused_by_a_full_disk_leaves_no_folder_behind(full_disk):
 
 
 # -- class names: invisible ones still get through (the fix belongs in core/names.py) ----------
-NAMES_FIX = ("core/names.py (not this file's to change): refuse names whose only 'visible' "
-             "characters are default-ignorable or blank (U+115F, U+1160, U+3164, U+FFA0, "
-             "U+2800), and drop default-ignorables (U+034F, U+FE00-FE0F, ...) from class_key")
+# The fix, in core/names.py: refuse names whose only "visible" characters are default-ignorable
+# or blank (U+115F, U+1160, U+3164, U+FFA0, U+2800), and drop default-ignorable code points
+# (U+034F, U+FE00-U+FE0F, ...) in class_key. Once it lands these XPASS: remove the marks.
+NAMES_FIX = "invisible class names still pass core/names.py (not this branch's to change)"
 
 
 @pytest.mark.xfail(strict=True, reason=NAMES_FIX)

@@ -29,10 +29,10 @@ from edge_classifier.core import atomic
 from edge_classifier.core.names import class_key, validate_class_name
 from edge_classifier.errors import (ClassLimitError, ReadOnlyStoreError, StoreError,
                                     UnknownClassError)
-from edge_classifier.learning.store_disk import (FORMAT, META, SAMPLES, TRASH_PREFIX,
+from edge_classifier.learning.store_disk import (META, SAMPLES, TRASH_PREFIX, check_backbone,
                                                  clean_leftovers, jpeg_thumbnail,
-                                                 load_class_folder, names_from_folders, new_id,
-                                                 read_meta, safe_folder, storage_errors,
+                                                 load_class_folder, meta_text, names_from_folders,
+                                                 new_id, read_meta, safe_folder, storage_errors,
                                                  unlisted_folders)
 
 __all__ = ["CLASS_CEILING", "META", "SampleStore", "read_meta", "storage_errors"]
@@ -95,7 +95,7 @@ class SampleStore:
             stored = meta.get("backbone") if isinstance(meta.get("backbone"), dict) else None
             if self.head is None and isinstance(meta.get("head"), str):
                 self.head = meta["head"]
-            classes = meta.get("classes")
+            classes, used = meta.get("classes"), set()
             for c in classes if isinstance(classes, list) else []:
                 try:
                     name, folder = validate_class_name(c["name"]), c["dir"]
@@ -104,7 +104,7 @@ class SampleStore:
                                          "ignored")
                     dirty = True
                     continue
-                if not safe_folder(folder) or folder in self._classes.values():
+                if not safe_folder(folder) or folder in used:
                     self.problems.append(f"{path}: class {name!r} names folder {str(folder)[:80]!r}, "
                                          "which is not a folder of this state; ignored")
                     dirty = True
@@ -114,24 +114,13 @@ class SampleStore:
                     dirty = True
                     continue
                 self._set_class(name, folder)
+                used.add(folder)
             renamed, changed = names_from_folders(self.root / SAMPLES, self._classes,
                                                   self.readonly, self.problems)
             if changed:
                 self._classes, self._keys, dirty = renamed, None, True
         dirty |= self._adopt_folders()
-        if backbone and stored and stored.get("sha256") != backbone.get("sha256"):
-            if stored.get("model") == backbone.get("model"):
-                raise StoreError(
-                    f"{self.root} holds samples embedded with another copy of {stored.get('model')} "
-                    f"(SHA-256 {str(stored.get('sha256'))[:12]}…, the installed file is "
-                    f"{str(backbone.get('sha256'))[:12]}…); restore that model file, or use "
-                    "another --state")
-            raise StoreError(
-                f"{self.root} holds samples embedded with {stored.get('model')}, not "
-                f"{backbone.get('model')}; use --model {stored.get('model')} or another --state")
-        if backbone and stored and stored.get("resize") != backbone.get("resize"):
-            raise StoreError(f"{self.root} holds samples preprocessed with resize="
-                             f"{stored.get('resize')}, not {backbone.get('resize')}")
+        check_backbone(self.root, stored, backbone)
         if backbone and not stored:
             dirty = True
         if meta is not None and self.head is not None and meta.get("head") != self.head:
@@ -169,13 +158,8 @@ class SampleStore:
 
     def _write_meta(self) -> None:
         self._require_writable("the class list")
-        meta = {"format": FORMAT, "backbone": self.backbone, "head": self.head}
-        classes = ",\n ".join(json.dumps({"name": n, "dir": d}, ensure_ascii=False)
-                              for n, d in self._classes.items())  # one per line, C-encoded
-        listed = f"[\n {classes}\n]" if classes else "[]"
-        text = json.dumps(meta, ensure_ascii=False)[:-1] + f', "classes": {listed}}}\n'
         with storage_errors("the class list"):
-            atomic.write_text(self.root / META, text)
+            atomic.write_text(self.root / META, meta_text(self.backbone, self.head, self._classes))
 
     def _require_writable(self, what: str) -> None:
         if self.readonly:

@@ -148,6 +148,35 @@ def read_meta(root: Path) -> Optional[dict]:
     return meta if isinstance(meta, dict) else None
 
 
+def meta_text(backbone: Optional[dict], head: Optional[str],
+              classes: "OrderedDict[str, str]") -> str:
+    """``store.json``'s text: format, backbone, head, then one class per line."""
+    listed = ",\n ".join(json.dumps({"name": n, "dir": d}, ensure_ascii=False)
+                         for n, d in classes.items())
+    meta = json.dumps({"format": FORMAT, "backbone": backbone, "head": head},
+                      ensure_ascii=False)
+    return meta[:-1] + (f', "classes": [\n {listed}\n]}}\n' if listed else ', "classes": []}\n')
+
+
+def check_backbone(root: Path, stored: Optional[dict], backbone: Optional[dict]) -> None:
+    """StoreError if the samples were embedded by another backbone than ``backbone``."""
+    if not backbone or not stored:
+        return
+    if stored.get("sha256") != backbone.get("sha256"):
+        if stored.get("model") == backbone.get("model"):
+            raise StoreError(
+                f"{root} holds samples embedded with another copy of {stored.get('model')} "
+                f"(SHA-256 {str(stored.get('sha256'))[:12]}…, the installed file is "
+                f"{str(backbone.get('sha256'))[:12]}…); restore that model file, or use "
+                "another --state")
+        raise StoreError(
+            f"{root} holds samples embedded with {stored.get('model')}, not "
+            f"{backbone.get('model')}; use --model {stored.get('model')} or another --state")
+    if stored.get("resize") != backbone.get("resize"):
+        raise StoreError(f"{root} holds samples preprocessed with resize="
+                         f"{stored.get('resize')}, not {backbone.get('resize')}")
+
+
 def safe_folder(name: object) -> bool:
     """A class folder name is one plain path component of our own making: nothing that
     ``store.json`` says can lead outside ``samples/``."""
