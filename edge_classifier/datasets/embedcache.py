@@ -3,7 +3,7 @@
 One folder per (model checksum, resize mode, augmentation) in ``<data home>/cache``, holding
 shard files written as the embedding goes (every :data:`SHARD_EVERY` images, atomically), so
 an interrupted run keeps its work and the next one resumes where it stopped. Entries are keyed
-by each file's absolute path, size and modification time: an edited file is embedded again::
+by each file's real path, size and modification time: an edited file is embedded again::
 
     views, ok, errors = embed_files(backbone, paths, Augmentation(), progress=True)
 """
@@ -31,12 +31,13 @@ MAX_SHARDS = 32  # more than this many shards are merged into one at the end of 
 
 
 def file_key(path: str) -> Optional[str]:
-    """``abs path|size|mtime_ns``: what a cached embedding is valid for (None: unreadable)."""
+    """``real path|size|mtime_ns``: what a cached embedding is valid for (None: unreadable);
+    a file reached through a link or another path has one key."""
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}"
+    return f"{os.path.realpath(path)}|{st.st_size}|{st.st_mtime_ns}"
 
 
 def cache_folder(backbone, augmentation: Augmentation, folder: Optional[Path] = None) -> Path:

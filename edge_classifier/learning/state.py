@@ -25,12 +25,19 @@ A process that changes the state holds ``lock`` exclusively: an advisory lock th
 when the process dies, so a kill never leaves it stuck. A second writer gets a
 :class:`~edge_classifier.errors.StateLockedError` naming the holder (PID and command).
 Read-only users take no lock and write nothing.
+
+Whatever the files inside it are, nothing outside the state is read, written or deleted: no
+file is read through a symbolic link or from a FIFO or device, nor appended to through a hard
+link (:func:`~edge_classifier.learning.store_disk.open_fd`); a lock or ``samples/`` that is
+one is refused with a message saying so, and the rest is rebuilt from the samples.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import hashlib
 import io
 import json
 import os
@@ -43,6 +50,7 @@ import numpy as np
 from edge_classifier.core import atomic
 from edge_classifier.errors import HeadLoadError, StateLockedError, StoreError
 from edge_classifier.learning.store import META, SampleStore, read_meta, storage_errors
+from edge_classifier.learning.store_disk import open_fd, open_own, read_own
 
 HEAD_ARRAYS = "head.npz"
 HEAD_META = "head.json"
@@ -50,65 +58,96 @@ IMPORTS = "imports.jsonl"
 LEGACY_IMPORTS = "imports.json"
 LAST_GOOD = "config.last-good.toml"
 LOCK = "lock"
+ARRAYS_DIGEST = "arrays_sha256"  # in head.json: which head.npz it was saved with
+IMPORTS_LIMIT = 1 << 30  # an import list of millions of files is still read
 
 
 class StateLock:
-    """An exclusive advisory lock on ``<root>/lock`` holding the owner's PID and command.
+    """Exclusive advisory locks on the state directory itself and on ``<root>/lock``, which
+    holds the owner's PID and command.
 
-    ``acquire()`` raises :class:`StateLockedError` when another process holds it. On a
-    read-only state directory (nothing can change it anyway) the lock is skipped and
-    ``held`` stays False.
+    The folder's lock cannot be lost by deleting or replacing the ``lock`` file (a clean-up
+    script, a hand); the file's is the one older versions take. ``acquire()`` raises
+    :class:`StateLockedError` when another process holds either. Where locks cannot be taken
+    (a file system without them, a read-only state without a lock file) they are skipped and
+    ``held`` stays False: nothing can change such a state anyway, or nothing better can be done.
     """
 
     def __init__(self, root: Path, command: str):
         self.path = Path(root) / LOCK
         self.command = command
-        self._fd: Optional[int] = None
+        self._fds: List[int] = []
 
     @property
     def held(self) -> bool:
-        return self._fd is not None
+        return bool(self._fds)
 
     def acquire(self) -> None:
-        if self._fd is not None:
+        if self._fds:
             return
+        held: List[int] = []
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+            folder = self._open_folder()
+            if folder is not None:
+                held.append(folder) if self._lock(folder) else os.close(folder)
+            file = self._open_file()
+            if file is not None and not self._lock(file):
+                os.close(file)
+                file = None
+        except BaseException:
+            for fd in held:
+                os.close(fd)
+            raise
+        self._fds = held + ([file] if file is not None else [])
+        if file is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(file, 0)
+                os.write(file, json.dumps({"pid": os.getpid(), "command": self.command}).encode())
+
+    def _open_folder(self) -> Optional[int]:
+        try:
+            return os.open(self.path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) |
+                           getattr(os, "O_CLOEXEC", 0))
         except OSError:
-            try:  # a read-only state: lock the existing file, or go without
-                fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-            except OSError:
-                return
+            return None
+
+    def _open_file(self) -> Optional[int]:
+        # a read-only state: lock the existing file, or go without
+        for flags in (os.O_RDWR | os.O_CREAT, os.O_RDONLY):
+            try:
+                return open_fd(self.path, flags)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.EINVAL, errno.EMLINK):
+                    raise StoreError(f"{self.path}: {exc.strerror}; the state's lock must be "
+                                     "a plain file: remove it and start again") from None
+        return None
+
+    def _lock(self, fd: int) -> bool:
+        """True if locked, False where locks are not supported; StateLockedError if held."""
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
         except BlockingIOError:
-            holder = _read_holder(fd)
             os.close(fd)
             raise StateLockedError(
-                f"{self.path.parent} is in use by {holder}; stop it first (for a service: "
-                "sudo systemctl stop edge-classifier), or teach the running device through its "
-                "commands (MQTT cmd/capture, buttons) instead of a second process") from None
+                f"{self.path.parent} is in use by {self._holder()}; stop it first (for a "
+                "service: sudo systemctl stop edge-classifier), or teach the running device "
+                "through its commands (MQTT cmd/capture, buttons) instead of a second "
+                "process") from None
         except OSError:
-            os.close(fd)
-            return  # a file system without locks: nothing better to do
-        self._fd = fd
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
-            os.write(fd, json.dumps({"pid": os.getpid(), "command": self.command}).encode())
+            return False  # a file system without locks: nothing better to do
+
+    def _holder(self) -> str:
+        try:
+            info = json.loads(read_own(self.path, 4096).decode("utf-8"))
+            return f"PID {int(info['pid'])} ({str(info['command'])[:80]})"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "another process"
 
     def release(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
+        fds, self._fds = self._fds, []
+        for fd in fds:
             os.close(fd)  # closing releases the flock; the file stays (others may wait on it)
-
-
-def _read_holder(fd: int) -> str:
-    try:
-        os.lseek(fd, 0, os.SEEK_SET)
-        info = json.loads(os.read(fd, 4096).decode("utf-8"))
-        return f"PID {int(info['pid'])} ({str(info['command'])[:80]})"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "another process"
 
 
 class StateDir:
@@ -179,24 +218,28 @@ class StateDir:
     # -- the head ------------------------------------------------------------------------------
     def _head_meta(self) -> Optional[dict]:
         try:
-            return json.loads((self.root / HEAD_META).read_text("utf-8"))
+            return json.loads(read_own(self.root / HEAD_META).decode("utf-8"))
         except (OSError, ValueError):
             return None
 
     def load_head_files(self) -> Optional[Tuple[Dict[str, np.ndarray], dict]]:
-        """(arrays, metadata) of the saved head; None if none; HeadLoadError if unusable."""
+        """(arrays, metadata) of the saved head; None if none, or if the two files are not
+        of one save (read while a save was under way, or left so by a kill between the two
+        writes: the head is refitted); HeadLoadError if unusable."""
         meta_path, arrays_path = self.root / HEAD_META, self.root / HEAD_ARRAYS
         if not meta_path.exists():
             return None
         try:
-            meta = json.loads(meta_path.read_text("utf-8"))
-            with np.load(arrays_path, allow_pickle=False) as data:
-                arrays = {k: data[k] for k in data.files}
+            meta = json.loads(read_own(meta_path).decode("utf-8"))
             if not isinstance(meta, dict) or not isinstance(meta.get("edge_classifier"), dict):
                 raise ValueError("no edge_classifier section")
-        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
+            arrays, digest = _load_arrays(arrays_path)
+        except (OSError, ValueError, KeyError, TypeError, EOFError, MemoryError,
+                zipfile.BadZipFile) as exc:
             raise HeadLoadError(f"{arrays_path}: head file is corrupt or incomplete "
                                 f"({exc})") from None
+        if meta.get(ARRAYS_DIGEST, digest) != digest:
+            return None
         return arrays, meta
 
     def save_head(self, arrays: Dict[str, np.ndarray], meta: dict) -> None:
@@ -204,6 +247,7 @@ class StateDir:
         self._require_write("the head")
         buf = io.BytesIO()
         np.savez(buf, **arrays)
+        meta = dict(meta, **{ARRAYS_DIGEST: hashlib.sha256(buf.getvalue()).hexdigest()})
         with storage_errors("the head"):
             atomic.write_bytes(self.root / HEAD_ARRAYS, buf.getvalue())
             atomic.write_text(self.root / HEAD_META, json.dumps(meta))
@@ -221,23 +265,23 @@ class StateDir:
         torn last line (a kill while writing it) is ignored."""
         imported: Dict[str, dict] = {}
         try:
-            legacy = json.loads((self.root / LEGACY_IMPORTS).read_text("utf-8"))
+            legacy = json.loads(read_own(self.root / LEGACY_IMPORTS).decode("utf-8"))
             if isinstance(legacy, dict):
                 imported.update({k: v for k, v in legacy.items() if _import_entry(v)})
         except (OSError, ValueError):
             pass
         try:
-            with open(self.root / IMPORTS, encoding="utf-8", errors="replace") as f:
-                for line in f:
-                    try:
-                        entry = json.loads(line)
-                    except ValueError:
-                        continue
-                    if isinstance(entry, dict) and isinstance(entry.get("file"), str) \
-                            and _import_entry(entry):
-                        imported[entry["file"]] = {"id": entry["id"], "labels": entry["labels"]}
+            lines = read_own(self.root / IMPORTS, IMPORTS_LIMIT).decode("utf-8", "replace")
         except OSError:
-            pass
+            lines = ""
+        for line in lines.splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict) and isinstance(entry.get("file"), str) \
+                    and _import_entry(entry):
+                imported[entry["file"]] = {"id": entry["id"], "labels": entry["labels"]}
         return imported
 
     @contextlib.contextmanager
@@ -245,7 +289,11 @@ class StateDir:
         """Append import records durably (each is on disk before its sample is written)."""
         self._require_write("the import list")
         with storage_errors("the import list"):
-            f = open(self.root / IMPORTS, "a", encoding="utf-8")
+            fd = open_fd(self.root / IMPORTS, os.O_RDWR | os.O_APPEND | os.O_CREAT)
+            f = os.fdopen(fd, "a", encoding="utf-8")
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                f.write("\n")  # a line torn by a power cut must not swallow the next record
         try:
             yield ImportJournal(f)
         finally:
@@ -256,7 +304,7 @@ class StateDir:
         """(text, path) of the last config the device started with, if kept."""
         path = self.root / LAST_GOOD
         try:
-            return path.read_text("utf-8"), path
+            return read_own(path).decode("utf-8"), path
         except (OSError, UnicodeDecodeError):
             return None
 
@@ -270,6 +318,24 @@ class StateDir:
     def _require_write(self, what: str) -> None:
         if not self.write:
             raise StoreError(f"{self.root} is open read-only: {what} was not written")
+
+
+def _load_arrays(path: Path) -> Tuple[Dict[str, np.ndarray], str]:
+    """The arrays of ``head.npz`` (a regular file of the state; see :func:`open_own`) and the
+    file's SHA-256. Members must be stored as ``np.savez`` stores them, so a hostile archive
+    cannot inflate."""
+    with open_own(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        digest = hashlib.sha256()
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+        f.seek(0)
+        with zipfile.ZipFile(f) as archive:
+            if sum(i.file_size for i in archive.infolist()) > size:
+                raise ValueError("compressed members (np.savez stores them plain)")
+        f.seek(0)
+        with np.load(f, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}, digest.hexdigest()
 
 
 def _import_entry(v) -> bool:

@@ -29,12 +29,14 @@ from edge_classifier.core import atomic
 from edge_classifier.core.names import class_key, validate_class_name
 from edge_classifier.errors import (ClassLimitError, ReadOnlyStoreError, StoreError,
                                     UnknownClassError)
-from edge_classifier.learning.store_disk import (FORMAT, META, SAMPLES, TRASH_PREFIX,
+from edge_classifier.learning.store_disk import (META, SAMPLES, TRASH_PREFIX, check_backbone,
                                                  clean_leftovers, jpeg_thumbnail,
-                                                 load_class_folder, new_id, read_meta,
-                                                 safe_folder, storage_errors, unlisted_folders)
+                                                 load_class_folder, meta_text, names_from_folders,
+                                                 new_id, read_meta, safe_folder, storage_errors,
+                                                 unlisted_folders)
 
-__all__ = ["META", "SampleStore", "read_meta", "storage_errors"]
+__all__ = ["CLASS_CEILING", "META", "SampleStore", "read_meta", "storage_errors"]
+CLASS_CEILING = 1000  # no state holds more classes: the most head.max_classes may be
 
 
 class SampleStore:
@@ -44,7 +46,7 @@ class SampleStore:
         raises :class:`StoreError` (its embeddings would be meaningless).
     :param thumbnail_size: short side of stored thumbnails in pixels (0: no thumbnails).
     :param readonly: read what is there; create, clean up and write nothing.
-    :param max_classes: most classes the store may hold (None: no limit).
+    :param max_classes: most classes the store may hold (None: :data:`CLASS_CEILING`).
     :param head: the head name the state is taught with, remembered in ``store.json``.
 
     Nothing on disk is deleted because ``store.json`` does not mention it: a class folder
@@ -59,12 +61,17 @@ class SampleStore:
         self.root = Path(root)
         self.thumbnail_size = thumbnail_size
         self.readonly = readonly
-        self.max_classes = max_classes
+        self.max_classes = CLASS_CEILING if max_classes is None else max_classes
         self.problems: List[str] = []
         self.backbone = backbone
         self.head = head
         self._classes: "OrderedDict[str, str]" = OrderedDict()  # name -> directory
+        self._keys: Optional[Dict[str, str]] = {}  # class_key -> name; None: rebuild
         self._samples: Dict[str, "OrderedDict[str, np.ndarray]"] = {}
+        if (self.root / SAMPLES).is_symlink():
+            raise StoreError(f"{self.root / SAMPLES}: a symbolic link; the samples must be a "
+                             "folder inside the state (nothing outside it is read, written or "
+                             "deleted): put the folder it points to in its place")
         if not readonly:
             with storage_errors("the state directory"):
                 (self.root / SAMPLES).mkdir(parents=True, exist_ok=True)
@@ -78,7 +85,8 @@ class SampleStore:
         stored, dirty = None, False
         meta = read_meta(self.root)
         if meta is None:
-            if path.exists() or (self.root / SAMPLES).is_dir():
+            samples = self.root / SAMPLES
+            if path.exists() or (samples.is_dir() and any(samples.iterdir())):
                 why = "unreadable" if path.exists() else "missing"
                 self.problems.append(f"{path}: {why}; rebuilding the class list from the class "
                                      "folders")
@@ -87,7 +95,7 @@ class SampleStore:
             stored = meta.get("backbone") if isinstance(meta.get("backbone"), dict) else None
             if self.head is None and isinstance(meta.get("head"), str):
                 self.head = meta["head"]
-            classes = meta.get("classes")
+            classes, used = meta.get("classes"), set()
             for c in classes if isinstance(classes, list) else []:
                 try:
                     name, folder = validate_class_name(c["name"]), c["dir"]
@@ -96,7 +104,7 @@ class SampleStore:
                                          "ignored")
                     dirty = True
                     continue
-                if not safe_folder(folder) or folder in self._classes.values():
+                if not safe_folder(folder) or folder in used:
                     self.problems.append(f"{path}: class {name!r} names folder {str(folder)[:80]!r}, "
                                          "which is not a folder of this state; ignored")
                     dirty = True
@@ -105,21 +113,14 @@ class SampleStore:
                     self.problems.append(f"{path}: class {name!r} is listed twice; ignored")
                     dirty = True
                     continue
-                self._classes[name] = folder
+                self._set_class(name, folder)
+                used.add(folder)
+            renamed, changed = names_from_folders(self.root / SAMPLES, self._classes,
+                                                  self.readonly, self.problems)
+            if changed:
+                self._classes, self._keys, dirty = renamed, None, True
         dirty |= self._adopt_folders()
-        if backbone and stored and stored.get("sha256") != backbone.get("sha256"):
-            if stored.get("model") == backbone.get("model"):
-                raise StoreError(
-                    f"{self.root} holds samples embedded with another copy of {stored.get('model')} "
-                    f"(SHA-256 {str(stored.get('sha256'))[:12]}…, the installed file is "
-                    f"{str(backbone.get('sha256'))[:12]}…); restore that model file, or use "
-                    "another --state")
-            raise StoreError(
-                f"{self.root} holds samples embedded with {stored.get('model')}, not "
-                f"{backbone.get('model')}; use --model {stored.get('model')} or another --state")
-        if backbone and stored and stored.get("resize") != backbone.get("resize"):
-            raise StoreError(f"{self.root} holds samples preprocessed with resize="
-                             f"{stored.get('resize')}, not {backbone.get('resize')}")
+        check_backbone(self.root, stored, backbone)
         if backbone and not stored:
             dirty = True
         if meta is not None and self.head is not None and meta.get("head") != self.head:
@@ -140,7 +141,7 @@ class SampleStore:
                 self.problems.append(f"{folder}: another folder already holds class {name!r}; "
                                      "left as it is")
                 continue
-            self._classes[name] = folder.name
+            self._set_class(name, folder.name)
             self.problems.append(f"{folder}: class {name!r} ({count} samples) was not in the "
                                  "class list; adopted")
             adopted = True
@@ -157,10 +158,8 @@ class SampleStore:
 
     def _write_meta(self) -> None:
         self._require_writable("the class list")
-        meta = {"format": FORMAT, "backbone": self.backbone, "head": self.head,
-                "classes": [{"name": n, "dir": d} for n, d in self._classes.items()]}
         with storage_errors("the class list"):
-            atomic.write_text(self.root / META, json.dumps(meta, indent=1, ensure_ascii=False))
+            atomic.write_text(self.root / META, meta_text(self.backbone, self.head, self._classes))
 
     def _require_writable(self, what: str) -> None:
         if self.readonly:
@@ -170,8 +169,14 @@ class SampleStore:
         """The stored class that ``name`` means (case and Unicode form ignored), if any."""
         if name in self._classes:
             return name
-        key = class_key(name)
-        return next((n for n in self._classes if class_key(n) == key), None)
+        if self._keys is None:
+            self._keys = {class_key(n): n for n in self._classes}
+        return self._keys.get(class_key(name))
+
+    def _set_class(self, name: str, folder: str) -> None:
+        self._classes[name] = folder
+        if self._keys is not None:
+            self._keys[class_key(name)] = name
 
     def resolve(self, name: str) -> str:
         """The stored spelling of class ``name`` (``apple`` -> ``Apple``); UnknownClassError."""
@@ -268,19 +273,21 @@ class SampleStore:
         if found is not None:
             return found
         self._require_writable(f"class {name!r}")
-        if self.max_classes is not None and len(self._classes) >= self.max_classes:
+        if len(self._classes) >= self.max_classes:
             raise ClassLimitError(f"class {name!r} not created: the state already holds "
                                   f"{len(self._classes)} classes, the limit (head.max_classes)")
         folder = f"c{secrets.token_hex(6)}"
+        path = self.root / SAMPLES / folder
         with storage_errors(f"class {name!r}"):
-            (self.root / SAMPLES / folder).mkdir()
-            atomic.write_text(self.root / SAMPLES / folder / "name", name)
-            self._classes[name] = folder
+            path.mkdir()
             try:
+                atomic.write_text(path / "name", name)
+                self._set_class(name, folder)
                 self._write_meta()
-            except StoreError:
-                del self._classes[name]
-                shutil.rmtree(self.root / SAMPLES / folder, ignore_errors=True)
+            except BaseException:  # a full disk leaves no empty folder behind
+                self._classes.pop(name, None)
+                self._keys = None
+                shutil.rmtree(path, ignore_errors=True)
                 raise
         self._samples[name] = OrderedDict()
         return name
@@ -295,12 +302,12 @@ class SampleStore:
         self._require_writable(f"renaming {old!r}")
         items = [(new if n == old else n, d) for n, d in self._classes.items()]
         before = self._classes
-        self._classes = OrderedDict(items)
+        self._classes, self._keys = OrderedDict(items), None
         try:
             atomic.write_text(self.root / SAMPLES / self._classes[new] / "name", new)
             self._write_meta()
         except (StoreError, OSError) as exc:
-            self._classes = before
+            self._classes, self._keys = before, None
             with contextlib.suppress(OSError):
                 atomic.write_text(self.root / SAMPLES / before[old] / "name", old)
             if isinstance(exc, StoreError):
@@ -320,6 +327,7 @@ class SampleStore:
         with storage_errors(f"deleting {name!r}"):
             os.replace(self.root / SAMPLES / folder, trash)
         del self._classes[name]
+        self._keys = None
         try:
             self._write_meta()
         except StoreError:

@@ -9,6 +9,12 @@
 
 Folder names are ours (``c`` and 12 hex digits); anything else that ``store.json`` names is not
 a folder of the state and is never read, written or deleted. Sample ids sort by time.
+
+Every file of a state is read through :func:`open_own`: never through a symbolic link, never
+from a FIFO or a device (which would block or never end), so whatever a state's files say or
+are, nothing outside the state is read::
+
+    data = read_own(root / "store.json", limit=64 << 20)   # OSError if a link, FIFO, too big
 """
 
 from __future__ import annotations
@@ -17,20 +23,23 @@ import contextlib
 import errno
 import io
 import json
+import math
+import os
 import re
 import secrets
 import shutil
+import stat
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 from PIL import Image
 
 from edge_classifier.core import atomic
-from edge_classifier.core.names import validate_class_name
+from edge_classifier.core.names import class_key, validate_class_name
 from edge_classifier.errors import ReadOnlyStoreError, StorageFullError, StoreError
 
 FORMAT = 1
@@ -38,6 +47,72 @@ META = "store.json"
 SAMPLES = "samples"
 TRASH_PREFIX = ".trash-"
 FOLDER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+JSON_LIMIT = 64 << 20  # the largest class list, head metadata or import list read
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | \
+    getattr(os, "O_CLOEXEC", 0)
+
+
+def open_fd(path: Path, flags: int = os.O_RDONLY, mode: int = 0o644) -> int:
+    """A descriptor of ``path`` if it is a regular file (opened with ``flags``, never through a
+    symbolic link and never blocking on a FIFO); OSError naming what it is otherwise. Opened
+    for writing in place, it must not be a hard link either (another file's contents)."""
+    try:
+        fd = os.open(path, flags | _NOFOLLOW, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, "a symbolic link (never followed out of the state)",
+                          str(path)) from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file (a FIFO, device or folder)",
+                          str(path))
+        if flags & (os.O_WRONLY | os.O_RDWR) and info.st_nlink > 1:
+            raise OSError(errno.EMLINK, "a hard link (another file's contents); not written",
+                          str(path))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_own(path: Path):
+    """``path`` opened for binary reading; see :func:`open_fd`."""
+    return os.fdopen(open_fd(path), "rb")
+
+
+def read_own(path: Path, limit: int = JSON_LIMIT) -> bytes:
+    """The bytes of a regular file of the state (OSError if it is not one, or over ``limit``)."""
+    with open_own(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > limit:
+            raise OSError(errno.EFBIG, f"{size} bytes, more than a state's file holds",
+                          str(path))
+        return f.read(limit + 1)[:limit]
+
+
+def load_views(path: Path) -> np.ndarray:
+    """One sample's VxD float32 views from its ``.npy``; ValueError or OSError if the file is
+    not one (its header is checked against its size first, so a corrupt or hostile header
+    never makes the array allocate more than the file holds)."""
+    with open_own(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f".npy format {version} is not one we write")
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+            np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(f)
+        if len(shape) != 2 or shape[0] < 1 or dtype.kind != "f":
+            raise ValueError(f"not a VxD float array ({dtype}, shape {shape})")
+        if math.prod(shape) * dtype.itemsize != size - f.tell():
+            raise ValueError(f"header says {shape}, the file holds {size - f.tell()} bytes")
+        f.seek(0)
+        views = np.load(f, allow_pickle=False)
+    if not np.isfinite(views).all():
+        raise ValueError("holds NaN or infinity")
+    return views.astype(np.float32, copy=False)
 
 
 @contextmanager
@@ -67,10 +142,39 @@ def new_id(after: str) -> str:
 def read_meta(root: Path) -> Optional[dict]:
     """``store.json`` of a state directory as a dict, or None if missing or unreadable."""
     try:
-        meta = json.loads((Path(root) / META).read_text("utf-8"))
+        meta = json.loads(read_own(Path(root) / META).decode("utf-8"))
     except (OSError, ValueError):
         return None
     return meta if isinstance(meta, dict) else None
+
+
+def meta_text(backbone: Optional[dict], head: Optional[str],
+              classes: "OrderedDict[str, str]") -> str:
+    """``store.json``'s text: format, backbone, head, then one class per line."""
+    listed = ",\n ".join(json.dumps({"name": n, "dir": d}, ensure_ascii=False)
+                         for n, d in classes.items())
+    meta = json.dumps({"format": FORMAT, "backbone": backbone, "head": head},
+                      ensure_ascii=False)
+    return meta[:-1] + (f', "classes": [\n {listed}\n]}}\n' if listed else ', "classes": []}\n')
+
+
+def check_backbone(root: Path, stored: Optional[dict], backbone: Optional[dict]) -> None:
+    """StoreError if the samples were embedded by another backbone than ``backbone``."""
+    if not backbone or not stored:
+        return
+    if stored.get("sha256") != backbone.get("sha256"):
+        if stored.get("model") == backbone.get("model"):
+            raise StoreError(
+                f"{root} holds samples embedded with another copy of {stored.get('model')} "
+                f"(SHA-256 {str(stored.get('sha256'))[:12]}…, the installed file is "
+                f"{str(backbone.get('sha256'))[:12]}…); restore that model file, or use "
+                "another --state")
+        raise StoreError(
+            f"{root} holds samples embedded with {stored.get('model')}, not "
+            f"{backbone.get('model')}; use --model {stored.get('model')} or another --state")
+    if stored.get("resize") != backbone.get("resize"):
+        raise StoreError(f"{root} holds samples preprocessed with resize="
+                         f"{stored.get('resize')}, not {backbone.get('resize')}")
 
 
 def safe_folder(name: object) -> bool:
@@ -115,7 +219,7 @@ def unlisted_folders(samples_dir: Path, listed: set,
                 or not folder.is_dir():
             continue
         try:
-            name = validate_class_name((folder / "name").read_text("utf-8"))
+            name = validate_class_name(read_own(folder / "name", 4096).decode("utf-8"))
         except (ValueError, OSError) as exc:
             problems.append(f"{folder}: a class folder without a readable name file ({exc}); "
                             "left as it is")
@@ -146,18 +250,61 @@ def load_class_folder(path: Path, name: str, dim: Optional[int], readonly: bool,
             problems.append(f"{npy}: a symbolic link; skipped")
             continue
         try:
-            views = np.load(npy, allow_pickle=False)
-            if views.ndim != 2 or not np.isfinite(views).all():
-                raise ValueError(f"bad array {views.shape}")
+            views = load_views(npy)
             if dim and views.shape[1] != dim:
                 raise ValueError(f"{views.shape[1]}-d, expected {dim}-d")
             dim = dim or views.shape[1]
-        except (ValueError, OSError, EOFError) as exc:
+        except (ValueError, OSError, EOFError, MemoryError) as exc:
             problems.append(f"{npy}: unreadable sample skipped ({exc})")
             continue
-        loaded[npy.stem] = views.astype(np.float32, copy=False)
+        loaded[npy.stem] = views
     if not readonly:
         for jpg in path.glob("*.jpg"):  # the thumbnail of a capture that never landed
             if jpg.stem not in loaded and not (path / f"{jpg.stem}.npy").exists():
                 jpg.unlink(missing_ok=True)
     return loaded, dim
+
+
+def names_from_folders(samples_dir: Path, classes: "OrderedDict[str, str]", readonly: bool,
+                       problems: List[str]) -> "Tuple[OrderedDict[str, str], bool]":
+    """The class list (name -> folder) with each listed folder named by its own ``name`` file,
+    and whether that changed a name.
+
+    The folders are the data and ``store.json`` their index: a rename writes the ``name``
+    file first, then the list, so after a kill between the two the name file is the newer
+    word (the rename is finished), and a list that names folders wrongly (swapped, edited)
+    cannot relabel samples. A name file that is missing, unreadable, or claims a class
+    another folder holds is written back from the list (unless read-only).
+    """
+    said: Dict[str, Optional[str]] = {}
+    for folder in classes.values():
+        try:
+            said[folder] = validate_class_name(read_own(samples_dir / folder / "name", 4096)
+                                               .decode("utf-8"))
+        except (OSError, ValueError):
+            said[folder] = None
+    listed = {folder: name for name, folder in classes.items()}
+    final = {folder: said[folder] or name for folder, name in listed.items()}
+    while True:  # two folders may not end as one class: those that clash keep the list's name
+        keys = Counter(class_key(n) for n in final.values())
+        clash = [f for f, n in final.items() if keys[class_key(n)] > 1 and n != listed[f]]
+        if not clash:
+            break
+        for folder in clash:
+            final[folder] = listed[folder]
+    renamed: "OrderedDict[str, str]" = OrderedDict()
+    for folder, name in listed.items():
+        new = final[folder]
+        if new != name:
+            problems.append(f"{samples_dir / folder}: its name file says {new!r}, the class "
+                            f"list {name!r} (a rename that did not finish?); named {new!r}")
+        elif said[folder] != name:
+            if said[folder] is not None:
+                problems.append(f"{samples_dir / folder}: its name file says "
+                                f"{said[folder]!r}, a class another folder holds; kept {name!r}")
+            if not readonly and not (samples_dir / folder).is_symlink() and \
+                    (samples_dir / folder).is_dir():
+                with contextlib.suppress(OSError):
+                    atomic.write_text(samples_dir / folder / "name", name)
+        renamed[new] = folder
+    return renamed, list(renamed) != list(classes)
