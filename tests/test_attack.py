@@ -1,7 +1,6 @@
 """The state directory attacked by an unlucky and by a hostile user: files of the state that are
 links, FIFOs, devices or hard links, corrupt headers, kills at bad moments, duplicates, floods
-of classes. Each test failed on the code before its fix, but the strict xfails at the end: bugs
-whose fix belongs outside the state's modules.
+of classes. Each test failed on the code before its fix.
 
 A hostile state could make the old code block forever or read without end, so those checks run
 in a fresh interpreter with a bounded address space and a generous time bound: a hang or a
@@ -425,14 +424,8 @@ def test_a_class_refused_by_a_full_disk_leaves_no_folder_behind(full_disk):
     assert store.classes == []
 
 
-# -- class names: invisible ones still get through (the fix belongs in core/names.py) ----------
-# The fix, in core/names.py: refuse names whose only "visible" characters are default-ignorable
-# or blank (U+115F, U+1160, U+3164, U+FFA0, U+2800), and drop default-ignorable code points
-# (U+034F, U+FE00-U+FE0F, ...) in class_key. Once it lands these XPASS: remove the marks.
-NAMES_FIX = "invisible class names still pass core/names.py (not this branch's to change)"
+# -- class names that draw nothing, or differ only in what draws nothing --------------------------
 
-
-@pytest.mark.xfail(strict=True, reason=NAMES_FIX)
 @pytest.mark.parametrize("name", ["\u3164", "\u2800", "\u115f\u1160", "\uffa0"])
 def test_names_that_draw_nothing_are_refused(name):
     from edge_classifier.core.names import validate_class_name
@@ -441,7 +434,6 @@ def test_names_that_draw_nothing_are_refused(name):
         validate_class_name(name)
 
 
-@pytest.mark.xfail(strict=True, reason=NAMES_FIX)
 @pytest.mark.parametrize("name", ["unknown\u034f", "unknown\ufe0f", "unk\u034fnown"])
 def test_unknown_with_an_invisible_mark_is_still_unknown(name):
     from edge_classifier.core.names import validate_class_name
@@ -450,7 +442,6 @@ def test_unknown_with_an_invisible_mark_is_still_unknown(name):
         validate_class_name(name)
 
 
-@pytest.mark.xfail(strict=True, reason=NAMES_FIX)
 def test_names_differing_only_in_an_invisible_mark_are_one_class(tmp_path):
     store = SampleStore(tmp_path / "s", backbone=IDENTITY)
     store.add_sample("cat", views(1))

@@ -68,8 +68,12 @@ def cmd_train(args, err) -> int:
             err(f"warning: class {name!r} is full ({limit} samples): {count} files not imported; "
                 "raise the limit with --max-samples-per-class N (and head.max_samples_per_class "
                 "in the device's config)")
-        for name in report.classes_refused:
-            err(f"warning: class {name!r} not created: the state holds its most classes")
+        if report.classes_refused:
+            shown = ", ".join(repr(n) for n in report.classes_refused[:5])
+            more = len(report.classes_refused) - 5
+            err(f"warning: {len(report.classes_refused)} classes not created ({shown}"
+                f"{f' and {more} more' if more > 0 else ''}): the state holds its most classes "
+                f"({learner.store.max_classes})")
         learner.fit()
         learner.save()
         store = learner.store

@@ -17,6 +17,7 @@ from typing import Optional, Tuple
 
 from edge_classifier.config.keys import key, pin, spec_of, walk
 from edge_classifier.learning.heads import HEAD_NAMES
+from edge_classifier.learning.store import CLASS_CEILING
 
 MAX_DEVICE_ID = 64
 
@@ -65,7 +66,7 @@ class HeadConfig:
     drop_policy: str = key("oldest", choices=("oldest", "redundant"),
                            help="when a class is full: drop the oldest sample or the most "
                                 "redundant one")
-    max_classes: int = key(50, range=(1, 1000), help="most classes a state may hold; new class "
+    max_classes: int = key(50, range=(1, CLASS_CEILING), help="most classes a state may hold; new class "
                                                      "names beyond it are refused")
 
 

@@ -23,11 +23,32 @@ MAX_LENGTH = 64
 UNKNOWN = "unknown"
 _INVALID = ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")
 _VISIBLE = ("L", "N", "S", "P")  # first letter of the categories that draw something
+# Default-ignorable code points (Unicode's DerivedCoreProperties), which render as nothing:
+# they never tell two names apart. Some are letters (U+3164 HANGUL FILLER), so they also never
+# count as visible, nor does U+2800 (the blank Braille pattern).
+_IGNORABLE = ((0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160),
+              (0x17B4, 0x17B5), (0x180B, 0x180F), (0x200B, 0x200F), (0x202A, 0x202E),
+              (0x2060, 0x206F), (0x3164, 0x3164), (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF),
+              (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A),
+              (0xE0000, 0xE0FFF))
+_BLANK = {0x2800}
+
+
+def _ignorable(ch: str) -> bool:
+    code = ord(ch)
+    return any(lo <= code <= hi for lo, hi in _IGNORABLE)
+
+
+def _visible(ch: str) -> bool:
+    return unicodedata.category(ch)[0] in _VISIBLE and not _ignorable(ch) \
+        and ord(ch) not in _BLANK
 
 
 def class_key(name: str) -> str:
-    """What two class names are compared by: NFKC, case-folded (``ＡＰＰＬＥ`` == ``apple``)."""
-    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
+    """What two class names are compared by: NFKC, case-folded, without the characters that
+    draw nothing (``ＡＰＰＬＥ`` == ``apple`` == ``a\u034fpple``)."""
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
+    return "".join(ch for ch in folded if not _ignorable(ch))
 
 
 def validate_class_name(name: object) -> str:
@@ -49,7 +70,7 @@ def validate_class_name(name: object) -> str:
     for ch in name:
         if unicodedata.category(ch) in _INVALID:
             raise ClassNameError(f"class name {shown} contains a control or invisible character")
-    if not any(unicodedata.category(ch)[0] in _VISIBLE for ch in name):
+    if not any(_visible(ch) for ch in name):
         raise ClassNameError(f"class name {shown} has no visible character")
     if class_key(name) == UNKNOWN:
         raise ClassNameError(f"'{UNKNOWN}' is reserved for frames that match no class")

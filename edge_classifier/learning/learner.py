@@ -188,6 +188,7 @@ class Learner:
         The sample is on disk before this returns; if storing fails nothing changes. A class
         over ``max_samples_per_class`` then drops samples (their ids are in the result).
         """
+        self.store.add_class(class_name)  # a refused class costs no inference
         views = embed_views(self.backbone, rgb, self.augmentation)
         name, sample_id = self.add_views(class_name, views, rgb)
         dropped: List[str] = []
