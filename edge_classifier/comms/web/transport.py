@@ -309,6 +309,8 @@ class WebTransport:
         if future is not None and not future.done():
             future.set_result(result)
         self.notify("catalogue")
+        if result.get("action") in ("file_inbox", "discard_inbox"):
+            self.notify("inbox")
 
     # -- asking the loop (the server's loop) ---------------------------------------------------
     def new_id(self) -> str:

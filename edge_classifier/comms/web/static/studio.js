@@ -101,7 +101,7 @@ function renderBars(box, map, scores, order, highlight) {
     if (box.children[i] !== bar.root) box.insertBefore(bar.root, box.children[i] || null);
     bar.fill.style.width = `${Math.max(0, Math.min(100, 100 * scores[name]))}%`;
     bar.value.textContent = percent(scores[name]);
-    bar.root.classList.toggle("top", name === highlight);
+    bar.root.classList.toggle("best", name === highlight);
   });
 }
 
@@ -137,7 +137,8 @@ function showPrediction(p) {
 // -- classes ------------------------------------------------------------------------------------
 function holdable(button, once) {
   // One capture per click; while held, one after another at gpio.hold_rate (each waits for the
-  // device's answer, so a slow device is never flooded).
+  // device's answer, so a slow device is never flooded). The release is watched on the whole
+  // window: the button may have moved under the pointer (new thumbnails push it down).
   let holding = false;
   let timer = null;
   async function next() {
@@ -152,18 +153,20 @@ function holdable(button, once) {
     holding = false;
     clearTimeout(timer);
     button.classList.remove("recording");
+    for (const type of ["pointerup", "pointercancel", "blur"]) {
+      window.removeEventListener(type, stop, true);
+    }
   }
   button.addEventListener("pointerdown", (event) => {
     if (event.button !== 0 || holding) return;
     event.preventDefault();
-    if (button.setPointerCapture) {
-      try { button.setPointerCapture(event.pointerId); } catch (e) { /* synthetic pointer */ }
-    }
     holding = true;
+    for (const type of ["pointerup", "pointercancel", "blur"]) {
+      window.addEventListener(type, stop, true);
+    }
     button.classList.add("recording");
     next();
   });
-  for (const type of ["pointerup", "pointercancel"]) button.addEventListener(type, stop);
   button.addEventListener("contextmenu", (event) => event.preventDefault());
   button.addEventListener("keydown", (event) => {
     if ((event.key === " " || event.key === "Enter") && !event.repeat) {
@@ -224,7 +227,8 @@ function ask(text, value) {
 }
 
 function makeCard(c) {
-  const count = el("span", {class: "count", "data-testid": "sample-count"}, "0");
+  const count = el("span", {class: "number", "data-testid": "sample-count"}, "0");
+  const noun = el("span", {class: "noun"}, " samples");
   const title = el("h3", {class: "class-name", title: c.name}, c.name);
   const thumbs = el("div", {class: "thumbs", "data-testid": "thumbs"});
   const capture = el("button", {class: "capture", "data-testid": "capture-button",
@@ -255,10 +259,10 @@ function makeCard(c) {
     }
   });
   const root = el("article", {class: "card", "data-testid": "class-card", "data-class": c.name},
-                  el("header", {}, title, count), thumbs,
+                  el("header", {}, title, el("span", {class: "count"}, count, noun)), thumbs,
                   el("div", {class: "actions"}, capture, upload, rename, clear, remove), result);
   dropTarget(root, (files) => uploadInto(c.name, files, result));
-  return {root, count, thumbs, rename, remove, key: ""};
+  return {root, count, noun, thumbs, rename, remove, key: ""};
 }
 
 function renderThumbs(card, c) {
@@ -303,6 +307,7 @@ function showClasses(classes) {
     }
     if (box.children[i] !== card.root) box.insertBefore(card.root, box.children[i] || null);
     card.count.textContent = String(c.samples);
+    card.noun.textContent = c.samples === 1 ? " sample" : " samples";
     card.root.classList.toggle("empty-class", c.samples === 0);
     card.rename.disabled = card.remove.disabled = !!c.bound;
     if (c.bound) card.rename.title = card.remove.title = "bound to a button in the config";
@@ -374,7 +379,7 @@ async function loadInsight() {
   if (!report || !report.ok) return;
   const n = report.classes.length;
   const table = el("table", {class: "matrix"});
-  const head = el("tr", {}, el("th", {class: "corner"}, "true ↓ · predicted →"));
+  const head = el("tr", {}, el("th", {class: "corner"}, "true ↓ predicted →"));
   report.classes.forEach((c) => head.append(el("th", {title: c}, c)));
   table.append(el("thead", {}, head));
   const body = el("tbody");
