@@ -21,7 +21,6 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -71,7 +70,6 @@ def own_studio():
             for name, taught in TEACH:
                 for p in taught:
                     device.learner.capture(name, photos[p])
-            device.inbox_frame = photos["sunflower.bmp"]
             device.web.inbox.add(photos["sunflower.bmp"], {"label": "unknown",
                                                            "closest": "bird",
                                                            "confidence": 0.41,

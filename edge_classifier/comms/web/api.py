@@ -118,6 +118,28 @@ def _name(request: web.Request) -> str:
     return request.match_info["name"]
 
 
+def status(transport) -> Dict[str, Any]:
+    """Everything the page shows, as of now (also ``GET /api/status``)."""
+    catalogue = transport.catalogue
+    config = transport.config
+    camera = transport.camera
+    return {
+        "device": config.device_id, "url": transport.url,
+        "classes": {c["name"]: c["samples"] for c in catalogue["classes"]},
+        "catalogue": catalogue["classes"], "prediction": transport.prediction,
+        "state": transport.state, "stats": transport.device_stats,
+        "inbox": len(transport.inbox) if transport.inbox is not None else None,
+        "camera": {"source": config.source.kind,
+                   "streaming": bool(camera and camera.streaming),
+                   "accepts": camera is not None},
+        "settings": {"hold_rate": config.gpio.hold_rate,
+                     "threshold": config.smoothing.threshold,
+                     "stream_fps": config.web.stream_fps,
+                     "max_upload_files": config.web.max_upload_files,
+                     "max_upload_bytes": config.web.max_upload_bytes},
+        "login": transport.guard.required}
+
+
 # -- session -----------------------------------------------------------------------------------
 async def login(request: web.Request, t) -> web.Response:
     guard = t.guard
@@ -146,7 +168,6 @@ async def logout(request: web.Request, t) -> web.Response:
 
 
 async def get_status(request: web.Request, t) -> web.Response:
-    from edge_classifier.comms.web.app import status
     return web.json_response(status(t), headers={"Cache-Control": "no-store"},
                              dumps=lambda o: json.dumps(o, ensure_ascii=False))
 

@@ -66,14 +66,13 @@ def make_app(transport) -> web.Application:
                                        "or Bearer credentials, or log in on the page")
                 response.headers["WWW-Authenticate"] = 'Bearer realm="edge-classifier"'
             else:
-                response = web.HTTPSeeOther("/login")
+                response = web.Response(status=303, headers={"Location": "/login"})
         else:
             try:
                 response = await handler(request)
-            except web.HTTPException as exc:
-                response = exc
-                if exc.status >= 400 and exc.content_type != "application/json":
-                    response = _error(exc.status, exc.reason)
+            except web.HTTPException as exc:  # raised by a handler or the router
+                response = _error(exc.status, exc.reason) if exc.status >= 400 else \
+                    web.Response(status=exc.status, headers=exc.headers)
             except Exception:  # noqa: BLE001 - one bad request must not stop the studio
                 transport.counts["web_errors"] += 1
                 api.log.exception("%s %s failed", request.method, request.path)
@@ -114,28 +113,6 @@ def _static(files: Dict[str, Path], name: str) -> web.Response:
 
 
 # -- live streams ----------------------------------------------------------------------------
-def status(transport) -> Dict[str, Any]:
-    """Everything the page shows, as of now (also ``GET /api/status``)."""
-    catalogue = transport.catalogue
-    config = transport.config
-    camera = transport.camera
-    return {
-        "device": config.device_id, "url": transport.url,
-        "classes": {c["name"]: c["samples"] for c in catalogue["classes"]},
-        "catalogue": catalogue["classes"], "prediction": transport.prediction,
-        "state": transport.state, "stats": transport.device_stats,
-        "inbox": len(transport.inbox) if transport.inbox is not None else None,
-        "camera": {"source": config.source.kind,
-                   "streaming": bool(camera and camera.streaming),
-                   "accepts": camera is not None},
-        "settings": {"hold_rate": config.gpio.hold_rate,
-                     "threshold": config.smoothing.threshold,
-                     "stream_fps": config.web.stream_fps,
-                     "max_upload_files": config.web.max_upload_files,
-                     "max_upload_bytes": config.web.max_upload_bytes},
-        "login": transport.guard.required}
-
-
 def _event(kind: str, data: Any) -> bytes:
     return f"event: {kind}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode("utf-8")
 
@@ -152,7 +129,7 @@ async def events(request: web.Request, transport) -> web.StreamResponse:
     seen = dict(transport.versions)
     next_prediction = 0.0
     try:
-        await response.write(_event("status", status(transport)))
+        await response.write(_event("status", api.status(transport)))
         while not transport.closing.is_set():
             changed = transport.changed
             now = time.monotonic()

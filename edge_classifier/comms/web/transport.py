@@ -31,9 +31,12 @@ import tempfile
 import threading
 from typing import Any, Callable, Dict, Optional, Tuple
 
+from aiohttp import web
+
 from edge_classifier.comms.commands import CommandRouter
 from edge_classifier.comms.commands import result as command_result
 from edge_classifier.comms.events import Event
+from edge_classifier.comms.web.app import make_app
 from edge_classifier.comms.web.camera import BrowserSource
 from edge_classifier.comms.web.security import Guard
 from edge_classifier.comms.web.uploads import Limits
@@ -142,7 +145,6 @@ class WebTransport:
         if self._started:
             return self
         self._started = True
-        from edge_classifier.comms.web.app import make_app  # app imports this module
         ready, failure = threading.Event(), []
         self._aloop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._serve, args=(make_app, ready, failure),
@@ -156,7 +158,6 @@ class WebTransport:
         return self
 
     def _serve(self, make_app, ready: threading.Event, failure: list) -> None:
-        from aiohttp import web
         loop = self._aloop
         asyncio.set_event_loop(loop)
         try:
