@@ -14,7 +14,8 @@ const studio = {
   classes: [],          // [{name, samples, bound, recent: [sample ids]}]
   cards: new Map(),     // class name -> {root, count, thumbs, key}
   bars: new Map(),      // class name -> {root, fill, value}
-  latency: [],          // seconds from a frame to its bars on this page (the benchmark reads it)
+  latency: [],          // seconds from a prediction's publishing to its bars on this page
+  rendered: [],         // [frame number, wall time] of the bars drawn (tools/bench_loop.py --web)
   camera: null,         // the browser's camera while it streams
 };
 window.studio = studio;
@@ -130,7 +131,9 @@ function showPrediction(p) {
              p.unknown ? null : p.label);
   if (p.timestamp) {
     studio.latency.push(Date.now() / 1000 - p.timestamp);
-    if (studio.latency.length > 500) studio.latency.shift();
+    studio.rendered.push([p.frame, Date.now() / 1000]);
+    if (studio.latency.length > 1000) studio.latency.shift();
+    if (studio.rendered.length > 1000) studio.rendered.shift();
   }
 }
 
@@ -541,7 +544,10 @@ function connect() {
 }
 
 function start() {
-  $("live-view").src = "/api/stream.mjpeg";
+  // The live view starts once the page has loaded: a stream never "finishes" loading.
+  const live = () => { $("live-view").src = "/api/stream.mjpeg"; };
+  if (document.readyState === "complete") live();
+  else window.addEventListener("load", live, {once: true});
   $("add-class").addEventListener("submit", async (event) => {
     event.preventDefault();
     const input = $("new-class");
