@@ -286,3 +286,17 @@ def test_the_browser_camera_feeds_the_device(studio, sample, backbones, tmp_path
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_the_page_loads_while_the_camera_has_no_frame_yet(browser, studio, backbones, tmp_path):
+    """Regression: the live view's <img> held the page's load event until the first frame; with
+    a browser source that nobody feeds, the page never finished loading."""
+    config = web_config().replace(source=SourceConfig(kind="browser"))
+    s = studio(config=config, source=False, backbone=backbones(), state=tmp_path / "state")
+    browser.set_page_load_timeout(TIMEOUT)
+    try:
+        open_page(browser, s)  # raised TimeoutException before the fix
+        assert browser.execute_script("return document.readyState") == "complete"
+        assert s.device.counters.frames == 0
+    finally:
+        browser.set_page_load_timeout(300)
