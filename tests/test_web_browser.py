@@ -19,7 +19,8 @@ from edge_classifier.config import SmoothingConfig, SourceConfig
 
 selenium = pytest.importorskip("selenium", reason="pip install -e '.[test]' (selenium)")
 from selenium import webdriver  # noqa: E402
-from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
+from selenium.common.exceptions import (NoAlertPresentException,  # noqa: E402
+                                        StaleElementReferenceException)
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -66,7 +67,9 @@ def studio(device_factory, sample):
 
 
 def until(driver, condition, what):
-    return WebDriverWait(driver, TIMEOUT, poll_frequency=0.05).until(
+    """Wait for ``condition``; an element the page replaced meanwhile just means "not yet"."""
+    return WebDriverWait(driver, TIMEOUT, poll_frequency=0.05,
+                         ignored_exceptions=(StaleElementReferenceException,)).until(
         lambda d: condition(d), message=f"timed out waiting for {what}")
 
 
@@ -76,10 +79,9 @@ def by_id(driver, testid, root=None):
 
 def card(driver, name):
     """The class card of ``name`` (compared as text: names may hold any character), or None."""
-    for element in driver.find_elements(By.CSS_SELECTOR, "[data-testid=class-card]"):
-        if element.get_attribute("data-class") == name:
-            return element
-    return None
+    return driver.execute_script(
+        "return [...document.querySelectorAll('[data-testid=class-card]')]"
+        ".find(c => c.dataset.class === arguments[0]) || null", name)
 
 
 def count_on_page(driver, name):

@@ -38,7 +38,7 @@ from typing import Any, Dict
 from aiohttp import web
 
 from edge_classifier.comms.commands import result as command_result
-from edge_classifier.comms.web.security import SESSION_COOKIE
+from edge_classifier.comms.web.security import HEADERS, SESSION_COOKIE
 from edge_classifier.comms.web.studio import ImportImages, ListExport, PredictImage, ReadInsight
 from edge_classifier.comms.web.uploads import decode, read_files, stage
 from edge_classifier.core.names import validate_class_name
@@ -313,7 +313,7 @@ async def export(request: web.Request, t) -> web.StreamResponse:
         response = web.StreamResponse(headers={
             "Content-Type": "application/zip", "Cache-Control": "no-store",
             "Content-Disposition": f'attachment; filename="samples-{t.config.device_id}.zip"',
-            "Content-Length": str(os.path.getsize(path))})
+            "Content-Length": str(os.path.getsize(path)), **HEADERS})
         await response.prepare(request)
         with open(path, "rb") as f:
             while True:

@@ -90,7 +90,10 @@ class WebTransport:
         self.ssl_context = None
         if w.cert:
             self.ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            self.ssl_context.load_cert_chain(w.cert, w.key or None)
+            try:
+                self.ssl_context.load_cert_chain(w.cert, w.key or None)
+            except (OSError, ssl.SSLError) as exc:  # checked at load; changed since
+                raise WebServerError(f"web.cert: cannot load {w.cert} ({exc})") from None
         self.guard = Guard(w, tls=self.ssl_context is not None)
         self.limits = Limits.of(w)
         self.post = post
