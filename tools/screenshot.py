@@ -20,13 +20,12 @@ import os
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 SIZES = {"desktop": (1280, 900, 1, False), "phone": (390, 844, 2, True)}
 TEACH = [("bird", ["bird.bmp", "parrot.jpg"]), ("cat", ["cat.bmp"]), ("hot dog", ["hot_dog.jpg"])]
-SHOW = ["parrot.jpg", "cat.bmp", "hot_dog.jpg", "sunflower.bmp"]
+SHOWN = "parrot.jpg"  # what the camera sees while the pictures are taken
 
 
 def browser(user_data: str):
@@ -54,11 +53,11 @@ def own_studio():
 
     manifest = load_manifest()
     photos = {p: load_image(installed_path(manifest.get(p)))
-              for p in {p for _, ps in TEACH for p in ps} | set(SHOW)}
+              for p in {p for _, ps in TEACH for p in ps} | {SHOWN, "sunflower.bmp"}}
 
-    class Slideshow(FrameSource):  # each photo for 2 s, at 10 frames a second
+    class Still(FrameSource):  # one photo, 10 frames a second
         def _read(self):
-            return photos[SHOW[int(time.monotonic() / 2) % len(SHOW)]].copy()
+            return photos[SHOWN].copy()
 
     config = Config(device_id="kitchen-cam", keyboard="off",
                     smoothing=SmoothingConfig(frames=3, threshold=0.7),
@@ -66,7 +65,7 @@ def own_studio():
     with tempfile.TemporaryDirectory(prefix="studio-shot-") as state:
         saved, sys.stdout = sys.stdout, io.StringIO()  # the stdout transport's JSON lines
         try:
-            device = Device(config, source=Slideshow(fps=10), state_dir=state)
+            device = Device(config, source=Still(fps=10), state_dir=state)
             for name, taught in TEACH:
                 for p in taught:
                     device.learner.capture(name, photos[p])
