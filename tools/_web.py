@@ -64,6 +64,56 @@ class Watcher:
         self._profile.cleanup()
 
 
+_READER = textwrap.dedent("""
+    import json, sys, threading, time, urllib.request
+    url = sys.argv[1]
+    def mjpeg():
+        with urllib.request.urlopen(url + "api/stream.mjpeg") as r:
+            while r.read(65536):
+                pass
+    threading.Thread(target=mjpeg, daemon=True).start()
+    with urllib.request.urlopen(url + "api/events") as r:
+        kind = None
+        for line in r:
+            line = line.decode()
+            if line.startswith("event: "):
+                kind = line[7:].strip()
+            elif line.startswith("data: ") and kind == "prediction":
+                print(json.loads(line[6:])["frame"], time.time(), flush=True)
+""")
+
+
+class StreamWatcher:
+    """A client that only reads the live view and the event stream (as a browser on a phone
+    would load the device): the device's side of watching, without a browser's rendering on
+    this machine. ``rendered()``: when each prediction arrived."""
+
+    def __init__(self, url: str):
+        self.proc = subprocess.Popen([sys.executable, "-c", _READER, url],
+                                     stdout=subprocess.PIPE, text=True)
+        self.lines = []
+        import threading
+        threading.Thread(target=self._collect, daemon=True).start()
+
+    def _collect(self):
+        for line in self.proc.stdout:
+            frame, at = line.split()
+            self.lines.append((int(frame), float(at)))
+
+    def ready(self) -> bool:
+        return bool(self.lines)
+
+    def rendered(self):
+        return list(self.lines)
+
+    def clear(self):
+        self.lines.clear()
+
+    def close(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
 def latency_ms(rendered, read_at):
     """Median and 90th percentile (ms) from reading a frame to its bars being drawn."""
     gaps = sorted((t - read_at[f]) * 1000 for f, t in rendered if f in read_at)

@@ -13,11 +13,12 @@
   view (MJPEG and the bars); target ratio >= 0.85. Adds the median time from reading a frame
   to its bars being drawn in that browser (target <= 200 ms) and what the studio adds to the
   device's memory, measured in separate processes (target <= 25 MB). Needs Debian's chromium
-  and chromium-driver and selenium.
+  and chromium-driver and selenium. ``--watcher stream`` watches with a client that only reads
+  the streams instead: the device's side alone, as when the browser is on a phone.
 
 Prints one JSON object. Needs mosquitto on the PATH (else publishes to /dev/null, and says so).
 
-    python tools/bench_loop.py [--rounds 4] [--frames 25] [--samples 2000] [--web]
+    python tools/bench_loop.py [--rounds 4] [--frames 25] [--samples 2000] [--web [--watcher stream]]
 """
 
 from __future__ import annotations
@@ -66,6 +67,9 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--web", action="store_true",
                         help="serve the web studio, watched by headless Chromium")
+    parser.add_argument("--watcher", choices=("chromium", "stream"), default="chromium",
+                        help="--web: who watches: headless Chromium on this machine, or a "
+                             "client that only reads the streams (a browser elsewhere)")
     args = parser.parse_args(argv)
     threads = args.threads or os.cpu_count() or 1
     frames = decoded_frames()
@@ -101,7 +105,9 @@ def main(argv=None) -> int:
         if args.web:
             import _web
             device.web.start()
-            watcher = _web.Watcher(device.web.url)
+            watcher = (_web.Watcher if args.watcher == "chromium" else _web.StreamWatcher)(
+                device.web.url)
+            out["watcher"] = args.watcher
         run_bare = bare_interpreter(backbone, threads)
 
         def run_loop(n):
