@@ -122,6 +122,13 @@ class StateLockedError(StoreError, BlockingIOError):
     """Another process holds the state directory; the message names it and what to do."""
 
 
+class InboxItemNotFoundError(StoreError, KeyError):
+    """No frame of that id in the inbox (filed or discarded already, or never there)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 # --- heads --------------------------------------------------------------------------------------
 class HeadError(EdgeClassifierError, ValueError):
     """Root of every error raised on purpose by :mod:`edge_classifier.learning.heads`."""
@@ -183,6 +190,11 @@ class SourceClosedError(SourceError, ValueError):
     """``read()`` on a closed source."""
 
 
+class NoFrameYet(SourceError, TimeoutError):
+    """A source fed from outside (a browser's camera) has no new frame yet; the loop applies
+    its events and asks again."""
+
+
 # --- buttons and LEDs ---------------------------------------------------------------------------
 class GpioError(EdgeClassifierError, RuntimeError):
     """A button or LED cannot be set up (pin in use, no pin factory, invalid pin)."""
@@ -230,6 +242,18 @@ class CommandError(CommsError, ValueError):
         super().__init__(message)
         self.action = action
         self.request_id = request_id
+
+
+class WebError(CommsError):
+    """The web studio cannot serve or do what a request asked."""
+
+
+class WebServerError(WebError, OSError):
+    """The web studio cannot listen on its address (in use, not this machine's, no right)."""
+
+
+class UploadError(WebError, ValueError):
+    """An upload is too large, has too many files or pixels, or is not an image."""
 
 
 class CommandQueueError(CommsError, RuntimeError):

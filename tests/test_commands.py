@@ -53,7 +53,8 @@ def test_snapshot_accepts_an_empty_payload(payload):
 
 def test_every_action_is_known():
     assert set(ACTIONS) == {"capture", "delete_last", "clear_class", "delete_class",
-                            "rename_class", "snapshot"}
+                            "rename_class", "snapshot", "add_class", "delete_sample",
+                            "file_inbox", "discard_inbox"}
 
 
 def test_oversized_payload_is_rejected_before_parsing():

@@ -41,7 +41,8 @@ from edge_classifier.config import Config, parse_config
 from edge_classifier.datasets.folders import CsvDataset, FolderDataset, read_csv, scan_folder
 from edge_classifier.comms.discovery import to_json
 from edge_classifier.errors import ConfigError, DatasetError, StoreError
-from edge_classifier.comms.events import (Capture, ClearClass, DeleteClass, DeleteLast, Event,
+from edge_classifier.comms.events import (AddClass, Capture, ClearClass, DeleteClass, DeleteLast,
+                                    DeleteSample, DiscardInbox, Event, FileInbox,
                                     RenameClass, Snapshot)
 from edge_classifier.frames.images import IMAGE_SUFFIXES
 from edge_classifier.core.names import validate_class_name
@@ -121,7 +122,9 @@ actions = st.one_of(st.sampled_from([*ACTIONS, "result", "launch", "", "..", "..
                                      "capture/..", "cmd/capture", "Capture", " capture", "#", "+"]),
                     st.text(max_size=100), names)
 EVENT_TYPES = {"capture": Capture, "delete_last": DeleteLast, "clear_class": ClearClass,
-               "delete_class": DeleteClass, "rename_class": RenameClass, "snapshot": Snapshot}
+               "delete_class": DeleteClass, "rename_class": RenameClass, "snapshot": Snapshot,
+               "add_class": AddClass, "delete_sample": DeleteSample, "file_inbox": FileInbox,
+               "discard_inbox": DiscardInbox}
 
 
 def check_event(event, action, payload, max_payload):
@@ -136,6 +139,8 @@ def check_event(event, action, payload, max_payload):
         assert type(event.count) is int and 1 <= event.count <= MAX_COUNT
     if isinstance(event, RenameClass):
         assert event.new_name != event.class_name
+    for sid in (getattr(event, "sample_id", None), getattr(event, "item", None)):
+        assert sid is None or re.fullmatch("[0-9a-f]{20}", sid)  # never names a path
     to_json({"id": rid})  # what the loop echoes in its result encodes as UTF-8
 
 

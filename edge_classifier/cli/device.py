@@ -6,9 +6,10 @@ import functools
 import logging
 import sys
 import tempfile
+from dataclasses import replace
 
-from edge_classifier.config import example_text, load_config
-from edge_classifier.device.demo import run_demo
+from edge_classifier.config import example_text, load_config, validate_config
+from edge_classifier.device.demo import demo_config, run_demo
 from edge_classifier.device.runner import (Overrides, load_run_config, run_device, setup_logging,
                                            start_device)
 
@@ -20,6 +21,8 @@ def cmd_run(args, err) -> int:
     overrides = Overrides(state=args.state or "", model=args.model or "",
                           source=args.source or "", broker=args.broker or "")
     config, text = load_run_config(args.config, overrides)
+    if args.web:  # the web studio's address over the config's, checked like it
+        config = validate_config(replace(config, web=replace(config.web, listen=args.web)))
     device = start_device(config)
     log.info("running: model %s, head %s, %d classes, state %s, publishing to %s",
              device.backbone.name, device.learner.head_name, len(device.store.classes),
@@ -40,10 +43,14 @@ def cmd_config(args, err) -> int:
 def cmd_demo(args, err) -> int:
     setup_logging(False)
     state = args.state
+    options = dict(mirror=args.mirror, broker=args.broker, threads=args.threads,
+                   web=args.web or "")
+    if args.web:
+        validate_config(demo_config(args.broker, args.threads, args.web))  # one clear line
     if state:
-        return run_demo(state, mirror=args.mirror, broker=args.broker, threads=args.threads)
+        return run_demo(state, **options)
     with tempfile.TemporaryDirectory(prefix="edge-classifier-demo-") as tmp:
-        return run_demo(tmp, mirror=args.mirror, broker=args.broker, threads=args.threads)
+        return run_demo(tmp, **options)
 
 
 def add_parsers(sub, positive_int, err, common=None) -> None:
@@ -63,6 +70,9 @@ def add_parsers(sub, positive_int, err, common=None) -> None:
     p.add_argument("--model", help="model name (overrides the config)")
     p.add_argument("--frames", type=positive_int, metavar="N",
                    help="stop cleanly after N frames")
+    p.add_argument("--web", metavar="[HOST:]PORT",
+                   help="serve the web studio there (overrides web.listen; HOST defaults to "
+                        "127.0.0.1, any other needs web.password)")
     if common is None:
         p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.set_defaults(func=functools.partial(cmd_run, err=err))
@@ -80,4 +90,6 @@ def add_parsers(sub, positive_int, err, common=None) -> None:
     p.add_argument("--state", metavar="DIR", help="keep what it learns here (default: temporary)")
     p.add_argument("--threads", type=positive_int, default=None,
                    help="interpreter threads (default: all cores)")
+    p.add_argument("--web", metavar="[HOST:]PORT",
+                   help="serve the web studio there and keep the demo running until Ctrl-C")
     p.set_defaults(func=functools.partial(cmd_demo, err=err))

@@ -15,6 +15,10 @@ Actions and their JSON object payloads (every one may also carry ``"id"``, a str
 ``clear_class``           ``{"class": str}``
 ``delete_class``          ``{"class": str}``
 ``rename_class``          ``{"class": str, "to": str}``
+``add_class``             ``{"class": str}`` (an empty class)
+``delete_sample``         ``{"class": str, "sample": str}`` (a sample id: 20 hex digits)
+``file_inbox``            ``{"item": str, "class": str}`` (an inbox frame becomes a sample)
+``discard_inbox``         ``{"item": str}``
 ``snapshot``              ``{}`` (an empty payload is accepted too)
 ========================  ================================================================
 
@@ -30,13 +34,15 @@ import json
 from typing import Any, Callable, Dict, Optional
 
 from edge_classifier.errors import CommandError, CommandQueueError
-from edge_classifier.comms.events import (Capture, ClearClass, DeleteClass, DeleteLast, Event, RenameClass,
-                     Snapshot)
+from edge_classifier.comms.events import (AddClass, Capture, ClearClass, DeleteClass, DeleteLast,
+                                         DeleteSample, DiscardInbox, Event, FileInbox,
+                                         RenameClass, Snapshot)
 from edge_classifier.core.names import validate_class_name
 
 ORIGIN = "mqtt"
 MAX_ID_LENGTH = 64
 MAX_COUNT = 100
+ID_LENGTH = 20  # sample and inbox ids
 RESULT_ACTION = "result"  # <base>/cmd/result carries answers, never commands
 
 
@@ -73,6 +79,16 @@ def _count(action: str, fields: Dict[str, Any]) -> int:
     return count
 
 
+def _id(action: str, fields: Dict[str, Any], key: str) -> str:
+    """A sample or inbox id: 20 lower-case hex digits (what the store and the inbox make)."""
+    value = fields[key]
+    if not (isinstance(value, str) and len(value) == ID_LENGTH
+            and all(c in "0123456789abcdef" for c in value)):
+        raise CommandError(f'{action}: "{key}" must be an id of {ID_LENGTH} hex digits, not '
+                           f'{_show(value)}', action)
+    return value
+
+
 def _rename(action: str, fields: Dict[str, Any], rid: Optional[str]) -> Event:
     old, new = _class(action, fields), _class(action, fields, "to")
     if old == new:
@@ -91,6 +107,14 @@ _ACTIONS: Dict[str, tuple] = {
     "delete_class": (("class",), (), lambda a, f, rid: DeleteClass(
         origin=ORIGIN, request_id=rid, class_name=_class(a, f))),
     "rename_class": (("class", "to"), (), _rename),
+    "add_class": (("class",), (), lambda a, f, rid: AddClass(
+        origin=ORIGIN, request_id=rid, class_name=_class(a, f))),
+    "delete_sample": (("class", "sample"), (), lambda a, f, rid: DeleteSample(
+        origin=ORIGIN, request_id=rid, class_name=_class(a, f), sample_id=_id(a, f, "sample"))),
+    "file_inbox": (("item", "class"), (), lambda a, f, rid: FileInbox(
+        origin=ORIGIN, request_id=rid, item=_id(a, f, "item"), class_name=_class(a, f))),
+    "discard_inbox": (("item",), (), lambda a, f, rid: DiscardInbox(
+        origin=ORIGIN, request_id=rid, item=_id(a, f, "item"))),
     "snapshot": ((), (), lambda a, f, rid: Snapshot(origin=ORIGIN, request_id=rid)),
 }
 ACTIONS = tuple(_ACTIONS)

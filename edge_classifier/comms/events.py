@@ -3,13 +3,13 @@
 Producers (gpiozero callbacks, the keyboard thread, paho's network thread) only put events on
 the loop's queue; the capture/inference thread applies them between frames. ``request_id``
 echoes an MQTT command's ``id`` in its result; ``origin`` says where an event came from
-("button", "keyboard", "mqtt", "demo").
+("button", "keyboard", "mqtt", "web", "demo").
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import ClassVar, Optional
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,44 @@ class ClearClass(Event):
 @dataclass(frozen=True)
 class DeleteClass(Event):
     class_name: str = ""
+
+
+@dataclass(frozen=True)
+class AddClass(Event):
+    """Create an empty class (its samples come later)."""
+
+    ACTION: ClassVar[str] = "add_class"
+
+    class_name: str = ""
+
+
+@dataclass(frozen=True)
+class DeleteSample(Event):
+    """Delete one sample of a class, by its id."""
+
+    ACTION: ClassVar[str] = "delete_sample"
+
+    class_name: str = ""
+    sample_id: str = ""
+
+
+@dataclass(frozen=True)
+class FileInbox(Event):
+    """File a frame of the inbox into a class: it becomes a sample (creating the class)."""
+
+    ACTION: ClassVar[str] = "file_inbox"
+
+    item: str = ""
+    class_name: str = ""
+
+
+@dataclass(frozen=True)
+class DiscardInbox(Event):
+    """Forget a frame of the inbox."""
+
+    ACTION: ClassVar[str] = "discard_inbox"
+
+    item: str = ""
 
 
 @dataclass(frozen=True)

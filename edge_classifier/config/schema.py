@@ -30,9 +30,11 @@ def _default_device_id() -> str:
 
 @dataclass(frozen=True)
 class SourceConfig:
-    kind: str = key("auto", choices=("auto", "picamera2", "replay"),
+    kind: str = key("auto", choices=("auto", "picamera2", "replay", "browser"),
                     help="where frames come from: the Pi camera (picamera2), image files "
-                         "(replay), or auto: the camera if picamera2 imports, else the replay")
+                         "(replay), the camera of a browser showing the web studio (browser; "
+                         "needs web.listen), or auto: the camera if picamera2 imports, else the "
+                         "replay")
     path: str = key("", help="replay: a folder of images, an image file, or several joined "
                              "with ':'")
     fps: float = key(0.0, range=(0, 1000), help="frame-rate cap; 0 = as fast as the model runs")
@@ -152,6 +154,45 @@ class MqttConfig:
                                help="longest reconnect delay (s); not below reconnect_min")
 
 
+_tls_key = key  # WebConfig has a field called "key": its spec is made under another name
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    listen: str = key("", help="the web studio's address, [HOST:]PORT (8080, 0.0.0.0:8080, "
+                               "[::1]:8080); HOST defaults to 127.0.0.1 (this machine only); "
+                               "any other address needs web.password; empty = no web studio")
+    auth: str = key("auto", choices=("auto", "none"),
+                    help="auto: ask for web.password when one is set (listening beyond this "
+                         "machine needs one); none: never ask, even on the network (anyone who "
+                         "can reach the device may teach it)")
+    password: str = key("", help="the web studio's password (browsers log in once; other "
+                                 "clients send it as HTTP Basic or Bearer credentials); better: "
+                                 "password_file")
+    password_file: str = key("", help="read the web password from this file; not together "
+                                      "with web.password")
+    hosts: str = key("", help="host names the page may be opened by besides IP addresses and "
+                              "localhost, comma-separated (e.g. \"pi.local\"); with a password "
+                              "any name is accepted")
+    max_upload_bytes: int = key(10 * 1024 * 1024, range=(1024, 1024 ** 3),
+                                help="largest image file accepted by an upload, in bytes")
+    max_upload_files: int = key(50, range=(1, 1000), help="most image files in one upload")
+    max_upload_pixels: int = key(40_000_000, range=(1, 1_000_000_000),
+                                 help="largest image accepted by an upload, in decoded pixels "
+                                      "(width x height)")
+    stream_fps: float = key(10.0, range=(0.5, 60),
+                            help="frame rate cap of the live view sent to each browser")
+    inbox_size: int = key(50, range=(0, 10000),
+                          help="unsure frames kept in the inbox for filing into a class "
+                               "(oldest dropped beyond it); 0 = no inbox")
+    inbox_interval: float = key(10.0, range=(0, 86400),
+                                help="seconds between two frames kept in the inbox")
+    cert: str = key("", help="TLS certificate file (PEM): serve https://, which a browser's "
+                             "camera needs beyond localhost")
+    key: str = _tls_key("", help="the certificate's private key file (PEM, unencrypted), if "
+                                 "it is not in web.cert")
+
+
 @dataclass(frozen=True)
 class Config:
     device_id: str = key(factory=_default_device_id, example="kitchen-cam",
@@ -174,6 +215,8 @@ class Config:
     gpio: GpioConfig = key(GpioConfig(), help="Buttons and LEDs (the class pins are in "
                                               "[[classes]]).")
     mqtt: MqttConfig = key(MqttConfig(), help="Publishing: MQTT and Home Assistant discovery.")
+    web: WebConfig = key(WebConfig(), help="The web studio: teach, watch and test the device "
+                                           "from a browser.")
     classes: Tuple[ClassConfig, ...] = key((), help="One [[classes]] table per class, in "
                                                     "order: its name, and optionally the GPIO "
                                                     "pins of its button and LED.")

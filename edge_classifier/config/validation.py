@@ -5,7 +5,8 @@
 
 :func:`validate_config` checks every key's type, range and choices again (configs made in code
 or changed by command-line options get the same checks as files) and then the rules between
-keys: known head and model names, GPIO pins used once, MQTT topics, credentials and TLS files.
+keys: known head and model names, GPIO pins used once, MQTT topics, credentials and TLS files,
+the web studio's address, password and certificate.
 Everything ``run`` would otherwise only find out later is found here, so the MQTT client, the
 head and the backbone rely on a valid config.
 """
@@ -14,11 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import ipaddress
+import os
 import re
 import ssl
+import stat
 import unicodedata
 from importlib.metadata import entry_points
-from typing import Any, Dict, get_type_hints
+from typing import Any, Dict, List, Tuple, get_type_hints
 
 from edge_classifier.backbone.manifest import load_manifest
 from edge_classifier.config.broker import (MQTT_STRING_BYTES, BrokerUrl, parse_broker_url,
@@ -42,7 +46,11 @@ def validate_config(config: Config) -> Config:
     _check_model(config.model.name)
     if config.source.kind == "replay" and not config.source.path:
         raise ConfigError("source.path: source.kind = \"replay\" needs a folder or image files")
+    if config.source.kind == "browser" and not config.web.listen:
+        raise ConfigError("source.kind: \"browser\" needs the web studio: set web.listen (or "
+                          "run --web PORT)")
     _check_mqtt(config.mqtt)
+    _check_web(config.web)
     return config
 
 
@@ -226,11 +234,11 @@ def _check_tls(m, url: BrokerUrl) -> None:
                   context.load_cert_chain, m.tls_cert, m.tls_key or None, _no_key_password)
 
 
-def _load_tls(dotted: str, what: str, load, *args) -> None:
+def _load_tls(dotted: str, what: str, load, *args, key_dotted: str = "mqtt.tls_key") -> None:
     try:
         load(*args)
     except _EncryptedKey:
-        raise ConfigError("mqtt.tls_key: the key is encrypted; give an unencrypted key (it "
+        raise ConfigError(f"{key_dotted}: the key is encrypted; give an unencrypted key (it "
                           "would ask for its passphrase on a terminal)") from None
     except ssl.SSLError as exc:  # e.g. KEY_VALUES_MISMATCH; PEM_LIB: no PEM data found
         reason = ("not PEM data, or no key" if exc.reason in (None, "PEM_LIB")
@@ -238,3 +246,132 @@ def _load_tls(dotted: str, what: str, load, *args) -> None:
         raise ConfigError(f"{dotted}: cannot load {what} ({reason})") from None
     except OSError as exc:
         raise ConfigError(f"{dotted}: cannot load {what} ({exc.strerror or exc})") from None
+
+
+# --- the web studio ---------------------------------------------------------------------------
+DEFAULT_WEB_HOST = "127.0.0.1"
+_HOST_NAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                        r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
+MAX_WEB_PASSWORD = 1024  # bytes
+
+
+def parse_listen(text: str) -> Tuple[str, int]:
+    """``[HOST:]PORT`` as (host, port), or ValueError saying what is wrong::
+
+        parse_listen("8080")            # -> ("127.0.0.1", 8080)
+        parse_listen("0.0.0.0:8080")    # -> ("0.0.0.0", 8080)
+        parse_listen("[::1]:8080")      # -> ("::1", 8080)
+
+    Port 0 asks the system for a free port. HOST is an IP address or a host name.
+    """
+    text = text.strip()
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        host, port_text = DEFAULT_WEB_HOST, text
+    elif host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            if ipaddress.ip_address(host).version != 6:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"{host!r} in brackets is not an IPv6 address") from None
+    elif ":" in host:
+        raise ValueError("an IPv6 address goes in brackets, e.g. [::1]:8080")
+    elif not host:
+        raise ValueError("give a host before ':' (0.0.0.0 for every address), or only a port")
+    if not port_text.isascii() or not port_text.isdigit() or int(port_text) > 65535:
+        raise ValueError(f"the port must be a number from 0 to 65535, not {port_text[:20]!r}")
+    if not _is_ip(host) and not _HOST_NAME.fullmatch(host):
+        raise ValueError(f"{host[:60]!r} is not an IP address or host name")
+    return host, int(port_text)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach: 127.0.0.0/8, ::1 and ``localhost``."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def web_hosts(text: str) -> List[str]:
+    """The host names of ``web.hosts`` (comma-separated), lower-cased; ValueError if one is not
+    a host name."""
+    names = [h.strip().lower().rstrip(".") for h in text.split(",") if h.strip()]
+    for name in names:
+        if not _HOST_NAME.fullmatch(name):
+            raise ValueError(f"{name[:60]!r} is not a host name")
+    return names
+
+
+def read_web_password(w) -> str:
+    """The web studio's password: ``web.password`` or the text of ``web.password_file``
+    (without trailing line breaks); ConfigError naming the key (never the password)."""
+    if not w.password_file:
+        return w.password
+    path = w.password_file
+
+    def fail(reason: str) -> ConfigError:
+        return ConfigError(f"web.password_file: cannot read {path} ({reason})")
+    try:
+        regular = stat.S_ISREG(os.stat(path).st_mode)  # before open(): a FIFO would block
+        if regular:
+            with open(path, "rb") as f:
+                data = f.read(MAX_WEB_PASSWORD + 3)
+    except OSError as exc:
+        raise fail(exc.strerror or type(exc).__name__) from None
+    except ValueError:
+        raise fail("not a valid path") from None
+    if not regular:
+        raise fail("not a regular file")
+    data = data.rstrip(b"\r\n")
+    if not data:
+        raise fail("it is empty")
+    if len(data) > MAX_WEB_PASSWORD:
+        raise fail(f"longer than {MAX_WEB_PASSWORD} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise fail("not UTF-8 text") from None
+
+
+def _check_web(w) -> None:
+    if w.password and w.password_file:
+        raise ConfigError("web.password_file: give web.password or web.password_file, not both")
+    if len(w.password.encode("utf-8")) > MAX_WEB_PASSWORD:
+        raise ConfigError(f"web.password: longer than {MAX_WEB_PASSWORD} bytes")
+    try:
+        web_hosts(w.hosts)
+    except ValueError as exc:
+        raise ConfigError(f"web.hosts: {exc}") from None
+    if w.key and not w.cert:
+        raise ConfigError("web.key: needs web.cert, the certificate it belongs to")
+    if not w.listen:
+        return  # nothing else is used without the web studio
+    try:
+        host, _ = parse_listen(w.listen)
+    except ValueError as exc:
+        raise ConfigError(f"web.listen: {exc} ({shown(w.listen)})") from None
+    password = read_web_password(w)
+    if w.auth == "none" and password:
+        where = "web.password_file" if w.password_file else "web.password"
+        raise ConfigError(f"web.auth: \"none\" but {where} is set; remove one of them")
+    if not password and w.auth != "none" and not is_loopback(host):
+        raise ConfigError(f"web.listen: {shown(w.listen)} can be reached from other machines: "
+                          "set web.password or web.password_file (or web.auth = \"none\" to "
+                          "let anyone on the network teach the device)")
+    if w.cert:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        files = w.cert + (f" and {w.key}" if w.key else "")
+        _load_tls("web.cert", f"the certificate and key from {files}", context.load_cert_chain,
+                  w.cert, w.key or None, _no_key_password, key_dotted="web.key")

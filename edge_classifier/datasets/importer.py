@@ -66,20 +66,22 @@ def dataset_views(dataset: str, backbone, augmentation, progress: bool = False,
 
 def import_files(learner, paths: Sequence[str], label_sets: Sequence[Sequence[str]], *,
                  max_samples_per_class: Optional[int] = None, thumbnails: bool = True,
-                 progress: bool = False,
+                 progress: bool = False, use_cache: bool = True,
                  on_error: Optional[Callable[[str], None]] = None) -> ImportReport:
     """Store ``paths`` (with their labels) as samples of ``learner``'s state; resumable.
 
     A class never takes more than ``max_samples_per_class`` samples here: the files past it
     are left out and counted in ``over_limit`` (nothing stored is dropped to make room).
     The head is not refitted: call ``learner.fit()`` and ``learner.save()`` after.
+    ``use_cache=False`` skips the embedding cache (files that are imported once, such as the
+    web page's uploads, would only fill it).
     """
     state, store = learner.state, learner.store
     report = ImportReport()
     imported = state.read_imports()
     paths, label_sets = _within_class_limit(store, paths, label_sets, report)
     views, ok, errors = embed_files(learner.backbone, paths, learner.augmentation,
-                                    progress=progress, on_error=on_error)
+                                    progress=progress, use_cache=use_cache, on_error=on_error)
     report.failed.extend(errors)
     rows = iter(views)
     todo = [(p, list(ls), next(rows)) for p, ls, good in zip(paths, label_sets, ok) if good]

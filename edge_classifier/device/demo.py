@@ -5,6 +5,8 @@ them, presses simulated buttons (real gpiozero code on mock pins) to teach three
 one or two photos each, then shows every photo: what it was taught is recognised, and what it
 never saw (an owl, a sunflower, Grace Hopper) comes out as ``unknown``. Predictions are published as JSON lines
 on standard output, or to an MQTT broker with ``--broker``; the story is told on standard error.
+With ``--web PORT`` the web studio is served too, and the photos go round (two seconds each)
+until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import numpy as np
 
 from edge_classifier.backbone.fetch import fetch, installed_path
 from edge_classifier.backbone.manifest import load_manifest
-from edge_classifier.config import ClassConfig, Config, GpioConfig, MqttConfig, SmoothingConfig
+from edge_classifier.config import (ClassConfig, Config, GpioConfig, MqttConfig, SmoothingConfig,
+                                    WebConfig)
 from edge_classifier.errors import EndOfStream
 from edge_classifier.frames.images import load_image
 from edge_classifier.frames.sources import FrameSource
@@ -35,32 +38,37 @@ TEACH: List[Tuple[str, int, List[str]]] = [
 ]
 SHOW = ["owl.jpg", "cat.bmp", "parrot.jpg", "hot_dog.jpg", "sunflower.bmp", "grace_hopper.bmp"]
 FRAMES_PER_PHOTO = 4  # the smoother needs 3 agreeing frames
+WEB_FPS, WEB_FRAMES_PER_PHOTO = 10, 20  # with the studio: the photos go round, 2 s each
 
 
 class ScriptedSource(FrameSource):
     """Frames from a list; ``hooks[i]`` runs just before frame ``i`` is returned."""
 
     def __init__(self, frames: List[Tuple[str, np.ndarray]],
-                 hooks: Dict[int, Callable[[], None]]):
-        super().__init__()
+                 hooks: Dict[int, Callable[[], None]],
+                 repeat: Optional[List[Tuple[str, np.ndarray]]] = None, fps: float = 0.0):
+        super().__init__(fps)
         self.frames = frames
         self.hooks = hooks
+        self.repeat = repeat or []  # after the script: these, round and round
         self.current = ""
 
     def _check_more(self) -> None:
-        if self.frames_read >= len(self.frames):
+        if self.frames_read >= len(self.frames) and not self.repeat:
             raise EndOfStream("demo script finished")
 
     def _read(self) -> np.ndarray:
         hook = self.hooks.get(self.frames_read)
         if hook is not None:
             hook()
-        self.current, frame = self.frames[self.frames_read]
+        i = self.frames_read
+        self.current, frame = self.frames[i] if i < len(self.frames) else \
+            self.repeat[(i - len(self.frames)) % len(self.repeat)]
         return frame.copy()
 
 
-def demo_config(broker: Optional[str], threads: Optional[int]) -> Config:
-    base = Config(device_id="demo")
+def demo_config(broker: Optional[str], threads: Optional[int], web: str = "") -> Config:
+    base = Config(device_id="demo", web=WebConfig(listen=web))
     return replace(
         base, keyboard="off",
         classes=tuple(ClassConfig(name, button=pin) for name, pin, _ in TEACH),
@@ -71,7 +79,7 @@ def demo_config(broker: Optional[str], threads: Optional[int]) -> Config:
 
 
 def run_demo(state_dir: str, mirror: Optional[str] = None, broker: Optional[str] = None,
-             threads: Optional[int] = None) -> int:
+             threads: Optional[int] = None, web: str = "") -> int:
     manifest = load_manifest()
     photos = sorted({p for _, _, ps in TEACH for p in ps} | set(SHOW))
     fetch([manifest.default_embedding_model] + photos, mirror=mirror)
@@ -96,9 +104,10 @@ def run_demo(state_dir: str, mirror: Optional[str] = None, broker: Optional[str]
     first_show = len(frames)
     for photo in SHOW:
         frames += [(photo, decoded[photo])] * FRAMES_PER_PHOTO
-    source = ScriptedSource(frames, hooks)
+    repeat = [(p, decoded[p]) for p in SHOW for _ in range(WEB_FRAMES_PER_PHOTO)] if web else []
+    source = ScriptedSource(frames, hooks, repeat, fps=WEB_FPS if web else 0.0)
 
-    config = demo_config(broker, threads)
+    config = demo_config(broker, threads, web)
     device = Device(config, source=source, state_dir=state_dir)
     device_box["device"] = device
     log.info("demo: %s embeddings, head '%s', state in %s", device.backbone.name,
@@ -109,7 +118,10 @@ def run_demo(state_dir: str, mirror: Optional[str] = None, broker: Optional[str]
     def step(frame: np.ndarray) -> None:
         original_step(frame)
         index = source.frames_read - 1
-        if index >= first_show and (index - first_show) % FRAMES_PER_PHOTO == FRAMES_PER_PHOTO - 1:
+        if index == len(frames) and web:
+            log.info("demo: the studio is at %s; Ctrl-C to stop", device.web.url)
+        if first_show <= index < len(frames) and \
+                (index - first_show) % FRAMES_PER_PHOTO == FRAMES_PER_PHOTO - 1:
             p = device.learner.predict(frame)
             shown.append((source.current, device.state, p.best or "-", p.confidence))
     device.step = step

@@ -27,6 +27,7 @@ from edge_classifier.comms import events as ev
 from edge_classifier.comms.bus import Bus
 from edge_classifier.comms.commands import result as command_result
 from edge_classifier.comms.mqtt import make_publisher
+from edge_classifier.comms.web import Studio, WebTransport
 from edge_classifier.config import Config, validate_config
 from edge_classifier.core import blas
 from edge_classifier.core.clock import SYSTEM_CLOCK
@@ -35,7 +36,8 @@ from edge_classifier.core.paths import default_state_dir
 from edge_classifier.device.gpio import ButtonPanel, make_pin_factory
 from edge_classifier.device.keyboard import KeyboardControl
 from edge_classifier.device.sdnotify import Notifier, watchdog_interval
-from edge_classifier.errors import EdgeClassifierError, EndOfStream, EventError, StoreError
+from edge_classifier.errors import (EdgeClassifierError, EndOfStream, EventError, NoFrameYet,
+                                    StoreError)
 from edge_classifier.frames.sources import make_source
 from edge_classifier.learning.augment import Augmentation
 from edge_classifier.learning.learner import Learner
@@ -122,6 +124,16 @@ class Device:
         self.publisher = publisher or make_publisher(cfg, self.post, clock=self.clock)
         self.bus = Bus([self.publisher])
         self._closers.append(self.bus.close)
+        self.web, inbox = None, None
+        if cfg.web.listen:  # the web studio: one more transport (edge_classifier.comms.web)
+            inbox = self.state_dir.open_inbox(cfg.web.inbox_size)
+            self.web = self.bus.add(WebTransport(cfg, self.post, store=self.store, inbox=inbox,
+                                                 frame=lambda: self._frame, clock=self.clock))
+        self.studio = Studio(self.learner, inbox,
+                             max_samples_per_class=cfg.head.max_samples_per_class,
+                             changed=self._changed,
+                             stored=lambda: self.bus.set_classes(self.store.classes),
+                             stats=lambda: dict(self.stats(), links=self.bus.stats))
         self.bus.set_classes(self.store.classes)
         self.panel = None
         if any(c.button is not None or c.led is not None for c in cfg.classes) or \
@@ -138,9 +150,11 @@ class Device:
                 self._closers.append(kb.close)
             else:
                 kb.close()
-        self.source = source or make_source(cfg.source, default_paths=default_paths,
-                                            size_hint=backbone.input_size,
-                                            clock=self.clock)
+        if source is None and cfg.source.kind != "browser":
+            source = make_source(cfg.source, default_paths=default_paths,
+                                 size_hint=backbone.input_size, clock=self.clock)
+        # With the studio, frames from a browser's camera take over while they come.
+        self.source = self.web.browser_source(source) if self.web is not None else source
         self._closers.append(self.source.close)
 
     def post(self, event: ev.Event) -> None:
@@ -171,6 +185,8 @@ class Device:
                     frame = self.source.read()
                 except EndOfStream:
                     break
+                except NoFrameYet:  # a browser camera not streaming: events still apply
+                    continue
                 self.step(frame)
                 if on_started is not None and self.counters.frames == 1:
                     on_started()
@@ -230,7 +246,7 @@ class Device:
                 "capture_errors": c.capture_errors, "dropped_captures": c.dropped_captures,
                 "event_errors": c.event_errors, "dropped_samples": c.dropped_samples,
                 "callback_errors": p.get("callback_errors", 0) + self._panel_errors(),
-                "state": self.state}
+                "inbox": p.get("inbox", 0), "state": self.state}
 
     def _panel_errors(self) -> int:
         errors = getattr(self.panel, "callback_errors", 0) if self.panel else 0
@@ -302,6 +318,8 @@ class Device:
             Image.fromarray(self._frame).save(out, "JPEG", quality=85)
             self.bus.publish_snapshot(out.getvalue())
             self._answer(event, True, bytes=out.tell())
+        elif self.studio.handles(event):  # the web studio's and the newer commands
+            self._answer(event, True, **self.studio.apply(event))
         else:
             raise EventError(f"unsupported event {type(event).__name__}")
 
@@ -374,7 +392,8 @@ class Device:
     def _answer(self, event: ev.Event, ok: bool, error: Optional[str] = None, **details) -> None:
         action = {"Capture": "capture", "DeleteLast": "delete_last", "ClearClass": "clear_class",
                   "DeleteClass": "delete_class", "RenameClass": "rename_class",
-                  "Snapshot": "snapshot", "Stop": "stop"}.get(type(event).__name__, "?")
+                  "Snapshot": "snapshot", "Stop": "stop"}.get(type(event).__name__,
+                                                              getattr(event, "ACTION", "?"))
         answer = command_result(action, ok, error if not ok else None, event.request_id,
                                 **details)
         if not self.bus.answer(event, answer) and not ok:

@@ -19,6 +19,7 @@ Layout::
     imports.jsonl        which data-set files ``train`` stored, one line per file, written
                          before the sample, so an interrupted import resumes exactly
     config.last-good.toml  the last config ``run`` started with successfully
+    inbox/               unsure frames kept for filing into a class           (Inbox)
     lock                 held (``flock``) by the process that changes the state
 
 A process that changes the state holds ``lock`` exclusively: an advisory lock the OS releases
@@ -49,6 +50,7 @@ import numpy as np
 
 from edge_classifier.core import atomic
 from edge_classifier.errors import HeadLoadError, StateLockedError, StoreError
+from edge_classifier.learning.inbox import Inbox
 from edge_classifier.learning.store import META, SampleStore, read_meta, storage_errors
 from edge_classifier.learning.store_disk import open_fd, open_own, read_own
 
@@ -57,6 +59,7 @@ HEAD_META = "head.json"
 IMPORTS = "imports.jsonl"
 LEGACY_IMPORTS = "imports.json"
 LAST_GOOD = "config.last-good.toml"
+INBOX = "inbox"
 LOCK = "lock"
 ARRAYS_DIGEST = "arrays_sha256"  # in head.json: which head.npz it was saved with
 IMPORTS_LIMIT = 1 << 30  # an import list of millions of files is still read
@@ -214,6 +217,10 @@ class StateDir:
                             readonly=not self.write, max_classes=max_classes, head=head)
         self.problems.extend(store.problems)
         return store
+
+    def open_inbox(self, limit: int = 50) -> Inbox:
+        """The frames kept for filing into a class (:mod:`~edge_classifier.learning.inbox`)."""
+        return Inbox(self.root / INBOX, limit, readonly=not self.write)
 
     # -- the head ------------------------------------------------------------------------------
     def _head_meta(self) -> Optional[dict]:

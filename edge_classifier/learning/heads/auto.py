@@ -122,6 +122,9 @@ class AutoHead:
     def unknown_score(self, X) -> np.ndarray:
         return self.inner.unknown_score(X)
 
+    def loo_proba(self) -> np.ndarray:
+        return self.inner.loo_proba()
+
     @property
     def classes(self) -> List[str]:
         return self.inner.classes

@@ -233,6 +233,12 @@ class Head:
         labels[score > self._open["threshold"]] = -1
         return labels, P, score
 
+    def loo_proba(self) -> np.ndarray:
+        """Calibrated held-out probabilities (NxC) of the stored samples (each left out with
+        its capture group): how the head does on frames it was not taught."""
+        self._require_samples()
+        return self._proba(self._loo_decision())
+
     # ------------------------------------------------------------------ persistence
     def to_state(self) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
         """(arrays for .npz, JSON-able metadata); :func:`load_head` rebuilds the head."""
