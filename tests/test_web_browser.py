@@ -156,7 +156,7 @@ def test_holding_capture_records_several_samples(browser, studio):
 def test_uploading_three_files_creates_a_class(browser, studio, sample, tmp_path):
     s = studio()
     paths = []
-    for i, photo in enumerate(("cat.bmp", "cat.bmp", "bird.bmp")):
+    for i, photo in enumerate(("cat.bmp", "owl.jpg", "bird.bmp")):
         path = tmp_path / f"pet{i}.jpg"
         Image.open(sample(photo)).convert("RGB").save(path)
         paths.append(str(path))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import sys
 import tempfile
@@ -16,7 +15,7 @@ from edge_classifier.device.runner import (Overrides, load_run_config, run_devic
 log = logging.getLogger("edge_classifier.cli")
 
 
-def cmd_run(args, err) -> int:
+def cmd_run(args) -> int:
     setup_logging(args.verbose)
     overrides = Overrides(state=args.state or "", model=args.model or "",
                           source=args.source or "", broker=args.broker or "")
@@ -30,7 +29,7 @@ def cmd_run(args, err) -> int:
     return run_device(device, args.frames, keep_config=text)
 
 
-def cmd_config(args, err) -> int:
+def cmd_config(args) -> int:
     if args.example:
         sys.stdout.write(example_text())
         return 0
@@ -40,7 +39,7 @@ def cmd_config(args, err) -> int:
     return 0
 
 
-def cmd_demo(args, err) -> int:
+def cmd_demo(args) -> int:
     setup_logging(False)
     state = args.state
     options = dict(mirror=args.mirror, broker=args.broker, threads=args.threads,
@@ -53,7 +52,7 @@ def cmd_demo(args, err) -> int:
         return run_demo(tmp, **options)
 
 
-def add_parsers(sub, positive_int, err, common=None) -> None:
+def add_parsers(sub, positive_int, common=None) -> None:
     """Register run, config and demo on the main parser's subparsers.
 
     ``common`` is a parent parser with the options every command takes (``-v``; for ``run``
@@ -75,13 +74,13 @@ def add_parsers(sub, positive_int, err, common=None) -> None:
                         "127.0.0.1, any other needs web.password)")
     if common is None:
         p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    p.set_defaults(func=functools.partial(cmd_run, err=err))
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("config", parents=parents, help="print an example config, or check one")
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--example", action="store_true", help="print a commented example")
     group.add_argument("--check", metavar="FILE", help="validate a config file")
-    p.set_defaults(func=functools.partial(cmd_config, err=err))
+    p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("demo", parents=parents,
                        help="the built-in demo: teach, predict, publish (< 1 min)")
@@ -92,4 +91,4 @@ def add_parsers(sub, positive_int, err, common=None) -> None:
                    help="interpreter threads (default: all cores)")
     p.add_argument("--web", metavar="[HOST:]PORT",
                    help="serve the web studio there and keep the demo running until Ctrl-C")
-    p.set_defaults(func=functools.partial(cmd_demo, err=err))
+    p.set_defaults(func=cmd_demo)

@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_embed)
 
     cli_learn.add_parsers(sub, backbone_opts, _positive_int, _err, common=common)
-    cli_device.add_parsers(sub, _positive_int, _err, common=common)
+    cli_device.add_parsers(sub, _positive_int, common=common)
     cli_export.add_parsers(sub, _positive_int, _err, common=common)
     return parser
 
