@@ -8,8 +8,9 @@ import os
 import socket
 
 import pytest
-from devicekit import BIRD_PIN, CAT_PIN, Running, make_config, press, wait_until
-from mosquitto import BASE, TIMEOUT, Mosquitto, Observer, free_port, running_broker
+from devicekit import BIRD_PIN, CAT_PIN, Running, make_config, press
+from mosquitto import BASE, Mosquitto, Observer, free_port, running_broker
+from waiting import TIMEOUT, wait_until
 
 from edge_classifier.comms.events import Capture
 from edge_classifier.device.sdnotify import Notifier

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from devicekit import Running, make_config, press, wait_until
-from mosquitto import BASE, TIMEOUT, Observer, running_broker
+from devicekit import Running, make_config, press
+from mosquitto import BASE, Observer, running_broker
+from waiting import TIMEOUT, wait_until
 
 from edge_classifier import cli
 from edge_classifier.core.clock import FakeClock
