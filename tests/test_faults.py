@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from devicekit import Running, make_config, press
+from fsfaults import needs_root, read_only
 from mosquitto import BASE, LogRecorder, Observer, running_broker
 from waiting import TIMEOUT, wait_until
 
@@ -42,9 +43,6 @@ from edge_classifier.learning.store import SampleStore
 broker = pytest.fixture(running_broker, name="broker")
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-ROOT = os.geteuid() == 0
-needs_root = pytest.mark.skipif(not ROOT, reason="mounting a small tmpfs needs root (CI runs as "
-                                                 "root and runs this)")
 
 
 def received(sock) -> list:
@@ -168,29 +166,6 @@ def test_full_disk_refuses_captures_and_inference_goes_on(broker, device_factory
         assert again.sample_ids("cat") == acked and again.problems == []
     finally:
         subprocess.run(["umount", "-l", str(point)], check=False)
-
-
-@contextlib.contextmanager
-def read_only(folder: Path):
-    """``folder`` unwritable for this process until the block ends. A normal user loses write
-    permission on its folders; root ignores permissions, so for root the folder is bind-mounted
-    read-only onto itself (as on a Pi whose SD card went read-only)."""
-    folders = [folder, *(p for p in folder.rglob("*") if p.is_dir())]
-    if ROOT:
-        subprocess.run(["mount", "--bind", str(folder), str(folder)], check=True)
-        try:
-            subprocess.run(["mount", "-o", "remount,ro,bind", str(folder)], check=True)
-            yield
-        finally:
-            subprocess.run(["umount", str(folder)], check=True)
-    else:
-        for p in folders:
-            p.chmod(0o555)
-        try:
-            yield
-        finally:
-            for p in folders:
-                p.chmod(0o755)
 
 
 def test_read_only_state_refuses_captures_and_inference_goes_on(device_factory, tmp_path,
