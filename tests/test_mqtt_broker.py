@@ -97,10 +97,14 @@ def test_connects_when_the_broker_starts_after_the_publisher(tmp_path, publisher
         assert "connection refused" in pub.stats["last_error"]
         with later:
             connected(pub)
-            with Observer(later, f"{BASE}/#") as seen:
-                seen.wait_for(AVAILABILITY, "online", retain=True)
-                seen.wait_for(STATE, "apple", retain=True)
-    assert pub.stats["reconnects"] == 0 and pub.stats["last_error"] is None
+            with Observer(later, f"{BASE}/#") as seen:  # live or retained: it may subscribe
+                seen.wait_for(AVAILABILITY, "online")   # before or after they are published
+                seen.wait_for(STATE, "apple")
+            with Observer(later, f"{BASE}/#") as late:  # the broker has both by now
+                assert late.wait_for(AVAILABILITY, "online").retain
+                assert late.wait_for(STATE, "apple").retain
+            # while the broker still runs: once it stops, paho reports the lost connection
+            assert pub.stats["reconnects"] == 0 and pub.stats["last_error"] is None
 
 
 def test_reconnects_after_a_broker_restart_and_sends_what_waited(tmp_path, publishers):
