@@ -1,7 +1,10 @@
 """Shared fixtures: the real models, fetched once through the project's own fetch command.
 
-Models come from ``$EDGE_CLASSIFIER_MODEL_MIRROR``, else from ``../shared/mirror`` beside the
-checkout when it exists (CI), else from the upstream URLs in the manifest.
+The suite never touches the user's own data directory (``~/.local/share/edge-classifier``):
+unless ``$EDGE_CLASSIFIER_HOME`` is set, it is set here, before anything reads it, to the
+checkout's ``.data/`` (gitignored; CI uses it too). Models come from
+``$EDGE_CLASSIFIER_MODEL_MIRROR``, else from ``../shared/mirror`` beside the checkout when it
+exists (CI), else from the upstream URLs in the manifest.
 """
 
 from __future__ import annotations
@@ -9,13 +12,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-
-from edge_classifier.core import paths
-from edge_classifier.backbone.fetch import fetch
-from edge_classifier.backbone.manifest import load_manifest
-
 REPO = Path(__file__).resolve().parents[1]
+if not os.environ.get("EDGE_CLASSIFIER_HOME"):
+    os.environ["EDGE_CLASSIFIER_HOME"] = str(REPO / ".data")
+
+import pytest  # noqa: E402  (after the data directory is settled)
+
+from edge_classifier.core import paths  # noqa: E402
+from edge_classifier.backbone.fetch import fetch  # noqa: E402
+from edge_classifier.backbone.manifest import load_manifest  # noqa: E402
+
+assert paths.HOME_ENV == "EDGE_CLASSIFIER_HOME"
 
 
 def mirror_dir():

@@ -1,28 +1,39 @@
-"""Helpers for tests that run the device: configs, the loop in a thread, button presses."""
+"""Helpers for tests that run the device: configs, the loop in a thread, button presses.
+
+::
+
+    device = device_factory(make_config(broker), clock=FakeClock())
+    running = Running(device)       # device.run() in a thread
+    running.wait_frames(2)
+    press(device, BIRD_PIN)
+    running.finish()                # stop, join, re-raise what the loop raised
+"""
 
 from __future__ import annotations
 
 import threading
 
-from mosquitto import TIMEOUT
+from mosquitto import mqtt_config
+from waiting import TIMEOUT, wait_until
 
 from edge_classifier.device.loop import Device
-from edge_classifier.config import ClassConfig, Config, GpioConfig, MqttConfig, SmoothingConfig
+from edge_classifier.config import ClassConfig, Config, GpioConfig, SmoothingConfig
 from edge_classifier.frames.sources import ReplaySource
 
 BIRD_PIN, CAT_PIN, LED_PIN = 17, 27, 5
 
 
 def make_config(server=None, **mqtt) -> Config:
-    fields = dict(broker=server.url if server else "", keepalive=5, reconnect_min=0.05,
-                  reconnect_max=0.2, prediction_interval=0.0, stats_interval=1.0)
-    fields.update(mqtt)
-    return Config(device_id="dev1", keyboard="off",
-                  classes=(ClassConfig("bird", button=BIRD_PIN, led=LED_PIN),
-                           ClassConfig("cat", button=CAT_PIN)),
-                  gpio=GpioConfig(pin_factory="mock", bounce_time=0.0, hold_rate=50.0),
-                  smoothing=SmoothingConfig(frames=2, threshold=0.5),
-                  mqtt=MqttConfig(**fields))
+    """Device "dev1": classes bird (button BIRD_PIN, LED LED_PIN) and cat (button CAT_PIN) on
+    mock pins, no keyboard, 2-frame smoothing, and mosquitto.mqtt_config's test timings with
+    stats every second; ``mqtt`` overrides MqttConfig fields."""
+    mqtt.setdefault("stats_interval", 1.0)
+    return mqtt_config(server, **mqtt).replace(
+        keyboard="off",
+        classes=(ClassConfig("bird", button=BIRD_PIN, led=LED_PIN),
+                 ClassConfig("cat", button=CAT_PIN)),
+        gpio=GpioConfig(pin_factory="mock", bounce_time=0.0, hold_rate=50.0),
+        smoothing=SmoothingConfig(frames=2, threshold=0.5))
 
 
 def device_factory(tmp_path, backbones, sample):
@@ -58,13 +69,12 @@ class Running:
             self.error = exc
 
     def wait_frames(self, n, timeout=TIMEOUT):
+        """Wait until the loop has done ``n`` more frames (AssertionError if it stops)."""
         target = self.device.counters.frames + n
-        deadline = threading.Event()
-        for _ in range(int(timeout / 0.01)):
-            if self.device.counters.frames >= target or not self.thread.is_alive():
-                break
-            deadline.wait(0.01)
-        assert self.device.counters.frames >= target, "the loop stopped making progress"
+        wait_until(lambda: self.device.counters.frames >= target or not self.thread.is_alive(),
+                   timeout)
+        assert self.device.counters.frames >= target, \
+            f"the loop stopped making progress: {self.error!r}"
 
     def finish(self):
         self.device.stop()
@@ -78,12 +88,3 @@ def press(device, pin):
     factory = device.panel.pin_factory
     factory.pin(pin).drive_low()
     factory.pin(pin).drive_high()
-
-
-def wait_until(predicate, timeout=TIMEOUT):
-    done = threading.Event()
-    for _ in range(int(timeout / 0.01)):
-        if predicate():
-            return True
-        done.wait(0.01)
-    return predicate()

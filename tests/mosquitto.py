@@ -17,9 +17,10 @@
     secured.restart(); secured.stop()
 
 Also: ``publisher_factory`` (a fixture body making publishers that are closed after the test),
-``mqtt_config`` (a Config with test timings) and :class:`LogRecorder`. Everything waits on a real
-event (the broker's port accepting connections, polled every 10 ms; a message arriving; a log
-record) with a timeout, never for a fixed time.
+``mqtt_config`` (a Config with test timings) and :class:`LogRecorder`. Everything waits with
+:func:`waiting.wait_until` for a real event (the broker's port accepting connections; a message
+arriving; a log record), its timeout only an upper bound, never for a fixed time. The tools
+(``tools/soak.py``, ``tools/bench_loop.py``) start their brokers with :class:`Mosquitto` too.
 """
 
 from __future__ import annotations
@@ -30,16 +31,16 @@ import shutil
 import socket
 import subprocess
 import threading
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Union
 
+from waiting import TIMEOUT, wait_until
+
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
 HOST = "127.0.0.1"
-TIMEOUT = 10.0
 # Topics of the device "dev1" that mqtt_config() configures.
 BASE = "edge_classifier/dev1"
 AVAILABILITY, STATE, PREDICTION, STATS = (f"{BASE}/availability", f"{BASE}/state",
@@ -61,16 +62,19 @@ class Mosquitto:
     ``mosquitto_passwd -b``; ``acl`` is the text of an ACL file; ``persistence`` keeps retained
     messages and persistent sessions across :meth:`restart`; ``tls`` is ``(certfile, keyfile)``
     or ``(certfile, keyfile, cafile)``, the last making clients present a certificate signed by
-    ``cafile``.
+    ``cafile``. ``verbose=False`` logs connections and errors but not every message (for long
+    runs: the soak).
     """
 
     def __init__(self, folder: Union[str, Path], port: Optional[int] = None,
                  users: Optional[Dict[str, str]] = None, acl: Optional[str] = None,
-                 persistence: bool = False, tls: Optional[tuple] = None):
+                 persistence: bool = False, tls: Optional[tuple] = None, verbose: bool = True):
         self.folder = Path(folder) / f"mosquitto-{uuid.uuid4().hex[:8]}"
         self.folder.mkdir(parents=True)
         self.port = port or free_port()
         self.users, self.acl, self.persistence, self.tls = users or {}, acl, persistence, tls
+        self.verbose = verbose
+        self.restarts = 0
         self.process: Optional[subprocess.Popen] = None
         self.log_path = self.folder / "mosquitto.log"
         self.config_path = self._write_config()
@@ -79,12 +83,19 @@ class Mosquitto:
     def url(self) -> str:
         return f"{'mqtts' if self.tls else 'mqtt'}://{HOST}:{self.port}"
 
+    @property
+    def available(self) -> bool:
+        """True when the mosquitto executable is installed."""
+        return os.path.exists(MOSQUITTO)
+
     def _write_config(self) -> Path:
         lines = [f"listener {self.port} {HOST}",
                  f"allow_anonymous {'false' if self.users else 'true'}",
                  f"persistence {'true' if self.persistence else 'false'}",
                  f"persistence_location {self.folder}/",
-                 "log_dest stdout", "log_type all", "connection_messages true"]
+                 "log_dest stdout", "connection_messages true"]
+        lines += ["log_type all"] if self.verbose else \
+            [f"log_type {kind}" for kind in ("error", "warning", "notice", "information")]
         if os.geteuid() == 0:
             lines.append("user root")  # else mosquitto drops to a user who cannot read our files
         if self.users:
@@ -117,20 +128,22 @@ class Mosquitto:
                                             stdout=log, stderr=subprocess.STDOUT)
         finally:
             log.close()
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"mosquitto exited with {self.process.returncode}:\n"
-                                   f"{self.log_text()}")
-            try:
-                socket.create_connection((HOST, self.port), timeout=0.5).close()
-                return self
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"mosquitto did not listen on {self.port}:\n"
-                                       f"{self.log_text()}") from None
-                time.sleep(0.01)  # poll the port: the broker is a separate process
+        process = self.process
+        if not wait_until(lambda: process.poll() is not None or self._accepting(), timeout):
+            self.stop()
+            raise RuntimeError(f"mosquitto did not listen on {self.port}:\n{self.log_text()}")
+        if process.poll() is not None:
+            self.process = None
+            raise RuntimeError(f"mosquitto exited with {process.returncode}:\n"
+                               f"{self.log_text()}")
+        return self
+
+    def _accepting(self) -> bool:
+        try:
+            socket.create_connection((HOST, self.port), timeout=0.5).close()
+            return True
+        except OSError:
+            return False
 
     def stop(self) -> None:
         """Stop the broker (SIGTERM, so persistent data is saved) and wait for it to exit."""
@@ -145,7 +158,9 @@ class Mosquitto:
             process.wait(TIMEOUT)
 
     def restart(self, timeout: float = TIMEOUT) -> "Mosquitto":
+        """Stop and start again on the same port (counted in :attr:`restarts`)."""
         self.stop()
+        self.restarts += 1
         return self.start(timeout)
 
     @property
@@ -225,10 +240,13 @@ class Observer:
 
     def wait_until(self, predicate: Callable[[List[Message]], bool],
                    timeout: float = TIMEOUT) -> List[Message]:
-        with self._cond:
-            if not self._cond.wait_for(lambda: predicate(self.messages), timeout):
+        """Every message so far, once ``predicate(messages)`` holds; AssertionError after
+        ``timeout`` seconds without it."""
+        if not wait_until(lambda: predicate(self.messages), timeout, condition=self._cond):
+            with self._cond:
                 raise AssertionError(f"condition not met within {timeout} s; {len(self.messages)} "
                                      f"messages, the last: {self.messages[-5:]!r}")
+        with self._cond:
             return list(self.messages)
 
     def matching(self, topic: str, payload: Union[None, str, bytes] = None,
@@ -291,11 +309,12 @@ class LogRecorder(logging.Handler):
         """The ``count``-th record at ``level`` or above whose message contains ``fragment``."""
         def found():
             return [r for r in self.records if fragment in r.getMessage() and r.levelno >= level]
-        with self._cond:
-            if not self._cond.wait_for(lambda: len(found()) >= count, timeout):
+        if not wait_until(lambda: len(found()) >= count, timeout, condition=self._cond):
+            with self._cond:
                 raise AssertionError(f"not {count} log records with {fragment!r} within "
                                      f"{timeout} s:\n"
                                      + "\n".join(r.getMessage() for r in self.records))
+        with self._cond:
             return found()[count - 1]
 
     def __enter__(self) -> "LogRecorder":

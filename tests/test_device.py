@@ -1,18 +1,25 @@
 """The device loop end to end with real parts: the real model, replayed photos, gpiozero's
-MockFactory, a real mosquitto, a real sd_notify socket."""
+MockFactory, a real mosquitto, a real sd_notify socket, a real pseudo-terminal. Where time
+matters the device runs on a FakeClock that the test (or the replay's pacing) advances."""
 
 from __future__ import annotations
 
 import json
 import os
+import pty
 import socket
 
 import pytest
-from devicekit import BIRD_PIN, CAT_PIN, Running, make_config, press, wait_until
-from mosquitto import BASE, TIMEOUT, Mosquitto, Observer, free_port, running_broker
+from devicekit import BIRD_PIN, CAT_PIN, Running, make_config, press
+from mosquitto import BASE, Mosquitto, Observer, free_port, running_broker
+from waiting import TIMEOUT, wait_until
 
 from edge_classifier.comms.events import Capture
+from edge_classifier.core.clock import FakeClock
+from edge_classifier.device.loop import HEAD_SAVE_INTERVAL
 from edge_classifier.device.sdnotify import Notifier
+from edge_classifier.frames.sources import ReplaySource
+from edge_classifier.learning.state import HEAD_META
 
 broker = pytest.fixture(running_broker, name="broker")
 
@@ -129,17 +136,19 @@ def test_remote_commands(broker, device_factory):
     running.finish()
 
 
-def test_sd_notify_ready_watchdog_and_stopping(device_factory, tmp_path, monkeypatch):
+def test_sd_notify_ready_watchdog_and_stopping(device_factory, tmp_path, monkeypatch, sample):
     path = str(tmp_path / "notify.sock")
     receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     receiver.bind(path)
-    receiver.settimeout(TIMEOUT)
-    monkeypatch.setenv("WATCHDOG_USEC", "20000")
+    monkeypatch.setenv("WATCHDOG_USEC", "2000000")  # WatchdogSec=2: a ping every second
     monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
-    device = device_factory(make_config(), notifier=Notifier(address=path))
-    device.run(frames=5)
-    messages = []
+    clock = FakeClock()
+    source = ReplaySource([sample("bird.bmp")], fps=1.0, clock=clock)  # a frame per second
+    device = device_factory(make_config(), source=source, clock=clock,
+                            notifier=Notifier(address=path))
+    device.run(frames=5)  # frames at 0, 1, 2, 3 and 4 s
     receiver.setblocking(False)
+    messages = []
     while True:
         try:
             messages.append(receiver.recv(4096).decode())
@@ -147,8 +156,84 @@ def test_sd_notify_ready_watchdog_and_stopping(device_factory, tmp_path, monkeyp
             break
     receiver.close()
     assert "READY=1" in messages[0]
-    assert any("WATCHDOG=1" in m for m in messages)
+    assert messages[1:-1] == ["WATCHDOG=1"] * 4  # one per interval of frame progress
     assert "STOPPING=1" in messages[-1]
+
+
+class WatchedReplay(ReplaySource):
+    """A replay that calls ``watch(frame_index)`` before each frame is read."""
+
+    def __init__(self, paths, watch, **kwargs):
+        super().__init__(paths, **kwargs)
+        self.watch = watch
+
+    def _read(self):
+        self.watch(self.frames_read)
+        return super()._read()
+
+
+def test_a_changed_head_is_saved_every_head_save_interval(device_factory, tmp_path, sample):
+    clock = FakeClock()
+    head = tmp_path / "state" / HEAD_META
+    period = int(HEAD_SAVE_INTERVAL)  # in frames: the replay runs at 1 fps on the fake clock
+    later = 2 * period + 10  # the frame at which the head is changed again, after a quiet spell
+    seen = []  # per frame, as it is read: (inode of the saved head or None, dirty?)
+
+    def watch(i):
+        seen.append((head.stat().st_ino if head.exists() else None, device.learner.dirty))
+        if i == later:
+            device.post(Capture(class_name="cat", origin="test"))
+
+    source = WatchedReplay([sample("cat.bmp")], watch, fps=1.0, clock=clock)
+    device = device_factory(make_config(), source=source, clock=clock)
+    device.post(Capture(class_name="cat", origin="test"))  # captured with frame 0, at 0 s
+    device.run(frames=later + 10)  # frame i is read at i s
+    saved_before = [i for i in range(1, len(seen)) if seen[i][0] != seen[i - 1][0]]
+    # saved after the frame at 30 s; not at 60 s (nothing had changed); after the frame that
+    # captured at 71 s at once (30 s had passed since the last save); never at other frames
+    assert saved_before == [period + 1, later + 2]
+    dirty = [d for _, d in seen[1:later + 2]]
+    assert dirty == [True] * period + [False] * (later - period + 1)
+    assert not device.learner.dirty
+
+
+def test_a_held_button_keeps_one_capture_pending(device_factory):
+    """While a long capture occupies the frames, a held button's repeats do not pile up: one
+    capture of its class waits, the others are dropped (counted)."""
+    clock = FakeClock()
+    device = device_factory(make_config(), clock=clock)  # hold_rate 50/s
+    device.post(Capture(class_name="cat", count=4, origin="test"))  # takes the next 4 frames
+    pin = device.panel.pin_factory.pin(BIRD_PIN)
+    pin.drive_low()  # the press: one bird capture queued
+    for _ in range(4):  # held for 4 frames, 0.1 s apart: a repeat is due at every tick
+        device.apply_events()
+        device.step(device.source.read())
+        clock.advance(0.1)
+    pin.drive_high()
+    assert device.store.counts() == {"bird": 0, "cat": 4}
+    for _ in range(4):
+        device.apply_events()
+        device.step(device.source.read())
+        clock.advance(0.1)
+    assert device.store.counts() == {"bird": 1, "cat": 4}  # one capture for the whole hold
+    assert device.counters.dropped_captures == 3  # the three repeats behind it
+
+
+def test_q_on_the_keyboard_stops_the_loop(device_factory, capsys):
+    master, slave = pty.openpty()
+    with os.fdopen(slave, "rb", buffering=0) as terminal:
+        device = device_factory(make_config().replace(keyboard="on"), keyboard_stream=terminal)
+        assert device.keyboard is not None and device.keyboard.active
+        running = Running(device)  # an endless replay: only the Stop event ends it
+        running.wait_frames(2)
+        os.write(master, b"q")
+        running.thread.join(TIMEOUT)
+        assert not running.thread.is_alive() and running.error is None
+        device.close()
+        os.close(master)
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines[-1] == {"topic": f"{BASE}/availability", "payload": "offline",
+                         "retained": True}  # a clean shutdown
 
 
 def test_stdout_publishing_without_a_broker(device_factory, capsys):

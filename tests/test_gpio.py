@@ -1,14 +1,14 @@
-"""ButtonPanel driven through gpiozero's real code with MockFactory pins.
+"""ButtonPanel driven through gpiozero's real code with MockFactory pins and a FakeClock.
 
 Presses are ``pin.drive_low()`` (buttons pull up; pressed = low), releases ``drive_high()``.
-Press durations for the delete button come from a FakeClock; hold-to-record uses gpiozero's
-real hold thread, so those tests hold for a short real time with a high hold rate.
+Time only moves when a test advances the clock; what happens later than a press (hold repeats,
+the end of a blink, arming the delete button) happens in ``panel.tick()``, as the device loop
+calls it every frame. Nothing here sleeps or waits.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 from gpiozero import Button
@@ -17,12 +17,13 @@ from gpiozero.pins.mock import MockFactory
 from edge_classifier.core.clock import FakeClock
 from edge_classifier.config import ClassConfig, GpioConfig
 from edge_classifier.comms.events import Capture, ClearClass, DeleteLast
-from edge_classifier.device.gpio import ButtonPanel, GpioError
+from edge_classifier.device.gpio import STATUS_BLINK, ButtonPanel, GpioError
 
 APPLE_BUTTON, APPLE_LED, PEAR_BUTTON, PEAR_LED = 17, 22, 27, 23
 DELETE_BUTTON, STATUS_LED = 5, 6
 CLASSES = (ClassConfig("apple", button=APPLE_BUTTON, led=APPLE_LED),
            ClassConfig("pear", button=PEAR_BUTTON, led=PEAR_LED))
+APPLE = Capture(class_name="apple", origin="button")
 
 
 class Recorder:
@@ -49,7 +50,7 @@ def factory():
 
 
 def gpio(**changes):
-    values = dict(delete_button=DELETE_BUTTON, status_led=STATUS_LED, hold_rate=5.0,
+    values = dict(delete_button=DELETE_BUTTON, status_led=STATUS_LED, hold_rate=4.0,
                   bounce_time=0.05, long_press=1.0, very_long_press=5.0)
     values.update(changes)
     return GpioConfig(**values)
@@ -57,7 +58,8 @@ def gpio(**changes):
 
 @pytest.fixture
 def rig(factory):
-    """(panel, recorder, clock, factory) with two classes, a delete button and a status LED."""
+    """(panel, recorder, clock, factory) with two classes, a delete button and a status LED;
+    hold_rate 4/s (a repeat every 0.25 s, exact in binary), blink_time 0.05 s."""
     recorder, clock = Recorder(), FakeClock()
     panel = ButtonPanel(CLASSES, gpio(), recorder, pin_factory=factory, clock=clock,
                         blink_time=0.05)
@@ -72,13 +74,11 @@ def press(factory, pin, clock=None, seconds=0.0):
     factory.pin(pin).drive_high()
 
 
-def wait_until(condition, timeout=3.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.005)
-    return condition()
+def run_ticks(panel, clock, seconds, step=1 / 32):
+    """Tick every ``step`` seconds of fake time for ``seconds``, as a loop at 1/step fps."""
+    for _ in range(round(seconds / step)):
+        clock.advance(step)
+        panel.tick()
 
 
 # --- class buttons ------------------------------------------------------------------------------
@@ -106,28 +106,54 @@ def test_contact_bounce_is_one_capture(rig):
     assert panel.ignored_bounces >= 3
 
 
-def test_holding_captures_continuously_at_hold_rate(factory):
-    recorder = Recorder()
-    with ButtonPanel(CLASSES, gpio(hold_rate=20.0), recorder, pin_factory=factory) as panel:
-        pin = factory.pin(APPLE_BUTTON)
-        start = time.monotonic()
-        pin.drive_low()
-        time.sleep(0.3)  # real time: gpiozero's hold thread fires every 0.05 s
-        pin.drive_high()
-        held_for = time.monotonic() - start
-        held = recorder.count(Capture)
-        time.sleep(0.12)
-        assert recorder.count(Capture) == held  # nothing after release
-    assert 3 <= held <= 1 + held_for / 0.05  # the press, then one every 1 / hold_rate
-    assert all(e == Capture(class_name="apple", origin="button") for e in recorder.events)
-    assert panel.buttons["apple"].hold_repeat and panel.buttons["apple"].hold_time == 0.05
+def test_holding_captures_continuously_at_hold_rate(rig):
+    panel, recorder, clock, factory = rig
+    pin = factory.pin(APPLE_BUTTON)
+    pin.drive_low()
+    run_ticks(panel, clock, 1.0)  # held 1 s at 4 captures/s, ticked 32 times a second
+    assert recorder.events == [APPLE] * (1 + 4)  # the press, then one every 0.25 s
+    pin.drive_high()
+    run_ticks(panel, clock, 1.0)
+    assert recorder.count(Capture) == 5  # nothing after the release
+
+
+def test_a_late_tick_gives_one_capture_and_skips_the_missed_repeats(rig):
+    panel, recorder, clock, factory = rig
+    factory.pin(APPLE_BUTTON).drive_low()
+    clock.advance(1.1)  # a slow frame: four repeats were due
+    panel.tick()
+    assert recorder.count(Capture) == 2  # the press and one repeat, not a burst of four
+    clock.advance(0.1)  # 1.2 s: the next repeat is at 1.25 s, not at once
+    panel.tick()
+    assert recorder.count(Capture) == 2
+    clock.advance(0.05)
+    panel.tick()
+    assert recorder.count(Capture) == 3
+
+
+def test_release_between_ticks_stops_the_repeats(rig):
+    panel, recorder, clock, factory = rig
+    press(factory, PEAR_BUTTON, clock, 0.1)
+    run_ticks(panel, clock, 2.0)
+    assert recorder.count(Capture) == 1
+
+
+def test_chatter_while_pressing_does_not_stop_the_hold(rig):
+    panel, recorder, clock, factory = rig
+    pin = factory.pin(APPLE_BUTTON)
+    pin.drive_low()
+    pin.drive_high()  # contact chatter: the release and the second press are within bounce_time
+    pin.drive_low()
+    run_ticks(panel, clock, 0.5)
+    assert recorder.events == [APPLE] * 3  # the press and repeats at 0.25 s and 0.5 s
+    assert panel.ignored_bounces == 2  # the release and the second press
 
 
 def test_buttons_are_configured_from_gpio_config(rig):
     panel = rig[0]
     button = panel.buttons["pear"]
-    assert button.pull_up and button.hold_repeat
-    assert button.hold_time == pytest.approx(0.2)  # 1 / hold_rate
+    assert button.pull_up
+    assert panel.hold_period == pytest.approx(0.25)  # 1 / hold_rate
 
 
 # --- the delete button --------------------------------------------------------------------------
@@ -158,23 +184,35 @@ def test_delete_release_bounce_adds_nothing(rig):
     assert recorder.events == [DeleteLast(class_name=None, origin="button")]
 
 
-def test_delete_hold_lights_then_blinks_status_led(factory):
-    recorder = Recorder()
-    config = gpio(long_press=0.1, very_long_press=0.3)
-    with ButtonPanel(CLASSES, config, recorder, pin_factory=factory) as panel:
-        led = panel.status_led
-        pin = factory.pin(DELETE_BUTTON)
-        pin.drive_low()
-        assert wait_until(lambda: led.is_lit)  # armed: release deletes the last sample
-        time.sleep(0.45)  # past very_long_press: armed to clear, the LED blinks
-        states = set()
-        for _ in range(60):
-            states.add(led.is_lit)
-            time.sleep(0.005)
-        pin.drive_high()
-        assert states == {True, False}
-        assert wait_until(lambda: not led.is_lit)
+def test_delete_hold_lights_then_blinks_status_led(rig):
+    panel, recorder, clock, factory = rig
+    led, pin = panel.status_led, factory.pin(DELETE_BUTTON)
+    pin.drive_low()
+    run_ticks(panel, clock, 0.75)
+    assert not led.is_lit  # a release now would be a tap
+    run_ticks(panel, clock, 0.5)
+    assert led.is_lit  # past long_press: a release deletes the last sample
+    run_ticks(panel, clock, 3.5)
+    assert led.is_lit  # steady while armed to delete (4.75 s held)
+    states = []
+    for _ in range(16):  # past very_long_press (5 s): armed to clear, the LED blinks
+        clock.advance(STATUS_BLINK / 2)
+        panel.tick()
+        states.append(led.is_lit)
+    assert set(states) == {True, False}
+    pin.drive_high()
+    assert not led.is_lit
     assert recorder.events == [ClearClass(class_name=None, origin="button")]
+
+
+def test_status_led_goes_out_when_an_armed_delete_is_released(rig):
+    panel, recorder, clock, factory = rig
+    factory.pin(DELETE_BUTTON).drive_low()
+    run_ticks(panel, clock, 1.5)
+    assert panel.status_led.is_lit
+    factory.pin(DELETE_BUTTON).drive_high()
+    assert not panel.status_led.is_lit
+    assert recorder.events == [DeleteLast(class_name=None, origin="button")]
 
 
 # --- LEDs ---------------------------------------------------------------------------------------
@@ -193,36 +231,58 @@ def test_show_unknown_turns_all_class_leds_off(rig):
     assert not any(led.is_lit for led in panel.leds.values())
 
 
-def test_blink_capture_flashes_class_led(rig):
+def test_blink_capture_flashes_class_led_for_blink_time(rig):
     panel, recorder, clock, factory = rig
     assert panel.blink_capture("apple")
-    assert panel.leds["apple"].is_lit
-    assert wait_until(lambda: not panel.leds["apple"].is_lit)
+    assert panel.leds["apple"].is_lit and panel.blinking == ["apple"]
+    clock.advance(0.04)
+    panel.tick()
+    assert panel.leds["apple"].is_lit  # 40 ms of a 50 ms blink
+    clock.advance(0.01)
+    panel.tick()
+    assert not panel.leds["apple"].is_lit and panel.blinking == []
 
 
 def test_blink_capture_of_predicted_class_dips_and_restores(rig):
-    panel = rig[0]
+    panel, recorder, clock, factory = rig
     panel.show_prediction("pear")
     panel.blink_capture("pear")
     assert not panel.leds["pear"].is_lit
-    assert wait_until(lambda: panel.leds["pear"].is_lit)
+    run_ticks(panel, clock, 0.0625)
+    assert panel.leds["pear"].is_lit
 
 
 def test_prediction_change_during_blink_applies_after_it(rig):
-    panel = rig[0]
+    panel, recorder, clock, factory = rig
     panel.blink_capture("pear")  # pear flashes on
-    panel.show_prediction("pear")  # mid-blink: not written now...
-    time.sleep(0.15)  # ...but when the blink ends (three blink times ago): pear stays lit
-    assert panel.leds["pear"].is_lit and not panel.leds["apple"].is_lit
+    panel.show_prediction("apple")  # apple lights now; pear is mid-blink: not written yet
+    assert panel.leds["apple"].is_lit and panel.leds["pear"].is_lit
+    run_ticks(panel, clock, 0.0625)  # the blink ends: pear takes the prediction's state
+    assert panel.leds["apple"].is_lit and not panel.leds["pear"].is_lit
+
+
+def test_a_second_blink_restarts_the_first(rig):
+    panel, recorder, clock, factory = rig
+    panel.blink_capture("apple")
+    clock.advance(0.04)
+    panel.blink_capture("apple")  # a capture 40 ms later: the blink lasts 50 ms from now
+    clock.advance(0.04)
+    panel.tick()
+    assert panel.blinking == ["apple"]
+    clock.advance(0.01)
+    panel.tick()
+    assert panel.blinking == [] and not panel.leds["apple"].is_lit
 
 
 def test_blink_capture_uses_status_led_for_class_without_led(factory):
     classes = (ClassConfig("cup", button=APPLE_BUTTON),)
-    with ButtonPanel(classes, gpio(), Recorder(), pin_factory=factory,
+    clock = FakeClock()
+    with ButtonPanel(classes, gpio(), Recorder(), pin_factory=factory, clock=clock,
                      blink_time=0.05) as panel:
         assert panel.blink_capture("cup")
-        assert panel.status_led.is_lit
-        assert wait_until(lambda: not panel.status_led.is_lit)
+        assert panel.status_led.is_lit and panel.blinking == ["status"]
+        run_ticks(panel, clock, 0.0625)
+        assert not panel.status_led.is_lit
 
 
 def test_blink_capture_without_any_led_returns_false(factory):
@@ -251,19 +311,29 @@ def test_on_event_exception_is_counted_not_raised(rig):
     assert panel.callback_errors == 1
 
 
-def test_on_event_exception_does_not_kill_the_hold_thread(factory):
+def test_on_event_exception_does_not_stop_the_hold_repeats(rig):
+    panel, _, clock, factory = rig
     calls = []
 
     def broken(event):
         calls.append(event)
         raise RuntimeError("queue full")
 
-    with ButtonPanel(CLASSES, gpio(hold_rate=50.0), broken, pin_factory=factory) as panel:
-        pin = factory.pin(PEAR_BUTTON)
-        pin.drive_low()
-        assert wait_until(lambda: len(calls) >= 4)  # press + several repeats despite errors
-        pin.drive_high()
-        assert panel.callback_errors == len(calls)
+    panel._on_event = broken
+    factory.pin(PEAR_BUTTON).drive_low()
+    run_ticks(panel, clock, 1.0)  # tick() never raises
+    assert len(calls) == 5  # the press and four repeats, each one raising
+    assert panel.callback_errors == 5
+
+
+def test_tick_after_close_does_nothing(rig):
+    panel, recorder, clock, factory = rig
+    factory.pin(APPLE_BUTTON).drive_low()
+    panel.blink_capture("pear")
+    panel.close()
+    clock.advance(1.0)
+    panel.tick()
+    assert recorder.count(Capture) == 1  # the press only
 
 
 def test_close_releases_pins_and_is_safe_twice(factory):

@@ -9,6 +9,7 @@ import queue
 import termios
 
 import pytest
+from waiting import TIMEOUT
 
 from edge_classifier.comms.events import Capture, ClearClass, DeleteLast, Stop
 from edge_classifier.device.keyboard import KeyboardControl
@@ -30,7 +31,7 @@ def start(stream, names=("apple", "banana")):
 
 
 def next_event(events):
-    return events.get(timeout=5)
+    return events.get(timeout=TIMEOUT)  # an upper bound: the key was written already
 
 
 def test_digit_captures_nth_class(terminal):
@@ -120,7 +121,7 @@ def test_terminal_restored_when_the_thread_fails(terminal):
 
     keys = Broken(lambda: ["apple"], lambda e: None, stream=stream)
     os.write(master, b"1")
-    keys._thread.join(timeout=5)
+    keys._thread.join(timeout=TIMEOUT)
     assert not keys.active
     assert termios.tcgetattr(stream.fileno()) == before
     keys.close()
@@ -131,6 +132,6 @@ def test_thread_ends_when_the_terminal_hangs_up():
     with os.fdopen(slave, "rb", buffering=0) as stream:
         keys, _ = start(stream)
         os.close(master)
-        keys._thread.join(timeout=5)
+        keys._thread.join(timeout=TIMEOUT)
         assert not keys.active
         keys.close()

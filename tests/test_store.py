@@ -8,6 +8,7 @@ import subprocess
 
 import numpy as np
 import pytest
+from fsfaults import needs_root, read_only
 
 from edge_classifier.errors import (ClassNameError, ReadOnlyStoreError, StorageFullError,
                                     StoreError, UnknownClassError)
@@ -153,7 +154,7 @@ def test_stray_temporary_files_are_cleaned(store, tmp_path):
 
 @pytest.fixture
 def small_fs(tmp_path):
-    """A real 256 KiB tmpfs (tests run as root in CI, so they can mount)."""
+    """A real 256 KiB tmpfs (root only: see fsfaults.needs_root)."""
     mounts = []
 
     def make(size="256k"):
@@ -168,6 +169,7 @@ def small_fs(tmp_path):
         subprocess.run(["umount", "-l", str(point)], check=False)
 
 
+@needs_root
 def test_full_disk_refuses_the_sample_and_keeps_the_rest(small_fs):
     root = small_fs("256k") / "state"
     store = SampleStore(root, backbone=IDENTITY)
@@ -184,15 +186,14 @@ def test_full_disk_refuses_the_sample_and_keeps_the_rest(small_fs):
     assert not list(root.rglob(".tmp-*"))
 
 
-def test_read_only_state_directory(small_fs):
-    point = small_fs()
-    store = SampleStore(point / "state", backbone=IDENTITY)
+def test_read_only_state_directory(tmp_path):
+    store = SampleStore(tmp_path / "state", backbone=IDENTITY)
     keep = store.add_sample("a", views(1))
-    subprocess.run(["mount", "-o", "remount,ro", str(point)], check=True)
-    with pytest.raises(ReadOnlyStoreError, match="not stored"):
-        store.add_sample("a", views(2))
-    with pytest.raises(ReadOnlyStoreError):
-        store.add_class("b")
+    with read_only(tmp_path / "state"):  # chmod for a user, a read-only mount for root
+        with pytest.raises(ReadOnlyStoreError, match="not stored"):
+            store.add_sample("a", views(2))
+        with pytest.raises(ReadOnlyStoreError):
+            store.add_class("b")
     assert store.sample_ids("a") == [keep] and store.classes == ["a"]
 
 

@@ -5,6 +5,7 @@
     panel = ButtonPanel(config.classes, config.gpio, events.put)
     panel.show_prediction("cat")     # every frame: the cat LED on, the others off
     panel.blink_capture("cat")       # after storing a sample: a short blink
+    panel.tick()                     # every frame: hold repeats, blinks ending, delete arming
     panel.close()
 
 Wiring (BCM numbers from the config): each button between its GPIO and ground (the internal
@@ -14,9 +15,8 @@ cathode to ground.
 Class buttons (``ClassConfig.button``), as in Teachable Machine's hold-to-record:
 
 - a press captures one sample: ``Capture(class_name, origin="button")``;
-- held, it captures one more every ``1 / hold_rate`` seconds until released (gpiozero's
-  ``hold_time = 1 / hold_rate``, ``hold_repeat = True``), so a hold of T seconds gives
-  ``1 + floor(T * hold_rate)`` captures;
+- held, it captures one more every ``1 / hold_rate`` seconds until released, so a hold of T
+  seconds gives ``1 + floor(T * hold_rate)`` captures (at most one per :meth:`ButtonPanel.tick`);
 - debounced twice: gpiozero's ``bounce_time`` on the pin, and a press arriving less than
   ``bounce_time`` after the button's previous edge (press or release, measured on ``clock``)
   is ignored, so contact chatter is one capture.
@@ -30,14 +30,23 @@ The delete button (``gpio.delete_button``) acts on release, by how long it was h
 - ``very_long_press`` or longer: ``ClearClass(None)`` -- every sample of that class.
 
 While it is held the status LED shows what a release would do: steady on from ``long_press``
-(delete), fast blinking from ``very_long_press`` (clear; shown at gpiozero's first hold tick
-past it, ticks coming every ``long_press`` seconds).
+(delete), blinking (``STATUS_BLINK`` seconds on, as long off) from ``very_long_press`` (clear).
 
 LEDs: :meth:`ButtonPanel.show_prediction` lights only the predicted class's LED (none for
 ``unknown``); :meth:`ButtonPanel.blink_capture` inverts a class's LED (or the status LED for a
 class without one) for ``blink_time`` seconds; :meth:`ButtonPanel.set_status` sets the status
-LED's resting state. Callbacks only call ``on_event``; an exception there is logged and counted
-in :attr:`ButtonPanel.callback_errors` and never reaches gpiozero's threads.
+LED's resting state.
+
+Time: presses and releases arrive in gpiozero's callbacks; everything that happens *later*
+(hold repeats, the end of a blink, arming the delete button, the status LED's blinking) happens
+in :meth:`ButtonPanel.tick`, which the device loop calls once per frame, against ``clock``. The
+panel has no timers or threads of its own, so a test drives it with a
+:class:`~edge_classifier.core.clock.FakeClock`::
+
+    pin.drive_low(); clock.advance(0.5); panel.tick()   # held half a second: repeats are due
+
+Callbacks only call ``on_event``; an exception there is logged and counted in
+:attr:`ButtonPanel.callback_errors` and never reaches gpiozero's threads.
 
 gpiozero is imported only when a panel is made, so this module imports anywhere.
 """
@@ -49,13 +58,17 @@ import threading
 from typing import Callable, Dict, Iterable, List, Optional
 
 from edge_classifier.core.clock import SYSTEM_CLOCK, Clock
-from edge_classifier.errors import EdgeClassifierError, GpioError
+from edge_classifier.errors import GpioError
 from edge_classifier.comms.events import Capture, ClearClass, DeleteLast, Event
 from edge_classifier.core.names import UNKNOWN
 
 __all__ = ["ButtonPanel", "GpioError", "make_pin_factory"]
 
 _log = logging.getLogger(__name__)
+
+STATUS_BLINK = 0.1  # seconds on, then as long off, while the delete button is armed to clear
+_STATUS = "\0status"  # the status LED's key among the blinks
+_DELETE = "\0delete"  # the delete button's key among the edges
 
 
 def make_pin_factory(name: str):
@@ -87,10 +100,11 @@ class ButtonPanel:
 
     ``classes``: :class:`~edge_classifier.config.ClassConfig` items (name, button, led; either
     pin may be None). ``gpio_config``: :class:`~edge_classifier.config.GpioConfig`.
-    ``on_event(event)`` is called from gpiozero's threads and must only enqueue.
-    ``pin_factory``: a gpiozero factory; None takes ``gpio_config.pin_factory`` ("mock", a
-    factory name, or "" for gpiozero's default). If any device cannot be made the ones made so
-    far are closed and :class:`GpioError` names the pin.
+    ``on_event(event)`` is called from gpiozero's threads and from :meth:`tick`, and must only
+    enqueue. ``pin_factory``: a gpiozero factory; None takes ``gpio_config.pin_factory``
+    ("mock", a factory name, or "" for gpiozero's default). ``clock``: where every duration is
+    measured (press lengths, hold repeats, blinks). If any device cannot be made the ones made
+    so far are closed and :class:`GpioError` names the pin.
     """
 
     def __init__(self, classes: Iterable, gpio_config, on_event: Callable[[Event], None],
@@ -100,6 +114,7 @@ class ButtonPanel:
         self._config = gpio_config
         self.blink_time = float(blink_time)
         self.bounce_time = float(gpio_config.bounce_time or 0.0)
+        self.hold_period = 1.0 / gpio_config.hold_rate
         self.callback_errors = 0
         self.ignored_bounces = 0
         self._lock = threading.RLock()
@@ -110,11 +125,14 @@ class ButtonPanel:
         self.delete_button = None
         self.status_led = None
         self._last_edge: Dict[str, float] = {}
+        self._last_press: Dict[str, float] = {}  # class -> its last accepted press
+        self._next_repeat: Dict[str, float] = {}  # held class -> when its next capture is due
         self._delete_pressed_at: Optional[float] = None
         self._delete_armed: Optional[str] = None  # None, "delete" or "clear"
+        self._clear_armed_at = 0.0
         self._prediction: Optional[str] = None
         self._status_on = False
-        self._blinks: Dict[str, threading.Timer] = {}
+        self._blinks: Dict[str, float] = {}  # LED key -> when its capture blink ends
         self._owns_factory = pin_factory is None
         self._factory = pin_factory if pin_factory is not None else \
             make_pin_factory(gpio_config.pin_factory)
@@ -145,23 +163,22 @@ class ButtonPanel:
     def _build(self, classes: List) -> None:
         cfg = self._config
         bounce = self.bounce_time or None
-        hold_time = 1.0 / cfg.hold_rate
+        # tick() does the holds, not gpiozero's hold thread; a short hold_time only keeps
+        # close() of a pressed button from waiting out that thread's hold_time (1 s by default)
+        idle_hold = dict(hold_time=0.05, hold_repeat=False)
         for c in classes:
             if c.button is not None:
                 button = self._make("Button", c.button, f"button of class {c.name!r}",
-                                    pull_up=True, bounce_time=bounce, hold_time=hold_time,
-                                    hold_repeat=True)
+                                    pull_up=True, bounce_time=bounce, **idle_hold)
                 button.when_pressed = self._guarded(self._class_pressed, c.name)
-                button.when_held = self._guarded(self._class_held, c.name)
                 button.when_released = self._guarded(self._edge, c.name)
                 self.buttons[c.name] = button
             if c.led is not None:
                 self.leds[c.name] = self._make("LED", c.led, f"LED of class {c.name!r}")
         if cfg.delete_button is not None:
             button = self._make("Button", cfg.delete_button, "delete button", pull_up=True,
-                                bounce_time=bounce, hold_time=cfg.long_press, hold_repeat=True)
+                                bounce_time=bounce, **idle_hold)
             button.when_pressed = self._guarded(self._delete_pressed)
-            button.when_held = self._guarded(self._delete_held)
             button.when_released = self._guarded(self._delete_released)
             self.delete_button = button
         if cfg.status_led is not None:
@@ -199,43 +216,35 @@ class ButtonPanel:
         with self._lock:
             last = self._last_edge.get(key)
             self._last_edge[key] = now
-        if last is not None and now - last < self.bounce_time:
-            with self._lock:
+            if last is not None and now - last < self.bounce_time:
                 self.ignored_bounces += 1
-            return False
+                return False
         return True
 
     def _class_pressed(self, name: str) -> None:
-        if self._edge(name):
-            self._emit(Capture(class_name=name, origin="button"))
-
-    def _class_held(self, name: str) -> None:
+        if not self._edge(name):
+            with self._lock:  # chatter while pressing: still held since the accepted press
+                if name in self._last_press:
+                    self._next_repeat.setdefault(name, self._last_press[name] + self.hold_period)
+            return
+        now = self._clock.now()
+        with self._lock:
+            self._last_press[name] = now
+            self._next_repeat[name] = now + self.hold_period
         self._emit(Capture(class_name=name, origin="button"))
 
     def _delete_pressed(self) -> None:
-        if self._edge("\0delete"):
+        if self._edge(_DELETE):
             with self._lock:
                 self._delete_pressed_at = self._clock.now()
                 self._delete_armed = None
 
-    def _delete_held(self) -> None:
-        with self._lock:
-            pressed_at = self._delete_pressed_at
-            if pressed_at is None:
-                return
-            held = self._clock.now() - pressed_at
-            armed = "clear" if held >= self._config.very_long_press else "delete"
-            if armed == self._delete_armed:
-                return
-            self._delete_armed = armed
-        self._show_status()
-
     def _delete_released(self) -> None:
-        self._edge("\0delete")
+        self._edge(_DELETE)
         with self._lock:
             pressed_at, self._delete_pressed_at = self._delete_pressed_at, None
             self._delete_armed = None
-        self._show_status()
+            self._show_status()
         if pressed_at is None:
             return  # a bounce
         held = self._clock.now() - pressed_at
@@ -247,6 +256,50 @@ class ButtonPanel:
             _log.info("delete button tapped (%.2f s): hold %g s to delete the last sample, "
                       "%g s to clear the class", held, self._config.long_press,
                       self._config.very_long_press)
+
+    # --- the loop's tick -----------------------------------------------------------------------
+    def tick(self) -> None:
+        """Do what is due by ``clock.now()``: one capture per held class button whose repeat
+        is due, the end of capture blinks, arming the delete button (and the status LED that
+        shows it). The device loop calls this once per frame; cheap when nothing is due."""
+        due: List[str] = []
+        with self._lock:
+            if self._closed:
+                return
+            now = self._clock.now()
+            for name, button in self.buttons.items():
+                next_at = self._next_repeat.get(name)
+                if next_at is None:
+                    continue
+                if not button.is_pressed:
+                    del self._next_repeat[name]
+                elif now >= next_at:
+                    # one capture per tick; a tick that comes late skips the repeats it missed
+                    missed = int((now - next_at) // self.hold_period)
+                    self._next_repeat[name] = next_at + (missed + 1) * self.hold_period
+                    due.append(name)
+            for key in [k for k, ends in self._blinks.items() if now >= ends]:
+                del self._blinks[key]
+                if key == _STATUS:
+                    self._show_status()
+                else:
+                    self._apply(self.leds[key], self._desired(key))
+            self._arm_delete(now)
+        for name in due:
+            self._emit(Capture(class_name=name, origin="button"))
+
+    def _arm_delete(self, now: float) -> None:
+        pressed_at = self._delete_pressed_at
+        if pressed_at is None:
+            return
+        held = now - pressed_at
+        cfg = self._config
+        armed = "clear" if held >= cfg.very_long_press else \
+            "delete" if held >= cfg.long_press else None
+        if armed == "clear" and self._delete_armed != "clear":
+            self._clear_armed_at = now
+        self._delete_armed = armed
+        self._show_status()
 
     # --- LEDs ----------------------------------------------------------------------------------
     def show_prediction(self, label: Optional[str]) -> None:
@@ -270,56 +323,44 @@ class ButtonPanel:
             self._show_status()
 
     def blink_capture(self, name: str) -> bool:
-        """Blink class ``name``'s LED, or the status LED if it has none. False: no LED."""
+        """Blink class ``name``'s LED, or the status LED if it has none, for ``blink_time``
+        seconds (ended by the first :meth:`tick` after that). False: no LED."""
         with self._lock:
             if self._closed:
                 return False
-            key = name if name in self.leds else "\0status" if self.status_led else None
+            key = name if name in self.leds else _STATUS if self.status_led else None
             if key is None:
                 return False
             led = self.leds.get(key, self.status_led)
-            old = self._blinks.pop(key, None)
-            if old is not None:
-                old.cancel()
+            self._blinks[key] = self._clock.now() + self.blink_time
             self._apply(led, not self._desired(key))
-            timer = threading.Timer(self.blink_time, self._end_blink, (key,))
-            timer.daemon = True
-            self._blinks[key] = timer
-            timer.start()
             return True
 
-    def _end_blink(self, key: str) -> None:
-        try:
-            with self._lock:
-                if self._closed or self._blinks.get(key) is not threading.current_thread():
-                    return
-                del self._blinks[key]
-                if key == "\0status":
-                    self._show_status()
-                else:
-                    self._apply(self.leds[key], self._desired(key))
-        except Exception:
-            with self._lock:
-                self.callback_errors += 1
-            _log.exception("LED blink failed")
+    @property
+    def blinking(self) -> List[str]:
+        """The classes (and ``"status"``) whose LED is in a capture blink now."""
+        with self._lock:
+            return ["status" if k == _STATUS else k for k in self._blinks]
 
     def _desired(self, key: str) -> bool:
-        if key == "\0status":
-            return self._delete_armed is not None or self._status_on
-        return key == self._prediction
+        """The state LED ``key`` rests in outside a capture blink."""
+        if key != _STATUS:
+            return key == self._prediction
+        if self._delete_armed == "clear":
+            return int((self._clock.now() - self._clear_armed_at) // STATUS_BLINK) % 2 == 0
+        return self._delete_armed is not None or self._status_on
 
     def _show_status(self) -> None:
         with self._lock:
             led = self.status_led
-            if led is None or self._closed or "\0status" in self._blinks:
+            if led is None or self._closed or _STATUS in self._blinks:
                 return
-            if self._delete_armed == "clear":
-                led.blink(on_time=0.1, off_time=0.1, background=True)
-            else:
-                self._apply(led, self._desired("\0status"))
+            self._apply(led, self._desired(_STATUS))
 
     @staticmethod
     def _apply(led, on: bool) -> None:
+        if bool(led.is_lit) == on:
+            return
         if on:
             led.on()
         else:
@@ -336,10 +377,8 @@ class ButtonPanel:
             if self._closed:
                 return
             self._closed = True
-            blinks, self._blinks = list(self._blinks.values()), {}
+            self._blinks.clear()
             devices, self._devices = self._devices[::-1], []
-        for timer in blinks:
-            timer.cancel()
         for device in devices:
             try:
                 device.close()

@@ -213,6 +213,8 @@ class Device:
         c = self.counters
         c.frames += 1
         self._frame = frame
+        if self.panel is not None:
+            self.panel.tick()  # hold repeats, blinks ending, delete arming: on self.clock
         captured = self._capture(frame) if self._pending else None
         t0 = self.clock.now()
         # A captured frame was just embedded (its first view): predict from that, not again.

@@ -278,15 +278,20 @@ class SampleStore:
                                   f"{len(self._classes)} classes, the limit (head.max_classes)")
         folder = f"c{secrets.token_hex(6)}"
         path = self.root / SAMPLES / folder
+        # Built aside and renamed into place, so a kill never leaves a folder without its name
+        # file; what a kill leaves aside is cleaned up at the next open, like a deletion's.
+        staging = self.root / SAMPLES / f"{TRASH_PREFIX}new-{folder}"
         with storage_errors(f"class {name!r}"):
-            path.mkdir()
+            staging.mkdir()
             try:
-                atomic.write_text(path / "name", name)
+                atomic.write_text(staging / "name", name)
+                os.replace(staging, path)
                 self._set_class(name, folder)
                 self._write_meta()
             except BaseException:  # a full disk leaves no empty folder behind
                 self._classes.pop(name, None)
                 self._keys = None
+                shutil.rmtree(staging, ignore_errors=True)
                 shutil.rmtree(path, ignore_errors=True)
                 raise
         self._samples[name] = OrderedDict()
