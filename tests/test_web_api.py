@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from webkit import TIMEOUT, Client, Multipart, Studio, config_with, jpeg_of, photo_bytes, web_config
+from webkit import studio_factory, TIMEOUT, Client, Multipart, config_with, jpeg_of, photo_bytes, web_config
 
 from edge_classifier.config import HeadConfig, SmoothingConfig, SourceConfig
 from edge_classifier.datasets.folders import scan_folder
@@ -24,16 +24,7 @@ from edge_classifier.frames.images import load_image
 TAUGHT = (("cat", "cat.bmp"), ("bird", "bird.bmp"))
 
 
-@pytest.fixture
-def studio(device_factory, sample):
-    made = []
-
-    def make(**kwargs):
-        made.append(Studio(device_factory, sample, **kwargs))
-        return made[-1]
-    yield make
-    for s in made:
-        s.finish()
+studio = pytest.fixture(studio_factory, name="studio")
 
 
 def sample_files(device, name):

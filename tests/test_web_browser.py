@@ -13,7 +13,7 @@ import shutil
 
 import pytest
 from PIL import Image
-from webkit import TIMEOUT, Studio, web_config
+from webkit import studio_factory, TIMEOUT, web_config
 
 from edge_classifier.config import SmoothingConfig, SourceConfig
 
@@ -54,16 +54,7 @@ def browser(tmp_path_factory):
     driver.quit()
 
 
-@pytest.fixture
-def studio(device_factory, sample):
-    made = []
-
-    def make(**kwargs):
-        made.append(Studio(device_factory, sample, **kwargs))
-        return made[-1]
-    yield make
-    for s in made:
-        s.finish()
+studio = pytest.fixture(studio_factory, name="studio")
 
 
 def until(driver, condition, what):

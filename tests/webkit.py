@@ -168,5 +168,20 @@ def config_with(config: Config, **web) -> Config:
     return replace(config, web=replace(config.web, **web))
 
 
-__all__ = ["Client", "Multipart", "Photos", "Studio", "TIMEOUT", "config_with", "jpeg_of",
+
+def studio_factory(device_factory, sample):
+    """Fixture body: ``make(**kwargs)`` builds studios (a device with the web transport), all
+    finished after the test. Register it as ``studio = pytest.fixture(studio_factory,
+    name="studio")``."""
+    made = []
+
+    def make(**kwargs):
+        made.append(Studio(device_factory, sample, **kwargs))
+        return made[-1]
+    yield make
+    for s in made:
+        s.finish()
+
+
+__all__ = ["studio_factory", "Client", "Multipart", "Photos", "Studio", "TIMEOUT", "config_with", "jpeg_of",
            "photo_bytes", "threading", "web_config"]

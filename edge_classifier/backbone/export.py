@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from edge_classifier.backbone.graph import check_tflite_bytes
+from edge_classifier.backbone.graph import check_tflite_bytes, flatbuffer_schema
 from edge_classifier.errors import ExportError
 
 FLOAT32 = 0  # schema TensorType.FLOAT32
@@ -54,18 +54,6 @@ _OPS = {
 }
 
 
-def _schema():
-    try:
-        from ai_edge_litert import schema_py_generated as schema
-        from ai_edge_litert.tools import flatbuffer_utils
-    except Exception as exc:  # ImportError, or a syntax error on an old Python
-        raise ExportError(
-            "exporting a model needs the flatbuffer tools shipped with ai-edge-litert "
-            f"({exc}); install ai-edge-litert (the exported file then runs on any TFLite "
-            "runtime, tflite-runtime included)") from None
-    return schema, flatbuffer_utils
-
-
 def _version_key(text: str):
     return tuple(int(p) if p.isdigit() else 0 for p in text.split("."))
 
@@ -82,7 +70,9 @@ class GraphEditor:
     """
 
     def __init__(self, content: Optional[bytes] = None, source: str = "model"):
-        self.schema, self._fbu = _schema()
+        self.schema, self._fbu = flatbuffer_schema(
+            ExportError, "exporting a model", "(the exported file then runs on any TFLite "
+            "runtime, tflite-runtime included)")
         self.source = source
         if content is None:
             s = self.schema

@@ -33,15 +33,16 @@ def check_tflite_bytes(content: bytes, source: str) -> None:
         raise InvalidModelError(f"{source}: not a TFLite model (no 'TFL3' identifier)")
 
 
-def _schema():
+def flatbuffer_schema(error=ModelError, why: str = "exposing a classifier's penultimate "
+                      "layer", advice: str = "or use an embedding-extractor model"):
+    """LiteRT's flatbuffer schema and tools (the only place they are imported); without them
+    ``error`` says what needed them and what to do."""
     try:
         from ai_edge_litert import schema_py_generated as schema
         from ai_edge_litert.tools import flatbuffer_utils
     except Exception as exc:  # ImportError, or a syntax error on an old Python
-        raise ModelError(
-            "exposing a classifier's penultimate layer needs the flatbuffer tools shipped with "
-            f"ai-edge-litert ({exc}); install ai-edge-litert or use an embedding-extractor model"
-        ) from None
+        raise error(f"{why} needs the flatbuffer tools shipped with ai-edge-litert ({exc}); "
+                    f"install ai-edge-litert {advice}") from None
     return schema, flatbuffer_utils
 
 
@@ -97,7 +98,7 @@ def expose_penultimate(content: bytes, source: str = "model"):
 
     Raises :class:`InvalidModelError` if no penultimate embedding can be found.
     """
-    schema, fbu = _schema()
+    schema, fbu = flatbuffer_schema()
     model = fbu.read_model_from_bytearray(bytearray(content))
     found = _find(model, schema, fbu)
     if found is None:
