@@ -11,6 +11,14 @@ camera lays it out in memory (so the tests check the colour conversion, not a co
 
 Like the real class on a Pi 4 (``platform = "VC4"``) it refuses a non-YUV lores stream.
 
+``camera_controls["ScalerCrop"]`` is ``(min, max, default)`` with ``max`` the sensor mode's
+whole field of view (:data:`FIELD_OF_VIEW`, an IMX708's binned mode); on a Pi 5 (PiSP) there is
+also ``ScalerCrops`` (one rectangle per stream, main first). ``set_controls`` refuses controls
+the camera does not advertise (``RuntimeError``, as upstream's ``Controls``); a ScalerCrop set
+before or while running applies to the frames that follow: the lores frame then shows that
+rectangle of the scene (the scene is the whole field of view) scaled to the stream's size, each
+axis on its own, as the ISP does.
+
 Captures go through a job queue the way picamera2 1.x does it (``picamera2.py``:
 ``dispatch_functions``, ``process_requests``, ``stop``, ``close``, ``cancel_all_and_flush``;
 ``job.py``), so a stalled camera fails here as it does on a Pi::
@@ -36,10 +44,17 @@ from functools import partial
 from typing import Callable, List, Optional, Union
 
 import numpy as np
+from PIL import Image
 
 Scene = Union[tuple, np.ndarray, Callable[[int, int, int], np.ndarray]]
 
-__all__ = ["CancelledError", "ColorSpace", "Job", "Picamera2", "Platform", "encode_i420",
+#: The sensor mode's whole field of view, (x, y, width, height) in sensor pixels.
+FIELD_OF_VIEW = (0, 0, 2304, 1296)
+# The scene is rendered at this fraction of the sensor's pixels when a ScalerCrop applies.
+_SENSOR_SCALE = 4
+
+__all__ = ["CancelledError", "ColorSpace", "FIELD_OF_VIEW", "Job", "Picamera2", "Platform",
+           "encode_i420",
            "failing_picamera2", "in_thread", "render"]
 
 
@@ -190,6 +205,12 @@ class Picamera2:
         self.closed = False
         self.calls: List[str] = []
         self.captures = 0
+        self.controls: dict = {}  # set_controls so far (upstream: sent with the next request)
+        full = FIELD_OF_VIEW
+        self.camera_controls = {"ScalerCrop": ((0, 0, 64, 64), full, full),
+                                "ExposureTime": (1, 66666, 20000)}
+        if platform == "PISP":
+            self.camera_controls["ScalerCrops"] = ((0, 0, 64, 64), full, full)
         self.lock = threading.Lock()  # the job list and the ready frame, as upstream
         self.changed = threading.Condition()  # notified whenever a job is queued or leaves
         self._job_list: List[Job] = []
@@ -327,6 +348,22 @@ class Picamera2:
             config["lores"] = lores
         self.camera_config = config
 
+    def set_controls(self, controls: dict) -> None:
+        """As upstream's ``Controls.set_controls``: every name must be advertised."""
+        self._call("set_controls")
+        for name, value in controls.items():
+            if name not in self.camera_controls:
+                raise RuntimeError(f"Control {name} is not advertised by libcamera")
+            self.controls[name] = value
+
+    def _scaler_crop(self, name: str):
+        """The rectangle of the field of view stream ``name`` shows, or None (the default)."""
+        crops = self.controls.get("ScalerCrops")
+        if crops is not None:
+            return tuple(crops[1 if name == "lores" and len(crops) > 1 else 0])
+        crop = self.controls.get("ScalerCrop")
+        return tuple(crop) if crop is not None else None
+
     def start(self) -> None:
         """Start the sensor and, as ``start(show_preview=False)`` does, the NullPreview loop."""
         self._call("start")
@@ -351,7 +388,11 @@ class Picamera2:
         stream = self.camera_config[name]
         w, h = stream["size"]
         self.captures += 1
-        rgb = render(self.scene, w, h, self.captures)
+        rect = self._scaler_crop(name)
+        if rect is None:
+            rgb = render(self.scene, w, h, self.captures)
+        else:
+            rgb = self._through_isp(rect, w, h)
         fmt = stream["format"]
         if fmt == "RGB888":
             return np.ascontiguousarray(rgb[..., ::-1])
@@ -366,6 +407,21 @@ class Picamera2:
             full = "Limited" not in self.camera_config["colour_space"].range
             return encode_i420(rgb, full_range=full, stride=stream["stride"])
         raise RuntimeError("Format " + fmt + " not supported")
+
+    def _through_isp(self, rect, w: int, h: int) -> np.ndarray:
+        """The ScalerCrop ``rect`` of the scene (the whole field of view), scaled to w x h."""
+        fx, fy, fw, fh = FIELD_OF_VIEW
+        x, y, cw, ch = rect
+        x, y = max(fx, x), max(fy, y)
+        cw, ch = min(cw, fx + fw - x), min(ch, fy + fh - y)  # clamped as libcamera does
+        k = _SENSOR_SCALE
+        if isinstance(self.scene, np.ndarray):
+            sensor = Image.fromarray(self.scene.astype(np.uint8))
+            k = fw / sensor.width
+        else:
+            sensor = Image.fromarray(render(self.scene, fw // k, fh // k, self.captures))
+        box = ((x - fx) / k, (y - fy) / k, (x - fx + cw) / k, (y - fy + ch) / k)
+        return np.asarray(sensor.resize((w, h), Image.BILINEAR, box=box), dtype=np.uint8)
 
     def stop_(self, request=None):
         """Stop the sensor (runs in the event loop when there is one)."""

@@ -15,6 +15,7 @@ The interpreter is created once, never per frame. Not thread-safe: use one backb
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from edge_classifier.backbone import graph, integrity, runtime
 from edge_classifier.backbone.manifest import Manifest, load_manifest
 from edge_classifier.errors import InvalidModelError, ModelError, ModelNotInstalledError
 from edge_classifier.frames.images import preprocess
+from edge_classifier.frames.region import Crop, check_crop
 
 # MobileNet's training normalisation: pixels mapped to [-1, 1].
 PIXEL_MEAN = 127.5
@@ -63,6 +65,10 @@ class Backbone:
         or ``"output"`` to use the model's output as the embedding.
     :param sha256: the file's SHA-256 when it is already known (:meth:`from_name` passes the
         manifest's after checking the file); hashed from the content when not given.
+    :param crop: the region of interest its samples are taught on (``source.crop``,
+        :mod:`~edge_classifier.frames.region`), or None for the whole frame. The frame
+        source cuts it out (or the camera's ISP does); the backbone carries it so that its
+        :attr:`identity` says it, and a state taught on one crop refuses another.
 
     A model loaded by path is not checked against the manifest; :meth:`from_name` checks it.
     """
@@ -70,8 +76,9 @@ class Backbone:
     def __init__(self, model_path: "os.PathLike[str] | str", *, num_threads: Optional[int] = None,
                  labels: Optional[Sequence[str]] = None, resize: str = "crop",
                  name: Optional[str] = None, embedding: str = "auto",
-                 sha256: Optional[str] = None):
+                 sha256: Optional[str] = None, crop: Optional[Crop] = None):
         self.path = Path(model_path)
+        self.crop = check_crop(crop)
         self.name = name or self.path.stem
         self.resize = resize
         try:
@@ -169,12 +176,27 @@ class Backbone:
     @property
     def identity(self) -> dict:
         """What a head trained on this backbone must match to be reused."""
-        return {"model": self.name, "sha256": self.sha256, "embedding_dim": self.embedding_dim,
-                "resize": self.resize}
+        identity = {"model": self.name, "sha256": self.sha256,
+                    "embedding_dim": self.embedding_dim, "resize": self.resize}
+        if self.crop is not None:
+            identity["crop"] = list(self.crop)
+        return identity
+
+    def with_crop(self, crop: Optional[Crop]) -> "Backbone":
+        """This backbone (itself when the crop is the same) for samples taught on ``crop``;
+        a different crop gives a copy that shares the interpreter (one thread still)."""
+        crop = check_crop(crop)
+        if crop == self.crop:
+            return self
+        other = copy.copy(self)
+        other.crop = crop
+        return other
 
     # -- running -------------------------------------------------------------------------------
     def prepare(self, rgb: np.ndarray) -> np.ndarray:
-        """The shared preprocessing: an HxWx3 uint8 RGB frame to the model's input size."""
+        """The shared preprocessing: an HxWx3 uint8 RGB frame (of the region, when there is a
+        crop: sources deliver only the region) to the model's input size; a frame already at
+        that size is used as it is."""
         return preprocess(rgb, self.input_size, self.resize)
 
     def _to_input(self, pixels: np.ndarray) -> np.ndarray:

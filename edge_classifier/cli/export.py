@@ -73,6 +73,10 @@ def cmd_export_model(args, err) -> int:
           f"({exported.head}), {classes} classes; labels in {labels}")
     fitted = "centre-cropped" if backbone.resize == "crop" else "squashed"
     print(f"input: 1x{h}x{w}x3, each frame {fitted} to {h}x{w}")
+    if backbone.crop is not None:  # also in the model's metadata ("backbone": {"crop": ...})
+        region = ", ".join(f"{v:g}" for v in backbone.crop)
+        print(f"region: taught on source.crop = [{region}]: give it only that part of the "
+              "camera's frame")
     rule = (f"unknown above {threshold:.4g}" if threshold != float("inf")
             else "never unknown: fewer than two samples")
     print(f"outputs: probabilities (1x{classes}), unknown_score (1x1, {rule})")

@@ -46,7 +46,8 @@ def open_learner(args, state: StateDir, load: bool = True) -> Learner:
     command line names others."""
     name = getattr(args, "model", None) or state.model_name()
     backbone = Backbone.from_name(name, num_threads=args.threads,
-                                  resize=getattr(args, "resize", None) or "crop")
+                                  resize=getattr(args, "resize", None) or "crop",
+                                  crop=state.crop())  # pictures are of the region: used whole
     augmentation = Augmentation(flip=not getattr(args, "no_flip", False),
                                 crops=getattr(args, "crops", 0) or 0)
     return Learner(backbone, state, getattr(args, "head", None), augmentation, load=load)

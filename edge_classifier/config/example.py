@@ -27,13 +27,15 @@ Unknown keys are errors, so a typo is caught before the device starts. Install a
 
 
 def toml_value(value: Any) -> str:
-    """``value`` (bool, int, float or str) as a TOML value."""
+    """``value`` (bool, int, float, str or a list of them) as a TOML value."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
         return json.dumps(value)  # JSON's escapes are TOML's
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     raise TypeError(f"no TOML form for {type(value).__name__}")
 
 

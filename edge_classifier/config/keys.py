@@ -92,6 +92,8 @@ def shown(value: Any, limit: int = 60) -> str:
 def check_value(dotted: str, value: Any, kind: Any, spec: KeySpec) -> Any:
     """``value`` checked against the key's type, choices and range (ints become floats for
     float keys); raises :class:`ConfigError` naming ``dotted``."""
+    if kind == Tuple[float, ...]:
+        return _check_numbers(dotted, value, spec)
     optional = kind == Optional[int]
     if optional:
         if value is None or value == "":
@@ -126,3 +128,15 @@ def check_value(dotted: str, value: Any, kind: Any, spec: KeySpec) -> Any:
             raise ConfigError(f"{dotted}: {what}must be between {lo} and {hi}, "
                               f"not {shown(value)}")
     return value
+
+
+def _check_numbers(dotted: str, value: Any, spec: KeySpec) -> Tuple[float, ...]:
+    """A list of numbers (``source.crop``) as a tuple of floats (what they must be is checked
+    with the rules between keys, :mod:`~edge_classifier.config.validation`)."""
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{dotted}: expected a list of numbers like [0.25, 0, 0.75, 1], "
+                          f"got {shown(value)}")
+    out = []
+    for i, item in enumerate(value):
+        out.append(check_value(f"{dotted}[{i}]", item, float, spec))
+    return tuple(out)

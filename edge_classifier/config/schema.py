@@ -39,9 +39,18 @@ class SourceConfig:
                              "with ':'")
     fps: float = key(0.0, range=(0, 1000), help="frame-rate cap; 0 = as fast as the model runs")
     loop: bool = key(True, help="replay: start again after the last image")
-    width: int = key(320, range=(16, 4096), help="width of the picamera2 'lores' stream used "
-                                                 "for inference")
-    height: int = key(240, range=(16, 4096), help="height of the picamera2 'lores' stream")
+    width: int = key(0, range=(0, 4096), help="width of the picamera2 'lores' stream used for "
+                                              "inference; 0 = the model's input size, so the "
+                                              "camera's ISP crops and scales and the CPU does "
+                                              "no resizing")
+    height: int = key(0, range=(0, 4096), help="height of the picamera2 'lores' stream; 0 = "
+                                               "the model's input size")
+    crop: Tuple[float, ...] = key((), example=(0.25, 0.0, 0.75, 1.0),
+                                  help="region of interest: classify only this rectangle of "
+                                       "the frame, [x0, y0, x1, y1] as fractions of its width "
+                                       "and height (e.g. [0.5, 0, 1, 1] is the right half); "
+                                       "empty = the whole frame. Part of the state's identity: "
+                                       "samples taught on one crop are not mixed with another's")
     timeout: float = key(10.0, range=(0.1, 3600),
                          help="seconds without a frame before the camera counts as hung")
 

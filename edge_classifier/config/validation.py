@@ -30,10 +30,12 @@ from edge_classifier.config.broker import (MQTT_STRING_BYTES, BrokerUrl, parse_b
 from edge_classifier.config.keys import check_value, item_type, shown, spec_of
 from edge_classifier.config.schema import MAX_DEVICE_ID, Config
 from edge_classifier.core.names import validate_class_name
+from edge_classifier.frames.region import check_crop
 from edge_classifier.errors import ConfigError
 
 MAX_TOPIC_PREFIX = 256  # characters of mqtt.base_topic and mqtt.discovery_prefix
 MAX_CLIENT_ID = 128
+MIN_LORES_SIDE = 16  # pixels of source.width and source.height when they are set
 _DEVICE_ID = re.compile(f"[A-Za-z0-9_-]{{1,{MAX_DEVICE_ID}}}")  # Home Assistant's object_id
 
 
@@ -44,6 +46,7 @@ def validate_config(config: Config) -> Config:
     _check_classes(config)
     _check_gpio(config)
     _check_model(config.model.name)
+    _check_source(config.source)
     if config.source.kind == "replay" and not config.source.path:
         raise ConfigError("source.path: source.kind = \"replay\" needs a folder or image files")
     if config.source.kind == "browser" and not config.web.listen:
@@ -70,6 +73,21 @@ def _check_values(obj: Any, prefix: str) -> None:
                 _check_values(item, f"{dotted}[{i}]")
         else:
             check_value(dotted, value, kind, spec_of(f))
+
+
+def _check_source(source) -> None:
+    for side in ("width", "height"):
+        value = getattr(source, side)
+        if 0 < value < MIN_LORES_SIDE:
+            raise ConfigError(f"source.{side}: 0 (the model's input size) or at least "
+                              f"{MIN_LORES_SIDE}, not {value}")
+    if (source.width == 0) != (source.height == 0):
+        raise ConfigError("source.width, source.height: set both, or leave both 0 (the "
+                          "model's input size)")
+    try:
+        check_crop(source.crop)
+    except ValueError as exc:
+        raise ConfigError(f"source.crop: {exc}") from None
 
 
 def _check_device_id(device_id: str) -> None:

@@ -98,11 +98,12 @@ class Device:
         root = Path(state_dir or cfg.state_dir or default_state_dir()).expanduser()
         self.state_dir = StateDir(root, command="edge-classifier run")
         self._closers.append(self.state_dir.close)
+        crop = tuple(cfg.source.crop) or None  # the source cuts it out; the state checks it
         if backbone is None:
             backbone = Backbone.from_name(cfg.model.name or self.state_dir.model_name() or None,
                                           num_threads=cfg.model.threads or None,
-                                          resize=cfg.model.resize)
-        self.backbone = backbone
+                                          resize=cfg.model.resize, crop=crop)
+        self.backbone = backbone = backbone.with_crop(crop)
         self.learner = Learner(
             backbone, self.state_dir, cfg.head.name or None,
             Augmentation(flip=cfg.head.flip, crops=cfg.head.crops),
@@ -152,7 +153,8 @@ class Device:
                 kb.close()
         if source is None and cfg.source.kind != "browser":
             source = make_source(cfg.source, default_paths=default_paths,
-                                 size_hint=backbone.input_size, clock=self.clock)
+                                 size_hint=backbone.input_size, resize=backbone.resize,
+                                 clock=self.clock)
         # With the studio, frames from a browser's camera take over while they come.
         self.source = self.web.browser_source(source) if self.web is not None else source
         self._closers.append(self.source.close)

@@ -7,6 +7,8 @@
     with Still(fps=2, clock=clock) as source:
         frame = source.read()                 # at most two frames a second, on ``clock``
 
+    Still(crop=(0.5, 0.0, 1.0, 1.0)).read()   # only the right half of each picture
+
 :class:`~edge_classifier.frames.sources.ReplaySource` and
 :class:`~edge_classifier.frames.camera.PicameraSource` are the two real ones.
 """
@@ -19,6 +21,7 @@ import numpy as np
 
 from edge_classifier.core.clock import SYSTEM_CLOCK, Clock
 from edge_classifier.errors import EndOfStream, SourceClosedError
+from edge_classifier.frames.region import Crop, check_crop, crop_frame
 
 
 class FrameSource:
@@ -26,9 +29,16 @@ class FrameSource:
 
     ``fps`` > 0 caps the frame rate: ``read()`` sleeps on ``clock`` so that successive frames
     are at least ``1 / fps`` seconds apart (the first frame is returned at once).
+
+    ``crop``: the region of interest ``(x0, y0, x1, y1)`` in fractions of the frame
+    (:mod:`~edge_classifier.frames.region`); ``read()`` returns only that region. A source
+    whose hardware crops (the camera's ISP) sets ``self.crop_applied`` and returns it as is.
     """
 
-    def __init__(self, fps: float = 0.0, clock: Optional[Clock] = None):
+    def __init__(self, fps: float = 0.0, clock: Optional[Clock] = None,
+                 crop: Optional[Crop] = None):
+        self.crop = check_crop(crop)
+        self.crop_applied = False  # True: _read() already returns the region
         fps = float(fps)
         if fps < 0:
             raise ValueError(f"fps must be 0 (no cap) or more, not {fps!r}")
@@ -50,6 +60,8 @@ class FrameSource:
         self._pace()
         frame = self._read()
         self.frames_read += 1
+        if self.crop is not None and not self.crop_applied:
+            frame = np.ascontiguousarray(crop_frame(frame, self.crop))
         return frame
 
     def _pace(self) -> None:

@@ -3,6 +3,10 @@
     with PicameraSource(320, 240) as camera:
         frame = camera.read()                 # 240x320x3 RGB
 
+    # at the model's input size: the ISP crops and scales, the CPU does no resizing
+    with PicameraSource(224, 224, resize="crop", crop=(0.5, 0, 1, 1)) as camera:
+        frame = camera.read()                 # 224x224x3: the centre square of the right half
+
 Wiring: a Raspberry Pi camera module on the CSI connector (the ribbon cable's contacts facing the
 connector's). Only the lores stream is read: RGB888 on a Pi 5, YUV420 (I420) on a Pi 4 and
 older, converted with NumPy (:func:`~edge_classifier.frames.colour.lores_to_rgb`).
@@ -23,6 +27,7 @@ from edge_classifier.core.clock import Clock
 from edge_classifier.errors import CameraError, SourceClosedError
 from edge_classifier.frames.base import FrameSource
 from edge_classifier.frames.colour import lores_to_rgb
+from edge_classifier.frames.region import Crop, scaler_crop
 
 __all__ = ["PicameraSource"]
 
@@ -73,13 +78,26 @@ class PicameraSource(FrameSource):
     waits for at most ``stop_timeout`` seconds (then logs an error and leaves the camera).
     ``close()`` from another thread while ``read()`` waits makes that read raise
     :class:`SourceClosedError`.
+
+    ``resize`` (``"crop"`` or ``"squash"``, the backbone's mode): ``width`` x ``height`` is the
+    model's input and the ISP fits the picture to it for free, through picamera2's
+    ``ScalerCrop`` control (``ScalerCrops`` on a Pi 5, whose streams can have crops of their
+    own): the centred box of the field of view (or of ``crop``) with the stream's aspect
+    ratio, or all of it squashed. The frames are then already what the model takes, so
+    :func:`~edge_classifier.frames.images.preprocess` passes them through. Without ``resize``
+    the stream is a plain small picture and ``crop`` (if any) is cut out on the CPU.
     """
 
     def __init__(self, width: int = 320, height: int = 240,
                  picamera2_factory: Optional[Callable[[], object]] = None,
                  timeout: float = 10.0, fps: float = 0.0, clock: Optional[Clock] = None,
-                 stop_timeout: float = 5.0):
-        super().__init__(fps, clock)
+                 stop_timeout: float = 5.0, crop: Optional[Crop] = None,
+                 resize: Optional[str] = None):
+        super().__init__(fps, clock, crop)
+        if resize not in (None, "crop", "squash"):
+            raise ValueError(f"resize must be None, 'crop' or 'squash', not {resize!r}")
+        self.resize = resize
+        self.scaler_crop: Optional[Tuple[int, int, int, int]] = None
         width, height = int(width), int(height)
         if width < 2 or height < 2:
             raise ValueError(f"lores size must be at least 2x2, not {width}x{height}")
@@ -118,6 +136,8 @@ class PicameraSource(FrameSource):
             self.format = str(lores["format"])
             self.size = tuple(int(v) for v in lores["size"])
             self._colour_space = config.get("colour_space")
+            if self.resize is not None:
+                self._set_scaler_crop()
             self._camera.start()
         except Exception as exc:
             raise CameraError(f"cannot configure or start the camera ({type(exc).__name__}: "
@@ -126,6 +146,24 @@ class PicameraSource(FrameSource):
             raise CameraError(f"the camera gave lores format {self.format!r}, which "
                               f"edge-classifier cannot convert")
         _log.info("camera lores stream: %dx%d %s", self.size[0], self.size[1], self.format)
+
+    def _set_scaler_crop(self) -> None:
+        """Ask the ISP for the part of the field of view the model sees (see the class)."""
+        controls = self._camera.camera_controls
+        if "ScalerCrop" not in controls:
+            _log.info("the camera has no ScalerCrop control: crop and resize on the CPU")
+            return
+        full = controls["ScalerCrop"][1]  # (min, max, default): max is the mode's whole view
+        size = (self.size[1], self.size[0])
+        rect = scaler_crop(full, self.crop, size, self.resize)
+        if "ScalerCrops" in controls:  # PiSP: one rectangle per stream, main first
+            self._camera.set_controls({"ScalerCrops": [rect, rect]})
+        else:
+            self._camera.set_controls({"ScalerCrop": rect})
+        self.scaler_crop = rect
+        self.crop_applied = True
+        _log.info("camera ScalerCrop %s of %s for a %dx%d stream", rect, tuple(full),
+                  self.size[0], self.size[1])
 
     def _read(self) -> np.ndarray:
         camera = self._camera

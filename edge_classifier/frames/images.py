@@ -237,7 +237,9 @@ def preprocess(rgb: np.ndarray, size: Tuple[int, int], mode: str = "crop") -> np
 
     ``mode="crop"`` takes the largest centred region with the model's aspect ratio (a centred
     square for square models) and resizes it; ``"squash"`` resizes the whole frame, ignoring
-    the aspect ratio. Bilinear filtering. Returns a new HxWx3 uint8 array.
+    the aspect ratio. Bilinear filtering. A frame already at ``size`` (the camera's stream
+    at the model's input size, see :class:`~edge_classifier.frames.camera.PicameraSource`) is
+    returned as it is, without a copy; any other result is a new HxWx3 uint8 array.
     """
     if mode not in RESIZE_MODES:
         raise ValueError(f"resize mode must be one of {RESIZE_MODES}, not {mode!r}")
@@ -247,7 +249,7 @@ def preprocess(rgb: np.ndarray, size: Tuple[int, int], mode: str = "crop") -> np
     out_h, out_w = int(size[0]), int(size[1])
     in_h, in_w = frame.shape[:2]
     if (in_h, in_w) == (out_h, out_w):
-        return frame.copy()
+        return frame
     image = Image.fromarray(frame)
     if mode == "crop":
         # Largest box with the output's aspect ratio, centred.

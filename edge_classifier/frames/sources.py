@@ -58,14 +58,15 @@ class ReplaySource(FrameSource):
     ``size_hint``: the model's input (height, width), passed to
     :func:`~edge_classifier.frames.images.load_image`: big photos are decoded at a short side of
     twice that, not in full (None: full resolution). ``max_pixels``: files whose header promises
-    more pixels are skipped like undecodable ones.
+    more pixels are skipped like undecodable ones. ``crop``: only that region of each
+    picture is returned (see :class:`~edge_classifier.frames.base.FrameSource`).
     """
 
     def __init__(self, paths_or_folders: Union[PathLike, Sequence[PathLike]], fps: float = 0.0,
                  loop: bool = True, clock: Optional[Clock] = None,
                  cache_bytes: int = 256 * 1024 * 1024, size_hint: SizeHint = None,
-                 max_pixels: Optional[int] = DEFAULT_MAX_PIXELS):
-        super().__init__(fps, clock)
+                 max_pixels: Optional[int] = DEFAULT_MAX_PIXELS, crop=None):
+        super().__init__(fps, clock, crop)
         if isinstance(paths_or_folders, (str, bytes, os.PathLike)):
             paths_or_folders = [paths_or_folders]
         self.paths = [os.fspath(p) for p in paths_or_folders]
@@ -160,29 +161,47 @@ def _split_paths(path: str) -> List[str]:
 def make_source(source_config, default_paths: Optional[Sequence[PathLike]] = None,
                 clock: Optional[Clock] = None,
                 picamera2_factory: Optional[Callable[[], object]] = None,
-                size_hint: SizeHint = None) -> FrameSource:
+                size_hint: SizeHint = None, resize: str = "crop") -> FrameSource:
     """The source a :class:`~edge_classifier.config.SourceConfig` asks for::
 
-        source = make_source(config.source, default_paths=[samples], size_hint=backbone.input_size)
+        source = make_source(config.source, default_paths=[samples],
+                             size_hint=backbone.input_size, resize=backbone.resize)
 
     ``kind = "picamera2"``: the camera (errors are raised). ``"replay"``: ``path`` (a folder, an
     image, or several separated by ':'), else ``default_paths``. ``"auto"``: the camera if
     picamera2 imports and a camera opens, else the replay (logging why). ``size_hint``: the
     model's input (height, width), so a replay decodes big photos near that size (see
-    :class:`ReplaySource`); the camera's lores stream is already small and ignores it.
+    :class:`ReplaySource`), and with ``source.width = height = 0`` the camera's lores stream
+    is that size, cropped and scaled by the ISP as ``resize`` says (without a ``size_hint``
+    it is 320x240). ``source.crop`` applies to every source's frames.
     """
     cfg = source_config
     replay_paths = _split_paths(cfg.path) if cfg.path else list(default_paths or [])
+    crop = tuple(cfg.crop) or None
 
     def camera() -> PicameraSource:
-        return PicameraSource(cfg.width, cfg.height, picamera2_factory=picamera2_factory,
-                              timeout=cfg.timeout, fps=cfg.fps, clock=clock)
+        if cfg.width and cfg.height:
+            return PicameraSource(cfg.width, cfg.height, picamera2_factory=picamera2_factory,
+                                  timeout=cfg.timeout, fps=cfg.fps, clock=clock, crop=crop)
+        if size_hint is None:
+            return PicameraSource(320, 240, picamera2_factory=picamera2_factory,
+                                  timeout=cfg.timeout, fps=cfg.fps, clock=clock, crop=crop)
+        height, width = (size_hint, size_hint) if isinstance(size_hint, int) else size_hint
+        return PicameraSource(width, height, picamera2_factory=picamera2_factory,
+                              timeout=cfg.timeout, fps=cfg.fps, clock=clock, crop=crop,
+                              resize=resize)
 
     def replay() -> ReplaySource:
         if not replay_paths:
             raise NoImagesError("nothing to replay: set source.path to a folder or image files")
+        # A crop keeps part of each picture: decode at the hint's size over that part.
+        hint = size_hint
+        if crop is not None and hint is not None:
+            sides = (hint, hint) if isinstance(hint, int) else hint
+            share = min(crop[2] - crop[0], crop[3] - crop[1])
+            hint = tuple(max(1, int(round(s / share))) for s in sides)
         return ReplaySource(replay_paths, fps=cfg.fps, loop=cfg.loop, clock=clock,
-                            size_hint=size_hint)
+                            size_hint=hint, crop=crop)
 
     if cfg.kind == "picamera2":
         return camera()

@@ -199,6 +199,13 @@ class StateDir:
         name = backbone.get("model") if isinstance(backbone, dict) else None
         return name if isinstance(name, str) and name else None
 
+    def crop(self) -> Optional[list]:
+        """The region of interest (``source.crop``) this state's samples were taught on, if
+        any: commands that read pictures (``train``, ``predict``) use the state's."""
+        backbone = (read_meta(self.root) or {}).get("backbone") or {}
+        crop = backbone.get("crop") if isinstance(backbone, dict) else None
+        return crop if isinstance(crop, list) else None
+
     def head_name(self) -> Optional[str]:
         """The head this state was last taught with (e.g. ``multilabel``), if any: the class
         list remembers it, and a saved head says it too."""

@@ -175,6 +175,13 @@ def check_backbone(root: Path, stored: Optional[dict], backbone: Optional[dict])
     if stored.get("resize") != backbone.get("resize"):
         raise StoreError(f"{root} holds samples preprocessed with resize="
                          f"{stored.get('resize')}, not {backbone.get('resize')}")
+    if stored.get("crop") != backbone.get("crop"):
+        def region(crop):
+            return (f"source.crop = [{', '.join(f'{v:g}' for v in crop)}]"
+                    if isinstance(crop, list) else "the whole frame (no source.crop)")
+        raise StoreError(f"{root} holds samples taught on {region(stored.get('crop'))}, not "
+                         f"{region(backbone.get('crop'))}; set source.crop back, or use another "
+                         "state directory for this region")
 
 
 def safe_folder(name: object) -> bool:
