@@ -107,8 +107,20 @@ def test_predictions_are_rate_limited_by_the_injected_clock():
         clock.advance(5)
         assert pub.publish_prediction(PREDICTION) is True
     assert topics(stream).count(f"{BASE}/prediction") == 3
-    assert topics(stream).count(f"{BASE}/scores") == 3
+    assert topics(stream).count(f"{BASE}/scores") == 1  # retained, and the same each time
     assert pub.stats["rate_limited"] == 3
+
+
+def test_the_retained_scores_are_sent_only_when_they_change():
+    pub, stream = publisher(discovery=False)
+    other = dict(PREDICTION, scores={k: 1 - v for k, v in PREDICTION["scores"].items()})
+    with pub:
+        for payload in (PREDICTION, PREDICTION, other, other, PREDICTION):
+            assert pub.publish_prediction(payload) is True
+    assert topics(stream).count(f"{BASE}/prediction") == 5
+    sent = [json.loads(line)["payload"] for line in stream.getvalue().splitlines()
+            if json.loads(line)["topic"] == f"{BASE}/scores"]
+    assert sent == [PREDICTION["scores"], other["scores"], PREDICTION["scores"]]
 
 
 def test_messages_before_start_wait_and_the_oldest_are_dropped_when_the_queue_is_full():

@@ -42,6 +42,14 @@ def decoded_frames(size=(240, 320)):
             for e in load_manifest().images()]
 
 
+def frame_size(text: str, backbone):
+    """(height, width) of ``--frame-size``: "WxH", or "model" for the model's input size."""
+    if text == "model":
+        return backbone.input_size
+    width, _, height = text.lower().partition("x")
+    return int(height), int(width)
+
+
 def memory_source(frames):
     """A frame source cycling through pre-decoded frames (no decoding cost in the loop)."""
 

@@ -16,9 +16,14 @@
   and chromium-driver and selenium. ``--watcher stream`` watches with a client that only reads
   the streams instead: the device's side alone, as when the browser is on a phone.
 
-Prints one JSON object. Needs mosquitto on the PATH (else publishes to /dev/null, and says so).
+Prints one JSON object: the ratio, the bare invoke and the loop's overhead per frame in ms,
+and ``stage_ms``: each stage of a step timed on its own (preprocess, invoke, head, smoothing,
+publish, the rest). ``--frame-size model`` replays frames at the model's input size, as the
+camera's ISP delivers them (no resize left). Needs mosquitto on the PATH (else publishes to
+/dev/null, and says so).
 
     python tools/bench_loop.py [--rounds 4] [--frames 25] [--samples 2000] [--web [--watcher stream]]
+                               [--frame-size 320x240|model]
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import Broker, alternate, bare_interpreter, decoded_frames, memory_source
+from _common import (Broker, alternate, bare_interpreter, decoded_frames, frame_size,
+                     memory_source)
 
 from edge_classifier.device.loop import Device
 from edge_classifier.backbone.model import Backbone
@@ -59,12 +65,46 @@ def fill_store(device, n: int, rng) -> None:
     device.learner.fit()
 
 
+def stage_ms(device, frames, n: int) -> dict:
+    """Mean ms per frame of each stage of ``Device.step``, timed one by one on the loop's own
+    parts (the invoke included, for scale); "step" is a whole step, the rest what is left."""
+    import time
+    backbone, learner, smoother, bus = (device.backbone, device.learner, device.smoother,
+                                        device.bus)
+    total = dict.fromkeys(("preprocess", "invoke", "head", "smoothing", "publish", "step"), 0.0)
+    for i in range(n):
+        frame = frames[i % len(frames)]
+        t0 = time.perf_counter()
+        pixels = backbone.prepare(frame)
+        t1 = time.perf_counter()
+        embedding = backbone.run_prepared(pixels).embedding
+        t2 = time.perf_counter()
+        p = learner.predict_embedding(embedding)
+        t3 = time.perf_counter()
+        state = smoother.update(p.label, p.confidence, p.scores)
+        t4 = time.perf_counter()
+        bus.publish_prediction(dict(p.as_dict(), state=state, timestamp=round(time.time(), 3),
+                                    frame=i, model=backbone.name, head=learner.head_name))
+        t5 = time.perf_counter()
+        device.step(frame)
+        t6 = time.perf_counter()
+        for name, dt in zip(total, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5)):
+            total[name] += dt
+    ms = {k: round(v / n * 1000, 3) for k, v in total.items()}
+    ms["rest"] = round(ms["step"] - sum(v for k, v in ms.items() if k != "step"), 3)
+    return ms
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--frames", type=int, default=25)
     parser.add_argument("--samples", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--frame-size", default="320x240",
+                        help="WxH of the replayed frames (default 320x240: the CPU crops and "
+                             "resizes), or 'model': the model's input size, as the camera's ISP "
+                             "delivers it with source.width = height = 0")
     parser.add_argument("--web", action="store_true",
                         help="serve the web studio, watched by headless Chromium")
     parser.add_argument("--watcher", choices=("chromium", "stream"), default="chromium",
@@ -72,8 +112,8 @@ def main(argv=None) -> int:
                              "client that only reads the streams (a browser elsewhere)")
     args = parser.parse_args(argv)
     threads = args.threads or os.cpu_count() or 1
-    frames = decoded_frames()
     backbone = Backbone.from_name(None, num_threads=threads)
+    frames = decoded_frames(frame_size(args.frame_size, backbone))
     tmp = Path(tempfile.mkdtemp(prefix="bench-loop-"))
     broker = Broker(tmp)
     broker = broker.start() if broker.available else None
@@ -126,7 +166,11 @@ def main(argv=None) -> int:
         t_bare, t_loop = alternate(run_bare, run_loop, args.rounds, args.frames)
         out.update(bare_invoke_fps=round(1 / t_bare, 2), loop_fps=round(1 / t_loop, 2),
                    ratio=round(t_bare / t_loop, 4), target_ratio=0.85 if args.web else 0.90,
+                   bare_invoke_ms=round(t_bare * 1000, 3),
+                   overhead_ms_per_frame=round((t_loop - t_bare) * 1000, 3),
+                   frame_size=f"{frames[0].shape[1]}x{frames[0].shape[0]}",
                    published=device.publisher.stats.get("published"))
+        out["stage_ms"] = stage_ms(device, frames, args.rounds * args.frames)
         if watcher is not None:
             out["frame_to_bar"] = _web.latency_ms(watcher.rendered(), read_at)
             out["web_stats"] = device.web.stats

@@ -58,6 +58,7 @@ class Publisher:
         self._ready = False  # connected, and the values remembered meanwhile have been sent
         self._label: Optional[str] = None
         self._scores: Optional[bytes] = None
+        self._scores_sent: Optional[bytes] = None  # the retained scores the broker holds
         self._snapshot: Optional[bytes] = None  # waiting to be sent
         self._last_prediction: Optional[float] = None
         self._queue: collections.deque = collections.deque(maxlen=config.mqtt.max_queued)
@@ -186,22 +187,28 @@ class Publisher:
 
     def publish_prediction(self, payload: Dict[str, Any]) -> bool:
         """Publish a prediction (and its scores) unless one went out less than
-        ``mqtt.prediction_interval`` ago by the clock; True when it was published."""
-        body = to_json(payload)
-        scores = payload.get("scores")
-        scores_body = to_json(scores) if isinstance(scores, dict) else None
+        ``mqtt.prediction_interval`` ago by the clock; True when it was published. The
+        retained scores go out only when they differ from what the broker already holds."""
         now = self._clock.now()
         with self._lock:
             last = self._last_prediction
             limited = last is not None and now - last < self.config.mqtt.prediction_interval
             if not limited:
-                self._last_prediction, self._scores = now, scores_body or self._scores
-            ready = self._ready
+                self._last_prediction = now
         if limited:
             self._count("rate_limited")
             return False
+        body = to_json(payload)
+        scores = payload.get("scores")
+        scores_body = to_json(scores) if isinstance(scores, dict) else None
+        with self._lock:
+            self._scores = scores_body or self._scores
+            send_scores = self._ready and scores_body is not None and \
+                scores_body != self._scores_sent
+            if send_scores:
+                self._scores_sent = scores_body
         self._emit(self.topics.prediction, body)
-        if scores_body is not None and ready:
+        if send_scores:
             self._transmit(self.topics.scores, scores_body, self._qos, True)
         return True
 
@@ -250,6 +257,7 @@ class Publisher:
                 messages.append((self.topics.state, self._label.encode("utf-8"), True))
             if self._scores is not None:
                 messages.append((self.topics.scores, self._scores, True))
+                self._scores_sent = self._scores
             if self._snapshot is not None:
                 messages.append((self.topics.snapshot, self._snapshot, True))
                 self._snapshot = None
