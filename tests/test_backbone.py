@@ -13,7 +13,7 @@ from edge_classifier.backbone.integrity import CACHE_NAME, MODIFIED, check_files
 from edge_classifier.backbone.model import Backbone, dequantize
 from edge_classifier.errors import (InvalidModelError, ModelError, ModelModifiedError,
                                     ModelNotInstalledError)
-from edge_classifier.frames.images import load_image
+from edge_classifier.frames.images import load_image, preprocess
 
 import tflite_builder
 
@@ -98,6 +98,33 @@ def test_dequantize_uses_wide_arithmetic():
     np.testing.assert_allclose(dequantize(q, 0.5, 128), [-64.0, 63.5])
     q8 = np.array([-128, 127], dtype=np.int8)
     np.testing.assert_allclose(dequantize(q8, 1.0, -128), [0.0, 255.0])
+
+
+@pytest.mark.parametrize("name", [None, "mobilenet_v2_1.0_224_quant"])
+def test_the_8_bit_fast_path_gives_the_wide_arithmetics_exact_values(backbones, name):
+    backbone = backbones(name)
+    outputs = [backbone._embedding_out] + ([backbone._scores_out] if backbone.has_scores else [])
+    rng = np.random.default_rng(0)
+    for detail in outputs:
+        scale, zero = detail["quantization"]
+        q = np.arange(256, dtype=np.uint8)
+        for s, z in [(scale, zero)] + [(float(v), int(z)) for v, z in
+                                       zip(rng.uniform(1e-5, 2, 50).astype(np.float32),
+                                           rng.integers(0, 256, 50))]:
+            wide = (s * (q.astype(np.int64) - z)).astype(np.float32)
+            assert np.array_equal(dequantize(q, s, z), wide)
+    signed = np.arange(-128, 128, dtype=np.int8)
+    assert np.array_equal(dequantize(signed, 0.0234375, -3),
+                          (0.0234375 * (signed.astype(np.int64) + 3)).astype(np.float32))
+
+
+def test_a_frame_already_at_the_input_size_is_used_as_it_is(backbones, sample):
+    backbone = backbones()
+    frame = preprocess(load_image(sample("cat.bmp")), backbone.input_size, "crop")
+    prepared = backbone.prepare(frame)
+    assert prepared.base is frame and np.array_equal(prepared, frame)  # no copy, no resize
+    small = preprocess(frame, (100, 120), "crop")
+    assert backbone.prepare(small).shape == (*backbone.input_size, 3)
 
 
 def test_float_input_model_gets_normalised_pixels(tmp_path):

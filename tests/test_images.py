@@ -174,8 +174,9 @@ def test_preprocess_rejects_a_bad_frame():
 def test_preprocess_does_not_modify_its_input():
     frame = np.random.default_rng(1).integers(0, 256, (224, 224, 3), dtype=np.uint8)
     before = frame.copy()
-    out = preprocess(frame, (224, 224))
-    out[:] = 0
+    out = preprocess(frame, (224, 224))  # already the size: a read-only view, no copy
+    with pytest.raises(ValueError):
+        out[:] = 0
     np.testing.assert_array_equal(frame, before)
 
 

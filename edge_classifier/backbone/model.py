@@ -42,9 +42,23 @@ class BackboneResult:
 
 
 def dequantize(values: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
-    """Real values of a quantised tensor, with int64 arithmetic (uint8 maths overflows)."""
+    """Real values of a quantised tensor as float32 (``scale * (q - zero_point)``)::
+
+        dequantize(np.array([0, 128, 255], np.uint8), 0.5, 128)   # [-64., 0., 63.5]
+
+    Never in the tensor's own type (uint8 maths overflows). 8-bit tensors (every frame's
+    embedding) are computed in float32 directly: ``q - zero_point`` is exact there and the
+    product of a float32 ``scale`` and a 9-bit integer is rounded once, to the very value the
+    int64/float64 path gives; wider tensors take that path.
+    """
     if not scale:
         return values.astype(np.float32)
+    if values.dtype in (np.uint8, np.int8) and float(np.float32(scale)) == float(scale) and \
+            -256 <= int(zero_point) <= 255:
+        out = values.astype(np.float32)
+        out -= np.float32(zero_point)
+        out *= np.float32(scale)
+        return out
     return (scale * (values.astype(np.int64) - int(zero_point))).astype(np.float32)
 
 

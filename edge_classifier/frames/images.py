@@ -239,7 +239,8 @@ def preprocess(rgb: np.ndarray, size: Tuple[int, int], mode: str = "crop") -> np
     square for square models) and resizes it; ``"squash"`` resizes the whole frame, ignoring
     the aspect ratio. Bilinear filtering. A frame already at ``size`` (the camera's stream
     at the model's input size, see :class:`~edge_classifier.frames.camera.PicameraSource`) is
-    returned as it is, without a copy; any other result is a new HxWx3 uint8 array.
+    returned as a read-only view of it, without a copy; any other result is a new HxWx3 uint8
+    array.
     """
     if mode not in RESIZE_MODES:
         raise ValueError(f"resize mode must be one of {RESIZE_MODES}, not {mode!r}")
@@ -249,7 +250,9 @@ def preprocess(rgb: np.ndarray, size: Tuple[int, int], mode: str = "crop") -> np
     out_h, out_w = int(size[0]), int(size[1])
     in_h, in_w = frame.shape[:2]
     if (in_h, in_w) == (out_h, out_w):
-        return frame
+        view = frame.view()
+        view.flags.writeable = False  # no copy, and the caller's frame stays the caller's
+        return view
     image = Image.fromarray(frame)
     if mode == "crop":
         # Largest box with the output's aspect ratio, centred.
