@@ -216,3 +216,17 @@ def test_a_camera_without_scaler_crop_falls_back_to_the_cpu():
     assert not source.crop_applied and "set_controls" not in camera.calls
     assert frame.shape == (224, 112, 3)
     assert _only(frame, (0, 0, 255))
+
+
+def test_export_model_says_and_records_the_crop(tmp_path, backbones, sample, capsys):
+    from edge_classifier.learning.export import read_export_metadata
+    state = tmp_path / "state"
+    with _device(tmp_path, backbones, RIGHT, sample) as device:
+        device.learner.capture("cat", load_image(sample("cat.bmp")))
+        device.learner.capture("bird", load_image(sample("bird.bmp")))
+        device.learner.save()
+    out = tmp_path / "model.tflite"
+    code, printed, err = run(capsys, "export-model", out, "--state", state)
+    assert code == 0, err
+    assert "region: taught on source.crop = [0.5, 0, 1, 1]" in printed
+    assert read_export_metadata(out.read_bytes())["backbone"]["crop"] == list(RIGHT)
