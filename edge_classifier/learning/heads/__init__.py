@@ -69,7 +69,7 @@ Measured accuracy, calibration and unknown detection of every head are in the RE
 
 from __future__ import annotations
 
-from .auto import AutoHead, choose_head
+from .auto import AutoHead
 from .base import Head
 from edge_classifier.errors import (EmptyHeadError, HeadError, InvalidEmbeddingError, InvalidLabelError,
                      InvalidParameterError, SampleNotFoundError, StateError, UnknownHeadError)
@@ -86,7 +86,7 @@ __all__ = [
     "AnyHead", "AutoHead", "ClassReport", "EmptyHeadError", "HEAD_NAMES", "Head", "HeadError",
     "ImprintingHead", "InvalidEmbeddingError", "InvalidLabelError", "InvalidParameterError",
     "KernelHead", "KnnHead", "LeastSquaresHead", "MultiLabelHead", "SampleNotFoundError",
-    "SoftmaxHead", "StateError", "UnknownHeadError", "accuracy", "auroc", "choose_head",
+    "SoftmaxHead", "StateError", "UnknownHeadError", "accuracy", "auroc",
     "classification_report", "confusion_matrix", "draw_shots", "expected_calibration_error",
     "load_head", "make_head", "stratified_split",
 ]

@@ -1,0 +1,109 @@
+"""Landmark (Nyström) kernel ridge maths for the ``auto`` head: pure functions, no state.
+
+    Linv = landmark_factor(K_LL)                 # Linv @ K_LL @ Linv.T == I (m x m)
+    Phi = features(S, sq_rows, sq_land, gamma, Linv)   # N x m whitened kernel features
+    P = system_inverse(Phi, lam)                 # inv(Phi.T @ Phi + lam*I)
+    P2 = rank_update(P, Phi_rows, sign=+1)       # add (+1) or remove (-1) rows, Woodbury
+
+Model (subset of regressors): ``f(x) = k(L, x) @ alpha`` with m landmarks L. The whitened
+features ``phi(x) = Linv @ k(L, x)`` turn it into ridge regression with penalty ``lam*|w|^2``,
+which is the RKHS norm of f, so while the landmarks span every stored sample (N <= m: every
+sample is a landmark) the solution *is* exact kernel ridge, leave-one-out scores included
+(the optimum over a subspace that contains the representer span is the same function).
+
+Adding a landmark appends one row to ``Linv`` (the old features keep their values; the
+stored samples that are landmarks get 0 in the new coordinate). Adding or removing a sample
+is a rank-one update of ``P`` (O(m^2)); removing r samples at once is one Woodbury update
+(O(m^2 r + r^3)).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Tuple
+
+import numpy as np
+
+from .linalg import chol_inv
+
+__all__ = ["connected_labels", "features", "kernel_values", "landmark_factor", "rank_update",
+           "row_chunks", "system_inverse"]
+
+
+def kernel_values(S: np.ndarray, sq_rows: np.ndarray, sq_cols: np.ndarray, gamma: float) -> np.ndarray:
+    """RBF values ``exp(-gamma*|a-b|^2)`` (A x B, dtype of S) from inner products S (A x B)."""
+    t = S.dtype.type
+    d2 = sq_rows.astype(S.dtype)[:, None] + sq_cols.astype(S.dtype)[None, :] - t(2) * S
+    np.maximum(d2, 0, out=d2)
+    d2 *= t(-gamma)
+    return np.exp(d2, out=d2)
+
+
+def landmark_factor(K: np.ndarray, jitter: float = 0.0) -> np.ndarray:
+    """Lower-triangular ``Linv`` (m x m float64) with ``Linv @ (K + jitter*I) @ Linv.T == I``."""
+    A = np.array(K, dtype=np.float64)
+    if jitter:
+        A[np.diag_indices_from(A)] += jitter
+    return chol_inv(A) if A.size else np.zeros((0, 0))
+
+
+def features(S: np.ndarray, sq_rows: np.ndarray, sq_land: np.ndarray, gamma: float,
+             Linv: np.ndarray) -> np.ndarray:
+    """Whitened features (N x m float64) of rows with inner products S (N x m) to the landmarks."""
+    K = kernel_values(S.astype(np.float64), sq_rows, sq_land, gamma)
+    return K @ Linv.T
+
+
+def system_inverse(Phi: np.ndarray, lam: float, gram: "np.ndarray | None" = None) -> np.ndarray:
+    """``inv(Phi.T @ Phi + lam*I)`` (m x m float64); ``gram`` may pass ``Phi.T @ Phi``."""
+    A = (Phi.T @ Phi) if gram is None else np.array(gram, dtype=np.float64)
+    A[np.diag_indices_from(A)] += lam
+    M = chol_inv(A)
+    return M.T @ M
+
+
+def rank_update(P: np.ndarray, rows: np.ndarray, sign: float) -> np.ndarray:
+    """``inv(inv(P) + sign * rows.T @ rows)`` for rows (r x m): Woodbury, a new array.
+
+    Raises LinAlgError when removing rows leaves the system (numerically) singular.
+    """
+    U = P @ rows.T  # m x r
+    C = np.eye(rows.shape[0]) * sign + rows @ U
+    if sign < 0:
+        w = np.linalg.eigvalsh(-C) if C.shape[0] > 1 else -C.ravel()
+        if not np.min(w) > 1e-9:
+            raise np.linalg.LinAlgError("removing these samples leaves a singular system")
+    return P - U @ np.linalg.solve(C, U.T)
+
+
+def row_chunks(n: int, size: int = 1024) -> Iterator[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
+
+
+def connected_labels(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Component labels (n int64, the smallest member) of the graph with edges (a[i], b[i])."""
+    labels = np.arange(n, dtype=np.int64)
+    if a.size == 0:
+        return labels
+    while True:
+        m = np.minimum(labels[a], labels[b])
+        new = labels.copy()
+        np.minimum.at(new, a, m)
+        np.minimum.at(new, b, m)
+        new = new[new]  # pointer jumping
+        if np.array_equal(new, labels):
+            return labels
+        labels = new
+
+
+def split_groups(groups: np.ndarray) -> Tuple[np.ndarray, ...]:
+    """Members of the groups of two or more, as (groups x size) index arrays, one per size."""
+    sizes = np.bincount(groups, minlength=groups.size)
+    if not np.any(sizes > 1):
+        return ()
+    order = np.argsort(groups, kind="stable")
+    out = []
+    for s in np.unique(sizes[sizes > 1]):
+        members = np.isin(groups[order], np.flatnonzero(sizes == s))
+        out.append(order[members].reshape(-1, int(s)))
+    return tuple(out)
