@@ -239,6 +239,10 @@ class AutoHead:
             land = self.n_landmarks
             phi = self._grow(z, zsq, k, phi)
             self._owner = np.append(self._owner, i)
+        elif self.n_landmarks:  # stored as float16: its features from exactly what is stored
+            phi = point_features({"land": np.array([-1]), "points": z16, "L": self._L,
+                                  "lsq": self._lsq, "gamma": self.gamma, "Linv": self._Linv},
+                                 [0])[0][0]
         self._P = rank_update(self._P, phi[None], +1.0)
         b = self._b.copy()
         b[:, lab] += phi
