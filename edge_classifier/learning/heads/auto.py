@@ -87,6 +87,7 @@ class AutoHead:
         self._y = np.zeros(0, np.int64)
         self._alpha = np.zeros((0, C))
         self._alpha32 = np.zeros((0, C), np.float32)
+        self._H = self._GA = np.zeros((0, C + 1))
         self._temperature = self.default_temperature
         self._open = fit_open_set(np.zeros(0), np.zeros(0), None, self.unknown_quantile)
         self._loo: Optional[np.ndarray] = None
@@ -231,7 +232,7 @@ class AutoHead:
         z16 = z.astype(np.float16)
         i = self.n_samples
         zsq = float(np.einsum("ij,ij->i", z, z, dtype=np.float64)[0])
-        k = kernel_values(self._L.astype(np.float64) @ z[0].astype(np.float64)[:, None], self._lsq,
+        k = kernel_values((self._L @ z[0]).astype(np.float64)[:, None], self._lsq,
                           np.array([zsq]), self.gamma)[:, 0] if self.n_landmarks else np.zeros(0)
         phi = self._Linv @ k
         land = -1
@@ -243,10 +244,7 @@ class AutoHead:
             phi = point_features({"land": np.array([-1]), "points": z16, "L": self._L,
                                   "lsq": self._lsq, "gamma": self.gamma, "Linv": self._Linv},
                                  [0])[0][0]
-        self._P = rank_update(self._P, phi[None], +1.0)
-        b = self._b.copy()
-        b[:, lab] += phi
-        self._b, self._s = b, self._s + phi
+        new_landmark = land >= 0
         if self._n == self._buf.shape[0]:
             grown = np.zeros((max(16, 2 * self._n), self._dim), np.float16)
             grown[:self._n] = self._buf[:self._n]
@@ -255,7 +253,8 @@ class AutoHead:
         self._n += 1
         self._y = np.append(self._y, lab)
         self._land = np.append(self._land, land)
-        self._changed()
+        self._rank_one(phi, lab, +1.0, solve=new_landmark)
+        self._changed(solve=False)
         return i
 
     def _grow(self, z: np.ndarray, zsq: float, k: np.ndarray, phi: np.ndarray) -> np.ndarray:
@@ -265,7 +264,7 @@ class AutoHead:
         C = len(self._classes)
         a, d, brow, srow = np.zeros(phi.size), self.lam, np.zeros(C), 0.0
         if others.size:
-            Phi_o, Zo, sq_o = point_features(self._snapshot(), others)
+            Phi_o, Zo, sq_o = point_features(self._geometry(), others)
             ko = kernel_values(Zo @ z[0].astype(np.float64)[:, None], sq_o, np.array([zsq]),
                                self.gamma)[:, 0]
             c = (ko - Phi_o @ phi) / rho
@@ -302,7 +301,7 @@ class AutoHead:
             raise SampleNotFoundError(f"no sample {idx.tolist()}: the head holds {self.n_samples}")
         keep = np.ones(self.n_samples, bool)
         keep[idx] = False
-        Phi, _, _ = point_features(self._snapshot(), idx)
+        Phi, _, _ = point_features(self._geometry(), idx)
         C = len(self._classes)
         T = np.zeros((idx.size, C))
         T[np.arange(idx.size), self._y[idx]] = 1.0
@@ -318,11 +317,16 @@ class AutoHead:
             self._changed()
             return
         try:
-            self._P = rank_update(self._P, Phi, -1.0)
-            self._b, self._s = self._b - Phi.T @ T, self._s - Phi.sum(axis=0)
+            if idx.size == 1:
+                self._rank_one(Phi[0], int(np.argmax(T[0])), -1.0)
+            else:
+                self._P = rank_update(self._P, Phi, -1.0)
+                self._b, self._s = self._b - Phi.T @ T, self._s - Phi.sum(axis=0)
+                self._solve()
         except np.linalg.LinAlgError:
             self._rebuild_system()
-        self._changed()
+            self._solve()
+        self._changed(solve=False)
 
     def remove_sample(self, x, label: int, views=None) -> int:
         """Forget the stored sample equal to x (D) with ``label``; returns the index it had."""
@@ -345,28 +349,65 @@ class AutoHead:
         job = self.calibration_job(system_only=True)
         self._P, self._b, self._s = job()["system"]
 
-    def _changed(self) -> None:
+    def _changed(self, solve: bool = True) -> None:
         self._version += 1
         self._stale = True
         self._loo = None
-        self._solve()
+        if solve:
+            self._solve()
+
+    def _rank_one(self, phi: np.ndarray, label: int, sign: float, solve: bool = False) -> None:
+        """Add (sign +1) or remove (-1) one sample's features ``phi`` with ``label``: P in
+        place (Sherman-Morrison), b and s, and the solution through ``H = P [b s]`` and
+        ``G = Linv.T H``, each a rank-one change, O(m^2) in all."""
+        u = self._P @ phi
+        c = 1.0 + sign * float(phi @ u)
+        if not c > 1e-9:
+            raise np.linalg.LinAlgError("removing this sample leaves a singular system")
+        e = np.zeros(len(self._classes) + 1)
+        e[label] = e[-1] = 1.0
+        r = e - np.append(self._b.T @ u, self._s @ u)
+        _add_outer(self._P, u, -sign / c)
+        b = self._b.copy()
+        b[:, label] += sign * phi
+        self._b, self._s = b, self._s + sign * phi
+        if solve or self._H.shape[0] != phi.size:
+            self._solve()
+            return
+        self._H += (sign / c) * np.outer(u, r)
+        self._GA += (sign / c) * np.outer(self._Linv.T @ u, r)
+        self._alpha_from_solution()
 
     def _solve(self) -> None:
-        n, C = self.n_samples, len(self._classes)
-        if n == 0 or self.n_landmarks == 0:
-            self._alpha = np.zeros((self.n_landmarks, C))
+        """The solution from scratch: ``H = P [b s]``, ``G = Linv.T H``, then alpha."""
+        if self.n_samples == 0 or self.n_landmarks == 0:
+            C = len(self._classes)
+            self._H = self._GA = np.zeros((self.n_landmarks, C + 1))
         else:
-            tbar = np.bincount(self._y, minlength=C) / n
-            W = self._P @ (self._b - np.outer(self._s, tbar))
-            self._alpha = self._Linv.T @ W
+            self._H = self._P @ np.column_stack([self._b, self._s])
+            self._GA = self._Linv.T @ self._H
+        self._alpha_from_solution()
+
+    def _alpha_from_solution(self) -> None:
+        """alpha = Linv.T P (b - s tbar.T) with the centring of the current class shares."""
+        n, C = self.n_samples, len(self._classes)
+        tbar = np.bincount(self._y, minlength=C) / max(n, 1)
+        self._alpha = self._GA[:, :C] - np.outer(self._GA[:, C], tbar)
         self._alpha32 = self._alpha.astype(np.float32)
+
+    def _geometry(self) -> Dict[str, Any]:
+        """What :func:`.autocal.point_features` needs (no copies)."""
+        return {"L": self._L, "lsq": self._lsq, "Linv": self._Linv, "gamma": self.gamma,
+                "points": self._buf[:self._n], "land": self._land}
 
     # ------------------------------------------------------------------ calibration
     def _snapshot(self) -> Dict[str, Any]:
-        """Immutable references to the current state (changes replace arrays, never edit
-        the part a snapshot sees), for :func:`.autocal.calibrate`."""
+        """The current state for :func:`.autocal.calibrate`: references to arrays that later
+        changes replace rather than edit (appended points land beyond the snapshot's rows),
+        and a copy of ``P``, which ``add`` updates in place."""
         return {"L": self._L, "lsq": self._lsq, "owner": self._owner, "Linv": self._Linv,
-                "P": self._P, "alpha": self._alpha, "points": self._buf[:self._n],
+                "P": self._P.copy(),  # the one array updated in place
+                "alpha": self._alpha, "points": self._buf[:self._n],
                 "land": self._land, "y": self._y, "n_classes": len(self._classes),
                 "gamma": self.gamma, "lam": self.lam, "temperature": self._temperature,
                 "quantile": self.unknown_quantile, "t0": self.default_temperature,
@@ -511,6 +552,13 @@ class AutoHead:
             raise StateError(f"invalid auto head state: {exc}") from None
         head._solve()
         return head
+
+
+def _add_outer(P: np.ndarray, u: np.ndarray, scale: float, block: int = 128) -> None:
+    """``P += scale * u u.T`` in place, by row blocks (no m x m temporary)."""
+    v = scale * u
+    for start in range(0, P.shape[0], block):
+        P[start:start + block] += u[start:start + block, None] * v[None, :]
 
 
 class KernelForm:

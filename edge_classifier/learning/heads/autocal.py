@@ -48,25 +48,32 @@ def _points(snap: Dict[str, Any], idx) -> np.ndarray:
 
 def point_features(snap: Dict[str, Any], idx) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(features len x m, points len x D float64, squared norms) of stored samples ``idx``."""
-    Z = _points(snap, idx).astype(np.float64)
+    L = snap["L"]
+    Z = _points(snap, idx)
+    if L.shape[0] <= 512:  # as the kernel head: float64 products for small systems
+        Z = Z.astype(np.float64)
+        S = Z @ L.T.astype(np.float64)
+    else:
+        S = (Z @ L.T).astype(np.float64)
+        Z = Z.astype(np.float64)
     sq = np.einsum("ij,ij->i", Z, Z)
-    S = Z @ snap["L"].T.astype(np.float64)
     return kernel_values(S, sq, snap["lsq"], snap["gamma"]) @ snap["Linv"].T, Z, sq
 
 
 def _chunk(snap: Dict[str, Any], sl: slice, dtype) -> Tuple[np.ndarray, np.ndarray]:
     """(similarities to the landmarks, features) of the samples in slice ``sl``."""
     Z = _points(snap, sl).astype(dtype)
-    S = Z @ snap["L"].T.astype(dtype)
+    S = Z @ snap["_Lt"]
     sq = np.einsum("ij,ij->i", Z, Z, dtype=np.float64)
-    K = kernel_values(S.astype(np.float64), sq, snap["lsq"], snap["gamma"])
-    return S, K @ snap["Linv"].T
+    K = kernel_values(S.copy(), sq, snap["lsq"], snap["gamma"])
+    return S, K @ snap["_LinvT"]
 
 
 def calibrate(snap: Dict[str, Any], system_only: bool = False) -> Dict[str, Any]:
     y, C, L = snap["y"], snap["n_classes"], snap["L"]
     n, m = y.size, L.shape[0]
-    dtype = np.float64 if n <= 512 else np.float32
+    dtype = np.float64 if n <= 512 else np.float32  # as the kernel head's factor
+    snap = dict(snap, _Lt=L.T.astype(dtype), _LinvT=snap["Linv"].T.astype(dtype))
     T = np.zeros((n, C))
     T[np.arange(n), y] = 1.0
     G, b, s = np.zeros((m, m)), np.zeros((m, C)), np.zeros(m)
@@ -76,6 +83,7 @@ def calibrate(snap: Dict[str, Any], system_only: bool = False) -> Dict[str, Any]
     for sl in row_chunks(n):
         S, Phi = _chunk(snap, sl, dtype)
         G += Phi.T @ Phi
+        Phi = Phi.astype(np.float64)
         b += Phi.T @ T[sl]
         s += Phi.sum(axis=0)
         r, c = np.nonzero((S > 1.0 - DUPLICATE_DISTANCE) & (owner >= 0)[None, :])
@@ -95,8 +103,8 @@ def calibrate(snap: Dict[str, Any], system_only: bool = False) -> Dict[str, Any]
     best = np.empty(n)
     for sl in row_chunks(n):
         S, Phi = _chunk(snap, sl, dtype)
-        F[sl] = Phi @ W
-        h[sl] = np.einsum("ij,ij->i", Phi @ P, Phi)
+        F[sl] = Phi @ W.astype(dtype)
+        h[sl] = np.einsum("ij,ij->i", Phi @ P.astype(dtype), Phi, dtype=np.float64)
         S = S.astype(np.float64)
         S[(lgroup[None, :] == groups[sl, None]) | (owner < 0)[None, :]] = -np.inf
         best[sl] = S.max(axis=1) if m else -np.inf
