@@ -217,3 +217,17 @@ def test_learner_recalibrates_and_refits_in_the_background(tmp_path, backbones, 
         again = Learner(backbones(), state)
         assert again.problems == [] and again.head.n_samples == 6
         assert again.predict(frames["bird"][3]).best == "bird"
+
+
+def test_the_store_keeps_quantised_views_compact_and_exact(backbones, sample):
+    from PIL import Image
+    from edge_classifier.learning.store import CompactViews, compact
+    backbone = backbones()
+    frame = np.asarray(Image.open(sample("cat.bmp")).convert("RGB"))
+    views = np.stack([backbone.embed(frame), backbone.embed(frame[:, ::-1])])
+    packed = compact(views)
+    assert isinstance(packed, CompactViews) and packed.index.dtype == np.uint8
+    assert packed.index.nbytes + packed.values.nbytes < views.nbytes / 2.5
+    np.testing.assert_array_equal(packed.expand(), views)  # bit for bit
+    floats = np.random.default_rng(0).normal(size=(2, 1024)).astype(np.float32)
+    assert compact(floats) is floats  # not quantised: kept as it is
