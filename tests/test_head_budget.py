@@ -221,7 +221,7 @@ def test_learner_recalibrates_and_refits_in_the_background(tmp_path, backbones, 
 
 def test_the_store_keeps_quantised_views_compact_and_exact(backbones, sample):
     from PIL import Image
-    from edge_classifier.learning.store import CompactViews, compact
+    from edge_classifier.learning.compact import CompactViews, compact
     backbone = backbones()
     frame = np.asarray(Image.open(sample("cat.bmp")).convert("RGB"))
     views = np.stack([backbone.embed(frame), backbone.embed(frame[:, ::-1])])

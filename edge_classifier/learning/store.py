@@ -29,48 +29,14 @@ from edge_classifier.core import atomic
 from edge_classifier.core.names import class_key, validate_class_name
 from edge_classifier.errors import (ClassLimitError, ReadOnlyStoreError, StoreError,
                                     UnknownClassError)
+from edge_classifier.learning.compact import compact, expand as _expand
 from edge_classifier.learning.store_disk import (META, SAMPLES, TRASH_PREFIX, check_backbone,
                                                  clean_leftovers, jpeg_thumbnail,
                                                  load_class_folder, meta_text, names_from_folders,
                                                  new_id, read_meta, safe_folder, storage_errors,
                                                  unlisted_folders)
 
-__all__ = ["CLASS_CEILING", "META", "CompactViews", "SampleStore", "compact", "read_meta",
-           "storage_errors"]
-
-
-class CompactViews:
-    """One sample's views in memory as uint8 indices into its own sorted values (at most 256):
-    exact for a quantised backbone, whose dequantised outputs take at most 256 values (2 KB
-    for two 1,024-d views instead of 8 KB)::
-
-        c = compact(views); np.array_equal(c.expand(), views)   # True
-    """
-
-    __slots__ = ("values", "index")
-
-    def __init__(self, values: np.ndarray, index: np.ndarray) -> None:
-        self.values, self.index = values, index
-
-    @property
-    def shape(self) -> Tuple[int, ...]:
-        return self.index.shape
-
-    def expand(self) -> np.ndarray:
-        return self.values[self.index]
-
-
-def compact(views: np.ndarray):
-    """The in-memory form of a sample's views (VxD float32): :class:`CompactViews` when they
-    take at most 256 distinct values, else the array itself."""
-    values, index = np.unique(views, return_inverse=True)
-    if values.size > 256:
-        return views
-    return CompactViews(values.astype(np.float32), index.reshape(views.shape).astype(np.uint8))
-
-
-def _expand(item) -> np.ndarray:
-    return item.expand() if isinstance(item, CompactViews) else item
+__all__ = ["CLASS_CEILING", "META", "SampleStore", "read_meta", "storage_errors"]
 CLASS_CEILING = 1000  # no state holds more classes: the most head.max_classes may be
 
 

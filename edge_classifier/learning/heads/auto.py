@@ -29,15 +29,16 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .base import STATE_FORMAT, _positive
+from .base import _positive
 from .calibration import softmax
 from edge_classifier.errors import (EmptyHeadError, InvalidEmbeddingError, InvalidLabelError,
-                                    InvalidParameterError, SampleNotFoundError, StateError)
+                                    InvalidParameterError, SampleNotFoundError)
 from .linalg import factor_append
-from .nystrom import kernel_values, landmark_factor, rank_update, system_inverse
+from .nystrom import add_outer as _add_outer, kernel_values, pick_landmarks, rank_update
 from .openset import fit_open_set, open_set_score
 from .preprocess import as_embeddings, as_labels, check_class_names, merge_views, normalise
 from .autocal import calibrate, point_features
+from .autostate import KernelForm, head_state, restore_head
 
 __all__ = ["AutoHead"]
 
@@ -143,7 +144,7 @@ class AutoHead:
         return self._stale
 
     @property
-    def inner(self) -> "KernelForm":
+    def inner(self) -> KernelForm:
         """The head as the exporter reads a kernel head (landmarks as its points)."""
         return KernelForm(self)
 
@@ -183,31 +184,10 @@ class AutoHead:
 
     def _pick_landmarks(self, Z: np.ndarray, cand: np.ndarray) -> None:
         """Landmarks from candidate rows of Z (in order), skipping near-copies of earlier ones."""
-        C = Z[cand].astype(np.float64)
-        sq = np.einsum("ij,ij->i", C, C)
-        G = C @ C.T
-        K = kernel_values(G, sq, sq, self.gamma)
-        keep = np.ones(cand.size, bool)
-        upper = np.triu(K, 1)
-        keep[np.flatnonzero((upper > 1.0 - COPY_RESIDUAL / 4).any(axis=0))] = False
-        try:
-            idx = np.flatnonzero(keep)
-            Linv = landmark_factor(K[np.ix_(idx, idx)])
-            if not np.all(np.isfinite(Linv)) or np.abs(np.diag(Linv)).max() ** -2 < COPY_RESIDUAL:
-                raise np.linalg.LinAlgError("near-singular landmarks")
-        except np.linalg.LinAlgError:  # grow one by one, skipping what adds nothing
-            idx, Linv = [], np.zeros((0, 0))
-            for j in range(cand.size):
-                r = Linv @ K[idx, j] if idx else np.zeros(0)
-                if 1.0 - r @ r > COPY_RESIDUAL:
-                    Linv = factor_append(Linv, K[idx, j], 1.0)
-                    idx.append(j)
-            idx = np.array(idx, np.int64)
-        rows = cand[idx]
-        self._L, self._lsq = Z[rows].copy(), sq[idx].copy()
+        rows, Linv, sq = pick_landmarks(Z, cand, self.gamma, COPY_RESIDUAL)
+        self._L, self._lsq, self._Linv = Z[rows].copy(), sq, Linv
         self._owner = rows.astype(np.int64)
         self._land[rows] = np.arange(rows.size)
-        self._Linv = Linv
 
     def add_class(self, name: str) -> int:
         """Append a class without samples; returns its label."""
@@ -494,82 +474,10 @@ class AutoHead:
 
     # ------------------------------------------------------------------ persistence
     def to_state(self) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
-        arrays = {"L": self._L, "owner": self._owner, "Linv": self._Linv, "P": self._P,
-                  "b": self._b, "s": self._s, "points": self._buf[:self._n], "land": self._land,
-                  "y": self._y}
-        arrays = {k: np.array(v) for k, v in arrays.items()}
-        meta = {"format": STATE_FORMAT, "head": self.name, "classes": self.classes,
-                "dim": self._dim, "n_samples": self.n_samples, "params": self.params(),
-                "temperature": self.temperature, "open": dict(self._open),
-                "calibration_stale": self._stale}
-        return arrays, meta
+        """(arrays for .npz, JSON-able metadata): the solved system and the calibration."""
+        return head_state(self)
 
     @classmethod
     def from_state(cls, arrays: Dict[str, np.ndarray], meta: Dict[str, Any]) -> "AutoHead":
         """Rebuild a saved head without refitting; :class:`StateError` if inconsistent."""
-        try:
-            if meta.get("format") != STATE_FORMAT or meta.get("head") != cls.name:
-                raise StateError(f"state is format {meta.get('format')} of head {meta.get('head')!r}, "
-                                 f"expected format {STATE_FORMAT} of 'auto'")
-            head = cls(**meta["params"])
-            names = check_class_names(meta["classes"])
-            n, dim, C = int(meta["n_samples"]), meta["dim"], len(names)
-            get = {k: np.asarray(arrays[k]) for k in
-                   ("L", "owner", "Linv", "P", "b", "s", "points", "land", "y")}
-            m = get["L"].shape[0]
-            shapes = {"L": (m, dim), "owner": (m,), "Linv": (m, m), "P": (m, m), "b": (m, C),
-                      "s": (m,), "points": (n, dim), "land": (n,), "y": (n,)}
-            for key, shape in shapes.items():
-                if n and get[key].shape != shape:
-                    raise StateError(f"saved {key} has shape {get[key].shape}, expected {shape}")
-            if n == 0:
-                head._classes, head._dim = names, (None if dim is None else int(dim))
-                head._reset(head._dim or 0)
-                head._b = np.zeros((0, C))
-                return head
-            y = as_labels(get["y"], n, C)
-            for key in ("L", "Linv", "P", "b", "s", "points"):
-                if not np.all(np.isfinite(get[key])):
-                    raise StateError(f"saved {key} holds NaN or infinity")
-            land, owner = get["land"].astype(np.int64), get["owner"].astype(np.int64)
-            if land.max() >= m or owner.max() >= n or m > head.landmarks:
-                raise StateError("saved landmark indices are out of range")
-            head._classes, head._dim = names, int(dim)
-            head._reset(head._dim)
-            head._L = get["L"].astype(np.float32)
-            head._lsq = np.einsum("ij,ij->i", head._L, head._L, dtype=np.float64)
-            head._owner, head._land, head._y = owner, land, y
-            head._Linv, head._P = get["Linv"].astype(np.float64), get["P"].astype(np.float64)
-            head._b, head._s = get["b"].astype(np.float64), get["s"].astype(np.float64)
-            head._buf, head._n = get["points"].astype(np.float16), n
-            head._temperature = _positive(meta["temperature"], "temperature")
-            head._open = {k: float(meta["open"][k]) for k in
-                          ("dist_loc", "dist_scale", "doubt_loc", "doubt_scale", "threshold")}
-            head._stale = bool(meta.get("calibration_stale", False))
-        except StateError:
-            raise
-        except (AttributeError, KeyError, TypeError, ValueError, IndexError) as exc:
-            raise StateError(f"invalid auto head state: {exc}") from None
-        head._solve()
-        return head
-
-
-def _add_outer(P: np.ndarray, u: np.ndarray, scale: float, block: int = 128) -> None:
-    """``P += scale * u u.T`` in place, by row blocks (no m x m temporary)."""
-    v = scale * u
-    for start in range(0, P.shape[0], block):
-        P[start:start + block] += u[start:start + block, None] * v[None, :]
-
-
-class KernelForm:
-    """An :class:`AutoHead` seen as a kernel head on its landmarks (what the exporter reads)."""
-
-    name = "kernel"
-    kernel = "rbf"
-
-    def __init__(self, head: AutoHead) -> None:
-        self._head = head
-
-    def __getattr__(self, attr: str):
-        mapped = {"_Z": "_L", "_alpha": "_alpha"}.get(attr, attr)
-        return getattr(self._head, mapped)
+        return restore_head(cls, arrays, meta)

@@ -23,9 +23,9 @@ from typing import Iterator, Tuple
 
 import numpy as np
 
-from .linalg import chol_inv
+from .linalg import chol_inv, factor_append
 
-__all__ = ["connected_labels", "features", "kernel_values", "landmark_factor", "rank_update",
+__all__ = ["add_outer", "connected_labels", "pick_landmarks", "features", "kernel_values", "landmark_factor", "rank_update",
            "row_chunks", "system_inverse"]
 
 
@@ -107,3 +107,35 @@ def split_groups(groups: np.ndarray) -> Tuple[np.ndarray, ...]:
         members = np.isin(groups[order], np.flatnonzero(sizes == s))
         out.append(order[members].reshape(-1, int(s)))
     return tuple(out)
+
+
+def add_outer(P: np.ndarray, u: np.ndarray, scale: float, block: int = 128) -> None:
+    """``P += scale * u u.T`` in place, by row blocks (no m x m temporary)."""
+    v = scale * u
+    for start in range(0, P.shape[0], block):
+        P[start:start + block] += u[start:start + block, None] * v[None, :]
+
+
+def pick_landmarks(Z: np.ndarray, cand: np.ndarray, gamma: float, residual: float):
+    """(rows of Z, ``Linv``, squared norms) of the landmarks taken from candidate rows
+    ``cand`` in order, skipping any whose kernel residual against the earlier ones is below
+    ``residual`` (exact or near copies)."""
+    C = Z[cand].astype(np.float64)
+    sq = np.einsum("ij,ij->i", C, C)
+    K = kernel_values(C @ C.T, sq, sq, gamma)
+    keep = np.ones(cand.size, bool)
+    keep[np.flatnonzero((np.triu(K, 1) > 1.0 - residual / 4).any(axis=0))] = False
+    try:
+        idx = np.flatnonzero(keep)
+        Linv = landmark_factor(K[np.ix_(idx, idx)])
+        if not np.all(np.isfinite(Linv)) or np.abs(np.diag(Linv)).max() ** -2 < residual:
+            raise np.linalg.LinAlgError("near-singular landmarks")
+    except np.linalg.LinAlgError:  # grow one by one, skipping what adds nothing
+        idx, Linv = [], np.zeros((0, 0))
+        for j in range(cand.size):
+            r = Linv @ K[idx, j] if idx else np.zeros(0)
+            if 1.0 - r @ r > residual:
+                Linv = factor_append(Linv, K[idx, j], 1.0)
+                idx.append(j)
+        idx = np.array(idx, np.int64)
+    return cand[idx], Linv, sq[idx].copy()
