@@ -224,7 +224,7 @@ class AutoHead:
             phi = point_features({"land": np.array([-1]), "points": z16, "L": self._L,
                                   "lsq": self._lsq, "gamma": self.gamma, "Linv": self._Linv},
                                  [0])[0][0]
-        new_landmark = land >= 0
+        new_landmark = land >= 0 and self._H.shape[0] != phi.size  # H could not follow
         if self._n == self._buf.shape[0]:
             grown = np.zeros((max(16, 2 * self._n), self._dim), np.float16)
             grown[:self._n] = self._buf[:self._n]
@@ -251,13 +251,20 @@ class AutoHead:
             a, d = Phi_o.T @ c, self.lam + float(c @ c)
             brow = np.bincount(self._y[others], weights=c, minlength=C)
             srow = float(c.sum())
-        u = self._P @ a
-        sigma = d - float(a @ u)
         m = phi.size
-        P = np.empty((m + 1, m + 1))
-        P[:m, :m] = self._P + np.outer(u, u) / sigma
-        P[:m, m] = P[m, :m] = -u / sigma
-        P[m, m] = 1.0 / sigma
+        P = np.zeros((m + 1, m + 1))
+        if others.size:
+            u = self._P @ a
+            sigma = d - float(a @ u)
+            P[:m, :m] = self._P + np.outer(u, u) / sigma
+            P[:m, m] = P[m, :m] = -u / sigma
+            P[m, m] = 1.0 / sigma
+        else:  # every stored sample is a landmark: 0 in the new coordinate, P grows diagonally
+            P[:m, :m] = self._P
+            P[m, m] = 1.0 / d
+            if self._H.shape[0] == m:  # and so do H = P [b s] and G = Linv.T H (a zero row)
+                zero = np.zeros((1, self._H.shape[1]))
+                self._H, self._GA = np.vstack([self._H, zero]), np.vstack([self._GA, zero])
         self._P = P
         self._b = np.vstack([self._b, brow[None]])
         self._s = np.append(self._s, srow)

@@ -38,12 +38,28 @@ def kernel_values(S: np.ndarray, sq_rows: np.ndarray, sq_cols: np.ndarray, gamma
     return np.exp(d2, out=d2)
 
 
+FLOAT32_ABOVE = 512  # larger factors are computed in float32 (twice as fast), as the kernel head's
+
+
+def _factor(A: np.ndarray) -> np.ndarray:
+    """``chol_inv(A)`` as float64, computed in float32 above ``FLOAT32_ABOVE`` rows (float64
+    again if float32 was not accurate enough)."""
+    if A.shape[0] > FLOAT32_ABOVE:
+        try:
+            M = chol_inv(A.astype(np.float32))
+            if np.all(np.isfinite(M)):
+                return M.astype(np.float64)
+        except np.linalg.LinAlgError:
+            pass
+    return chol_inv(A)
+
+
 def landmark_factor(K: np.ndarray, jitter: float = 0.0) -> np.ndarray:
     """Lower-triangular ``Linv`` (m x m float64) with ``Linv @ (K + jitter*I) @ Linv.T == I``."""
     A = np.array(K, dtype=np.float64)
     if jitter:
         A[np.diag_indices_from(A)] += jitter
-    return chol_inv(A) if A.size else np.zeros((0, 0))
+    return _factor(A) if A.size else np.zeros((0, 0))
 
 
 def features(S: np.ndarray, sq_rows: np.ndarray, sq_land: np.ndarray, gamma: float,
@@ -57,7 +73,7 @@ def system_inverse(Phi: np.ndarray, lam: float, gram: "np.ndarray | None" = None
     """``inv(Phi.T @ Phi + lam*I)`` (m x m float64); ``gram`` may pass ``Phi.T @ Phi``."""
     A = (Phi.T @ Phi) if gram is None else np.array(gram, dtype=np.float64)
     A[np.diag_indices_from(A)] += lam
-    M = chol_inv(A)
+    M = _factor(A)
     return M.T @ M
 
 
@@ -128,7 +144,11 @@ def pick_landmarks(Z: np.ndarray, cand: np.ndarray, gamma: float, residual: floa
     try:
         idx = np.flatnonzero(keep)
         Linv = landmark_factor(K[np.ix_(idx, idx)])
-        if not np.all(np.isfinite(Linv)) or np.abs(np.diag(Linv)).max() ** -2 < residual:
+        weak = np.diag(Linv) ** -2 < residual  # pivot^2: residual against the earlier ones
+        if weak.any():  # drop them: the later pivots only grow without them
+            idx = idx[~weak]
+            Linv = landmark_factor(K[np.ix_(idx, idx)])
+        if not np.all(np.isfinite(Linv)) or np.diag(Linv).max() ** -2 < residual / 2:
             raise np.linalg.LinAlgError("near-singular landmarks")
     except np.linalg.LinAlgError:  # grow one by one, skipping what adds nothing
         idx, Linv = [], np.zeros((0, 0))
