@@ -231,3 +231,20 @@ def test_the_store_keeps_quantised_views_compact_and_exact(backbones, sample):
     np.testing.assert_array_equal(packed.expand(), views)  # bit for bit
     floats = np.random.default_rng(0).normal(size=(2, 1024)).astype(np.float32)
     assert compact(floats) is floats  # not quantised: kept as it is
+
+
+def test_a_saved_head_older_than_the_samples_is_refitted(tmp_path, backbones, frames):
+    from edge_classifier.learning.learner import Learner
+    from edge_classifier.learning.state import StateDir
+    with StateDir(tmp_path / "state") as state:
+        learner = Learner(backbones(), state)
+        for name in ("cat", "bird"):
+            for crop in frames[name][:2]:
+                learner.capture(name, crop)
+        learner.wait_background()
+        learner.save()
+        views = np.stack([backbones().embed(frames["food"][0])] * 2)
+        learner.store.add_sample("food", views)  # behind the saved head's back
+    with StateDir(tmp_path / "state") as state:
+        again = Learner(backbones(), state)
+        assert again.head.n_samples == 5 and "food" in again.head.classes
