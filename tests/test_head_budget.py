@@ -91,7 +91,7 @@ def test_saved_head_loads_without_any_fit(monkeypatch):
     def no_fit(*args, **kwargs):
         raise AssertionError("loading refitted the head")
     monkeypatch.setattr(autocal, "calibrate", no_fit)
-    monkeypatch.setattr(AutoHead, "_fit_points", no_fit)
+    monkeypatch.setattr(AutoHead, "fit", no_fit)
     with np.load(buf) as npz:
         loaded = load_head(dict(npz), json.loads(json.dumps(meta)))
     np.testing.assert_array_equal(loaded.predict_proba(Xte), head.predict_proba(Xte))
@@ -212,7 +212,7 @@ def test_learner_recalibrates_and_refits_in_the_background(tmp_path, backbones, 
         assert learner.head.n_samples == 6
         learner.wait_background()
         learner.save()
-    monkeypatch.setattr(AutoHead, "_fit_points", lambda *a, **k: pytest.fail("refitted"))
+    monkeypatch.setattr(AutoHead, "fit", lambda *a, **k: pytest.fail("refitted"))
     with StateDir(tmp_path / "state") as state:
         again = Learner(backbones(), state)
         assert again.problems == [] and again.head.n_samples == 6

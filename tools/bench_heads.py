@@ -57,9 +57,10 @@ def samples(views, y, n, rng):
     idx = np.arange(n) % len(y)
     out = views[idx].copy()
     extra = np.arange(n) >= len(y)
-    if extra.any():
-        out[extra] *= 1.0 + 0.05 * rng.standard_normal(out[extra].shape).astype(np.float32)
-        np.maximum(out, 0, out=out)
+    for start in np.flatnonzero(extra)[::1000]:  # in chunks: no big temporary to inflate the peak
+        rows = slice(start, min(n, start + 1000))
+        out[rows] *= 1.0 + 0.05 * rng.standard_normal(out[rows].shape, dtype=np.float32)
+    np.maximum(out, 0, out=out)
     return out, y[idx]
 
 

@@ -34,7 +34,7 @@ from .calibration import softmax
 from edge_classifier.errors import (EmptyHeadError, InvalidEmbeddingError, InvalidLabelError,
                                     InvalidParameterError, SampleNotFoundError)
 from .linalg import factor_append
-from .nystrom import add_outer as _add_outer, kernel_values, pick_landmarks, rank_update
+from .nystrom import add_outer as _add_outer, kernel_values, pick_landmarks, rank_update, row_chunks
 from .openset import fit_open_set, open_set_score
 from .preprocess import as_embeddings, as_labels, check_class_names, merge_views, normalise
 from .autocal import calibrate, point_features
@@ -166,28 +166,27 @@ class AutoHead:
             class_names = [str(i) for i in range(max(int(ya.max()) + 1, 1) if ok else 1)]
         names = check_class_names(class_names)
         labels = as_labels(y, X.shape[0], len(names))
-        Z = merge_views(X, views, self.power, X.shape[1]).astype(np.float32)
-        return self._fit_points(Z, labels, names)
-
-    def _fit_points(self, Z: np.ndarray, labels: np.ndarray, names: List[str]) -> "AutoHead":
-        self._classes, self._dim = list(names), int(Z.shape[1])
-        self._reset(self._dim)
-        n = Z.shape[0]
-        self._buf, self._n, self._y = Z.astype(np.float16), n, labels.copy()
-        self._land = np.full(n, -1, np.int64)
+        n, d = X.shape
+        V = None if views is None else np.asarray(views)
+        if V is not None and (V.ndim not in (2, 3) or V.shape[0] != n):
+            merge_views(X[:1], V, self.power, d)  # raises the shape error
+        Z16 = np.empty((n, d), np.float16)  # in chunks: no N x D float32 temporaries
+        for sl in row_chunks(n):
+            Z16[sl] = merge_views(X[sl], None if V is None else V[sl], self.power, d)
         cand = np.arange(n) if n <= self.landmarks else \
             np.unique(np.linspace(0, n - 1, self.landmarks).round().astype(np.int64))
-        self._pick_landmarks(Z, cand)
+        Zc = merge_views(X[cand], None if V is None else V[cand], self.power, d)
+        self._classes, self._dim = list(names), int(d)
+        self._reset(self._dim)
+        self._buf, self._n, self._y = Z16, n, labels.copy()
+        self._land = np.full(n, -1, np.int64)
+        rows, Linv, sq = pick_landmarks(Zc, np.arange(cand.size), self.gamma, COPY_RESIDUAL)
+        self._L, self._lsq, self._Linv = Zc[rows].astype(np.float32), sq, Linv
+        self._owner = cand[rows].astype(np.int64)
+        self._land[self._owner] = np.arange(rows.size)
         self._version += 1
         self.apply_calibration(self.calibration_job()())
         return self
-
-    def _pick_landmarks(self, Z: np.ndarray, cand: np.ndarray) -> None:
-        """Landmarks from candidate rows of Z (in order), skipping near-copies of earlier ones."""
-        rows, Linv, sq = pick_landmarks(Z, cand, self.gamma, COPY_RESIDUAL)
-        self._L, self._lsq, self._Linv = Z[rows].copy(), sq, Linv
-        self._owner = rows.astype(np.int64)
-        self._land[rows] = np.arange(rows.size)
 
     def add_class(self, name: str) -> int:
         """Append a class without samples; returns its label."""

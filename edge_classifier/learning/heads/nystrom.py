@@ -148,7 +148,7 @@ def pick_landmarks(Z: np.ndarray, cand: np.ndarray, gamma: float, residual: floa
         if weak.any():  # drop them: the later pivots only grow without them
             idx = idx[~weak]
             Linv = landmark_factor(K[np.ix_(idx, idx)])
-        if not np.all(np.isfinite(Linv)) or np.diag(Linv).max() ** -2 < residual / 2:
+        if not np.all(np.isfinite(Linv)) or np.diag(Linv).max() ** -2 < residual / 100:
             raise np.linalg.LinAlgError("near-singular landmarks")
     except np.linalg.LinAlgError:  # grow one by one, skipping what adds nothing
         idx, Linv = [], np.zeros((0, 0))
