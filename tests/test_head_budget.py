@@ -248,3 +248,16 @@ def test_a_saved_head_older_than_the_samples_is_refitted(tmp_path, backbones, fr
     with StateDir(tmp_path / "state") as state:
         again = Learner(backbones(), state)
         assert again.head.n_samples == 5 and "food" in again.head.classes
+
+
+def test_unknown_scores_stay_finite_when_every_landmark_sample_is_gone():
+    """Regression: a held button's near-copies are no landmarks; dropping the oldest samples
+    (the landmarks) left no live landmark and NaN unknown scores until the next refit."""
+    Xtr, ytr, Xte, _, _ = _task(9, n=3)
+    head = make_head("auto").fit(Xtr, ytr, NAMES)
+    for i in range(ytr.size):  # exact copies: stored, but never landmarks
+        head.add(Xtr[i], int(ytr[i]))
+    head.remove_many(list(range(ytr.size)))  # the originals, i.e. every landmark's sample
+    assert head.n_orphans == head.n_landmarks
+    with np.errstate(all="raise"):
+        assert np.all(np.isfinite(head.unknown_score(Xte)))

@@ -442,8 +442,9 @@ class AutoHead:
         return softmax(self._masked(F) / self._temperature)
 
     def _unknown(self, S: np.ndarray, P: np.ndarray) -> np.ndarray:
-        if S.shape[1] == self.n_landmarks and self.n_orphans:  # a deleted sample is not known
-            S = S[:, self._owner >= 0]
+        live = self._owner >= 0
+        if S.shape[1] == self.n_landmarks and self.n_orphans and live.any():
+            S = S[:, live]  # a deleted sample is not known (unless no landmark is left alive)
         best = S.max(axis=1) if S.shape[1] else np.full(S.shape[0], -np.inf)
         return open_set_score(1.0 - best, 1.0 - P.max(axis=1), self._open)
 
