@@ -231,7 +231,7 @@ def test_the_threshold_and_standardisation_are_constants_only(package):
     ("kernel", {}, 150, False),  # 600 samples: the package's float32 path
     ("kernel", {"kernel": "cosine"}, 10, True),
     ("least_squares", {}, 20, True),
-    ("auto", {"max_kernel_samples": 10}, 10, False),  # auto on its least-squares head
+    ("auto", {"landmarks": 8}, 10, False),  # auto beyond its landmark budget (40 samples)
 ])
 def test_head_ops_match_every_exportable_head(name, params, n_train, signed):
     Xtr, ytr, Xte, _, _ = make_task(1, n_classes=4, dim=48, n_train=n_train, n_test=25)

@@ -22,6 +22,9 @@ def _fresh(name, X, y, names=NAMES, **kw):
 
 
 def _same(a, b, X, atol=1e-8):
+    if isinstance(a, AutoHead):  # float32 queries; recalibrated explicitly after an edit
+        a.refresh()
+        atol = max(atol, 2e-6)
     np.testing.assert_allclose(a.predict_proba(X), b.predict_proba(X), atol=atol, rtol=0)
     np.testing.assert_allclose(a.unknown_score(X), b.unknown_score(X), atol=atol * 100, rtol=atol * 100)
     assert a.temperature == pytest.approx(b.temperature, rel=atol * 100, abs=atol)
@@ -130,16 +133,12 @@ def test_state_round_trip(name):
     np.testing.assert_allclose(loaded.predict_proba(Xte), head.predict_proba(Xte), atol=1e-6)
 
 
-def test_auto_uses_kernel_then_least_squares():
+def test_auto_is_the_kernel_head_within_its_landmark_budget():
     Xtr, ytr, Xte, _, _ = task(seed=9)
-    head = make_head("auto", max_kernel_samples=59)
-    head.fit(Xtr[:59], ytr[:59], NAMES)
-    assert head.chosen == "kernel"
-    head.add(Xtr[59], int(ytr[59]))
-    assert head.chosen == "least_squares"
-    _same(head.inner, _fresh("least_squares", Xtr, ytr), Xte)
-    head.remove(0)
-    assert head.chosen == "kernel"
+    head = make_head("auto", landmarks=ytr.size)
+    head.fit(Xtr, ytr, NAMES)
+    assert head.n_landmarks == ytr.size
+    _same(head, _fresh("kernel", Xtr, ytr), Xte, atol=2e-6)
     arrays, meta = head.to_state()
     assert isinstance(load_head(arrays, meta), AutoHead)
 

@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 
 from edge_classifier.learning.augment import Augmentation, embed_views
-from edge_classifier.learning.heads import HEAD_NAMES, KernelHead, LeastSquaresHead, load_head, make_head
+from edge_classifier.learning.heads import (HEAD_NAMES, AutoHead, KernelHead, LeastSquaresHead, load_head,
+                                           make_head)
 from edge_classifier.learning.heads.neighbours import DUPLICATE_DISTANCE, HeldOut, capture_groups
 from edge_classifier.learning.heads.openset import weighted_quantile
 from edge_classifier.learning.heads.preprocess import normalise
@@ -174,10 +175,14 @@ def _grouped_task(seed):
 
 
 def _same(a, b, X):
-    np.testing.assert_allclose(a.predict_proba(X), b.predict_proba(X), atol=1e-8)
-    np.testing.assert_allclose(a.unknown_score(X), b.unknown_score(X), atol=1e-6)
-    assert a.unknown_threshold == pytest.approx(b.unknown_threshold, abs=1e-6)
-    assert a.temperature == pytest.approx(b.temperature, abs=1e-6)
+    if isinstance(a, AutoHead):  # recalibrated explicitly after edits; float32 queries, and
+        a.refresh()              # a near-copy (kernel residual < 1e-4) is no landmark of its own
+    atol = 1e-4 if isinstance(a, AutoHead) else 1e-8
+    np.testing.assert_allclose(a.predict_proba(X), b.predict_proba(X), atol=atol)
+    atol = 5e-3 if isinstance(a, AutoHead) else 1e-6
+    np.testing.assert_allclose(a.unknown_score(X), b.unknown_score(X), atol=atol)
+    assert a.unknown_threshold == pytest.approx(b.unknown_threshold, abs=atol)
+    assert a.temperature == pytest.approx(b.temperature, abs=atol)
 
 
 @pytest.mark.parametrize("name", EXACT)
@@ -186,8 +191,10 @@ def test_updates_with_capture_groups_equal_a_fresh_fit(name):
     head = _fit(name, X[:10], y[:10])
     for i in range(10, y.size):
         head.add(X[i], _labels(name, y[i:i + 1])[0])
-    inner = head.inner if name == "auto" else head
-    assert 5 < np.unique(inner._held.groups).size < y.size - 10  # copies, burst and chain grouped
+    if name == "auto":
+        head.refresh()
+    groups = head.capture_groups if name == "auto" else head._held.groups
+    assert 5 < np.unique(groups).size < y.size - 10  # copies, burst and chain grouped
     _same(head, _fit(name, X, y), Xq)
     keep = np.ones(y.size, bool)
     for j in [3, 0, 20, 7, 30, 12, 15, 1, 2]:
@@ -274,9 +281,9 @@ def test_predict_detailed_is_predict_and_unknown_score_in_one_pass(name):
     head = _fit(name, X, y)
     known, _ = make_blobs(rng, 5, C[:4])
     Xq = np.vstack([known, make_blobs(rng, 10, C[4:])[0]])  # 20 known, then 10 unseen
-    inner = head.inner if name == "auto" else head
-    real_sims, calls = inner._sims, []
-    inner._sims = lambda Zq: calls.append(1) or real_sims(Zq)
+    hook = "_query" if name == "auto" else "_sims"  # auto: similarities to its landmarks
+    real_sims, calls = getattr(head, hook), []
+    setattr(head, hook, lambda Zq: calls.append(1) or real_sims(Zq))
     labels, proba, score = head.predict_detailed(Xq)
     assert len(calls) == 1  # one pass over the stored samples
     ref_labels, ref_proba = head.predict(Xq)

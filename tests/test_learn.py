@@ -168,7 +168,8 @@ def test_eval_json(dataset, capsys):
     best = next(r for r in data["results"] if r["head"] == "auto" and r["shots"] == "all")
     assert best["accuracy"] >= 0.75
     assert set(best["per_class"]) == {"bird", "cat", "food"}
-    assert {"accuracy", "ece", "fit_ms", "per_class"} <= set(best)
+    assert {"accuracy", "accuracy_deployed", "unknown_rate", "ece", "fit_ms", "per_class"} <= set(best)
+    assert best["accuracy_deployed"] <= best["accuracy"] and 0 <= best["unknown_rate"] < 0.5
 
 
 def test_eval_human_report_has_a_confusion_matrix(dataset, capsys):

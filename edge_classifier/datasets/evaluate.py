@@ -3,7 +3,9 @@
 For seed s in 0..N-1: a stratified 70/30 split of the data set (or all of it for training and a
 separate validation set for testing), then k shots per class drawn with seed s from the
 training part; each head is fitted on the shots' embedding views (augmented views included)
-and tested on the test part's plain frames. Results are means over the seeds::
+and tested on the test part's plain frames. Results are means over the seeds: closed-set
+accuracy (the most likely class), accuracy *as deployed* (an ``unknown`` answer counts as
+wrong) and the rate of test images of known classes called unknown::
 
     results = few_shot_eval(views, y, names, heads=["auto", "knn"], shots=[1, 5, "all"])
 
@@ -98,9 +100,13 @@ class EvalResult:
     fit_ms: float
     per_class: Dict[str, Dict[str, float]]
     confusion: List[List[int]] = field(default_factory=list)
+    deployed: float = 0.0  # accuracy with "unknown" counted as wrong
+    unknown_rate: float = 0.0  # share of (known-class) test images called unknown
 
     def as_dict(self, confusion: bool = False) -> dict:
         d = {"head": self.head, "shots": self.shots, "accuracy": round(self.accuracy, 4),
+             "accuracy_deployed": round(self.deployed, 4),
+             "unknown_rate": round(self.unknown_rate, 4),
              "ece": round(self.ece, 4), "fit_ms": round(self.fit_ms, 2),
              "per_class": self.per_class}
         if confusion:
@@ -132,6 +138,8 @@ def few_shot_eval(views: np.ndarray, y: np.ndarray, class_names: Sequence[str],
     acc: Dict[Tuple[str, Shots], List[float]] = {}
     ece: Dict[Tuple[str, Shots], List[float]] = {}
     fit: Dict[Tuple[str, Shots], List[float]] = {}
+    deployed: Dict[Tuple[str, Shots], List[float]] = {}
+    unknown: Dict[Tuple[str, Shots], List[float]] = {}
     cms: Dict[Tuple[str, Shots], np.ndarray] = {}
     total = seeds * len(shots) * len(heads)
     bar = None
@@ -152,9 +160,13 @@ def few_shot_eval(views: np.ndarray, y: np.ndarray, class_names: Sequence[str],
                 t0 = time.perf_counter()
                 head.fit(X_fit, y_fit, list(class_names), views=extra)
                 fit_ms = (time.perf_counter() - t0) * 1000
-                proba = head.predict_proba(X_test)
+                labels, proba, _ = head.predict_detailed(X_test)
                 pred = proba.argmax(axis=1)
+                if labels.ndim > 1:  # multi-label heads: no class on is unknown
+                    labels = np.where(labels.any(axis=1), pred, -1)
                 key = (name, k)
+                deployed.setdefault(key, []).append(float(np.mean(labels == y_test)))
+                unknown.setdefault(key, []).append(float(np.mean(labels < 0)))
                 acc.setdefault(key, []).append(accuracy(pred, y_test))
                 ece.setdefault(key, []).append(expected_calibration_error(proba, y_test))
                 fit.setdefault(key, []).append(fit_ms)
@@ -178,12 +190,15 @@ def few_shot_eval(views: np.ndarray, y: np.ndarray, class_names: Sequence[str],
                              "support": int(report.support[i])}
                          for i, c in enumerate(class_names)}
             results.append(EvalResult(name, k, float(np.mean(acc[key])), float(np.mean(ece[key])),
-                                      float(np.median(fit[key])), per_class, cm.tolist()))
+                                      float(np.median(fit[key])), per_class, cm.tolist(),
+                                      float(np.mean(deployed[key])),
+                                      float(np.mean(unknown[key]))))
     return results
 
 
 def format_table(results: Sequence[EvalResult], shots: Sequence[Shots]) -> str:
-    """Accuracy (ECE) of each head at each number of shots, as a text table."""
+    """Accuracy (ECE) of each head at each number of shots, then accuracy as deployed
+    (unknown counted as wrong) and the share called unknown, and fit times, as a text table."""
     heads = list(dict.fromkeys(r.head for r in results))
     by = {(r.head, r.shots): r for r in results}
     width = 15
@@ -192,6 +207,11 @@ def format_table(results: Sequence[EvalResult], shots: Sequence[Shots]) -> str:
     for h in heads:
         cells = [f"{by[h, k].accuracy:.3f} ({by[h, k].ece:.3f})".rjust(width) for k in shots]
         lines.append(h.ljust(14) + "".join(cells))
+    lines.append("as deployed".ljust(14) + "".join("acc (unknown)".rjust(width) for _ in shots))
+    for h in heads:
+        cells = [f"{by[h, k].deployed:.3f} ({by[h, k].unknown_rate:.3f})".rjust(width)
+                 for k in shots]
+        lines.append(("  " + h).ljust(14) + "".join(cells))
     lines.append("fit ms".ljust(14))
     for h in heads:
         lines.append(("  " + h).ljust(14) + "".join(f"{by[h, k].fit_ms:.1f}".rjust(width)

@@ -18,6 +18,7 @@ multi-label under ``run``) unless the caller names one.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
@@ -35,6 +36,9 @@ from edge_classifier.learning.state import StateDir
 log = logging.getLogger(__name__)
 DEFAULT_HEAD = "auto"
 MULTILABEL = "multilabel"
+#: Up to this many samples removed at once are downdated in the caller's thread (one Woodbury
+#: update, a few ms); more, a renamed or deleted class, refit in the background.
+INLINE_REMOVALS = 64
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,8 @@ class Learner:
         self.problems: List[str] = list(state.problems)
         self.last_fit_ms = 0.0
         self._dirty = False
+        self._rows: List[str] = []  # sample id of each head sample, in the head's order
+        self._job: Optional[_Background] = None
         if load:
             self.load_or_fit()
 
@@ -115,6 +121,7 @@ class Learner:
             views, y, names = self.store.samples_matrix()
         if len(y) == 0:
             self.head = None
+            self._rows = []
             return
         head = make_head(self.head_name)
         t0 = time.perf_counter()
@@ -123,6 +130,7 @@ class Learner:
             head.fit(views[:, 0], y, names, views=views[:, 1:] if views.shape[1] > 1 else None)
         self.last_fit_ms = (time.perf_counter() - t0) * 1000
         self.head = head
+        self._rows = self._store_rows()
         self._dirty = True
 
     def load_or_fit(self) -> None:
@@ -135,6 +143,8 @@ class Learner:
             head = None
         if head is not None:
             self.head = head
+            self._rows = self._store_rows()
+            self._calibrate_later()
             return
         self.fit()
         if self.head is not None and self.state.write:
@@ -165,7 +175,10 @@ class Learner:
                                 f"({exc})") from None
 
     def save(self) -> None:
-        """Write the head through the state (atomically)."""
+        """Write the head through the state (atomically). A refit under way is waited for
+        first (the current head no longer matches the samples)."""
+        if self._job is not None and self._job.kind == "refit":
+            self.wait_background()
         if self.head is None:
             return
         arrays, head_meta = self.head.to_state()
@@ -217,20 +230,140 @@ class Learner:
                 head.add_class(name)
             head.add(views[0], list(head.classes).index(name),
                      views=views[1:] if len(views) > 1 else None)
+            self._rows.append(sample_id)
             self.last_fit_ms = (time.perf_counter() - t0) * 1000
             self._dirty = True
+            self._calibrate_later()
+        elif self._job is not None and self._job.kind == "refit":
+            pass  # the refit under way takes the new sample in when it is swapped in
         else:
             self.fit()
         return name, sample_id
 
     def changed(self) -> None:
-        """Call after deleting, clearing, renaming samples or classes in the store."""
-        self.fit()
-        if self.head is None and self.state.write:
-            self.state.remove_head()
+        """Call after deleting, clearing, renaming samples or classes in the store.
+
+        With the ``auto`` head a few removals are downdated at once; anything bigger (a class
+        cleared, deleted or renamed) is refitted in a background thread while the current head
+        keeps answering, and swapped in by :meth:`poll`. Other heads refit here.
+        """
+        if len(self.store) == 0:
+            self.head, self._rows = None, []
+            self._job = None
+            if self.state.write:
+                self.state.remove_head()
+            return
+        if not self._budgeted():
+            self.fit()
+            return
+        if self._job is None or self._job.kind != "refit":
+            if self._downdate(self.head):
+                self._dirty = True
+                self._calibrate_later()
+                return
+        self._refit_later()
+
+    # -- background work (the auto head) -------------------------------------------------------
+    def _budgeted(self) -> bool:
+        return self.head is not None and not self.multilabel and hasattr(self.head, "calibration_job")
+
+    def _store_rows(self) -> List[str]:
+        return [sid for name in self.store.classes for sid in self.store.sample_ids(name)]
+
+    def _downdate(self, head, rows: Optional[List[str]] = None, limit: int = INLINE_REMOVALS) -> bool:
+        """Bring ``head`` (holding ``rows``) up to the store with removals and additions, if
+        the classes still agree and the removals are few; False (head untouched) otherwise."""
+        rows = self._rows if rows is None else rows
+        classes = self.store.classes
+        if list(head.classes) != classes[:len(head.classes)]:
+            return False
+        where = {sid: name for name in classes for sid in self.store.sample_ids(name)}
+        names = head.classes
+        labels = head.labels
+        gone = [i for i, sid in enumerate(rows) if where.get(sid) != names[labels[i]]]
+        if len(gone) > limit or len(gone) == len(rows):
+            return False
+        if gone:
+            head.remove_many(gone)
+        kept = [sid for i, sid in enumerate(rows) if where.get(sid) == names[labels[i]]]
+        known = set(kept)
+        for sid, name in where.items():
+            if sid not in known:
+                if name not in head.classes:
+                    head.add_class(name)
+                v = self.store.views(name, sid)
+                head.add(v[0], list(head.classes).index(name), views=v[1:] if len(v) > 1 else None)
+                kept.append(sid)
+        if rows is self._rows:
+            self._rows = kept
+        else:
+            rows[:] = kept
+        return True
+
+    def _calibrate_later(self) -> None:
+        head = self.head
+        if not self._budgeted() or not head.calibration_stale or self._job is not None:
+            return
+        if head.n_orphans:  # removed samples keep their landmarks: pick fresh ones
+            self._refit_later()
+            return
+        self._job = _Background("calibrate", head.calibration_job())
+
+    def _refit_later(self) -> None:
+        classes = self.store.classes
+        rows, blocks, labels = [], [], []
+        for label, name in enumerate(classes):
+            for sid in self.store.sample_ids(name):
+                rows.append(sid)
+                blocks.append(self.store.views(name, sid))
+                labels.append(label)
+        head_name = self.head_name
+
+        def refit():
+            v = min(b.shape[0] for b in blocks)
+            views = np.stack([b[:v] for b in blocks]).astype(np.float32)
+            head = make_head(head_name)
+            head.fit(views[:, 0], np.asarray(labels), classes,
+                     views=views[:, 1:] if v > 1 else None)
+            return head, rows
+        self._job = _Background("refit", refit)
+
+    def poll(self) -> bool:
+        """Install finished background work (a recalibration or a refit); True if it did.
+        :meth:`predict_embedding` calls it, so the device loop need not."""
+        job = self._job
+        if job is None or not job.done.is_set():
+            return False
+        self._job = None
+        if job.error is not None:
+            log.warning("background head update failed (%s); refitting", job.error)
+            self.fit()
+            return True
+        if job.kind == "refit":
+            head, rows = job.result
+            if self._downdate(head, rows, limit=len(rows)):
+                self.head, self._rows = head, rows
+                self._dirty = True
+            else:  # the classes changed again meanwhile
+                self._refit_later()
+                return True
+        elif self.head is not None:
+            self.head.apply_calibration(job.result)
+            self._dirty = True
+        self._calibrate_later()
+        return True
+
+    def wait_background(self, timeout: Optional[float] = None) -> None:
+        """Finish the background work now (tests, and before a final save)."""
+        while self._job is not None:
+            if not self._job.done.wait(timeout):
+                return
+            self.poll()
 
     # -- predicting ----------------------------------------------------------------------------
     def predict_embedding(self, embedding: np.ndarray) -> Prediction:
+        if self._job is not None:
+            self.poll()
         if self.head is None:
             return NO_CLASSES
         head = self.head
@@ -251,6 +384,29 @@ class Learner:
 
     def predict(self, rgb: np.ndarray) -> Prediction:
         return self.predict_embedding(self.backbone.embed(rgb))
+
+
+class _Background:
+    """One piece of work in a daemon thread: ``done`` is set when ``result`` (or ``error``)
+    is there. ``EDGE_CLASSIFIER_SYNC_HEAD=1`` runs it at once in the caller's thread."""
+
+    def __init__(self, kind: str, work) -> None:
+        import os
+        self.kind, self.result, self.error = kind, None, None
+        self.done = threading.Event()
+        if os.environ.get("EDGE_CLASSIFIER_SYNC_HEAD") == "1":
+            self._run(work)
+        else:
+            threading.Thread(target=self._run, args=(work,), name=f"head-{kind}",
+                             daemon=True).start()
+
+    def _run(self, work) -> None:
+        try:
+            self.result = work()
+        except Exception as exc:  # reported by Learner.poll, which refits
+            self.error = exc
+        finally:
+            self.done.set()
 
 
 def require_samples(store) -> None:

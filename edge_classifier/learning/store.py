@@ -29,6 +29,7 @@ from edge_classifier.core import atomic
 from edge_classifier.core.names import class_key, validate_class_name
 from edge_classifier.errors import (ClassLimitError, ReadOnlyStoreError, StoreError,
                                     UnknownClassError)
+from edge_classifier.learning.compact import compact, expand as _expand
 from edge_classifier.learning.store_disk import (META, SAMPLES, TRASH_PREFIX, check_backbone,
                                                  clean_leftovers, jpeg_thumbnail,
                                                  load_class_folder, meta_text, names_from_folders,
@@ -153,8 +154,9 @@ class SampleStore:
             clean_leftovers(self.root)
         dim = self.backbone.get("embedding_dim") if self.backbone else None
         for name, folder in self._classes.items():
-            self._samples[name], dim = load_class_folder(samples_dir / folder, name, dim,
-                                                         self.readonly, self.problems)
+            loaded, dim = load_class_folder(samples_dir / folder, name, dim, self.readonly,
+                                            self.problems)
+            self._samples[name] = OrderedDict((sid, compact(v)) for sid, v in loaded.items())
 
     def _write_meta(self) -> None:
         self._require_writable("the class list")
@@ -209,7 +211,7 @@ class SampleStore:
 
     def views(self, name: str, sample_id: str) -> np.ndarray:
         try:
-            return self._get(name)[sample_id]
+            return _expand(self._get(name)[sample_id])
         except KeyError:
             raise UnknownClassError(f"class {name!r} has no sample {sample_id!r}") from None
 
@@ -232,7 +234,7 @@ class SampleStore:
             dim = self.backbone.get("embedding_dim", 0) if self.backbone else 0
             return np.zeros((0, 1, dim), np.float32), np.zeros(0, np.int64), self.classes
         v = min(b.shape[0] for b in blocks)
-        return (np.stack([b[:v] for b in blocks]).astype(np.float32),
+        return (np.stack([_expand(b)[:v] for b in blocks]).astype(np.float32),
                 np.asarray(labels, dtype=np.int64), self.classes)
 
     def multilabel_matrix(self) -> Tuple[np.ndarray, np.ndarray, List[str]]:
@@ -253,7 +255,7 @@ class SampleStore:
         Y = np.zeros((len(ids), len(self._classes)), dtype=np.float32)
         for r, sid in enumerate(ids):
             Y[r, labels[sid]] = 1.0
-        return np.stack([rows[i][:v] for i in ids]).astype(np.float32), Y, self.classes
+        return np.stack([_expand(rows[i])[:v] for i in ids]).astype(np.float32), Y, self.classes
 
     def fingerprint(self) -> str:
         """Changes whenever a class or sample is added, removed or renamed."""
@@ -393,7 +395,7 @@ class SampleStore:
             except OSError:
                 (folder / f"{sample_id}.jpg").unlink(missing_ok=True)
                 raise
-        samples[sample_id] = views
+        samples[sample_id] = compact(views)
         self._latest = max(self._latest, sample_id)
         return sample_id
 

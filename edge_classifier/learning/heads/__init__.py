@@ -7,6 +7,7 @@ Interface (every head; ``make_head(name)`` builds one, names in :data:`HEAD_NAME
     i = head.add(x, label, views=None)          # absorb one sample (x: D), returns its index
     head.remove(i)                              # forget sample i (later indices shift down)
     head.remove_sample(x, label)                # forget the stored sample equal to x
+    head.refresh()                              # auto only: recalibrate after add/remove
     c = head.add_class("bottle")                # a new class, no samples yet
     P = head.predict_proba(X)                   # NxC calibrated probabilities
     labels, P = head.predict(X)                 # labels: N ints, -1 = unknown
@@ -58,8 +59,10 @@ Heads
 ``kernel`` (:class:`KernelHead`): RBF kernel ridge onto one-hot targets; exact O(N^2)
 add/remove. ``least_squares`` (:class:`LeastSquaresHead`): linear ridge; exact rank-one
 add/remove. ``softmax`` (:class:`SoftmaxHead`): multinomial logistic regression, L-BFGS.
-``imprinting`` / ``knn``: Coral's baselines. ``auto`` (:class:`AutoHead`): kernel up to 3000
-samples, least squares above. ``multilabel`` (:class:`MultiLabelHead`): one-vs-rest sigmoids
+``imprinting`` / ``knn``: Coral's baselines. ``auto`` (:class:`AutoHead`): RBF kernel ridge on
+a budget of landmarks (default 1,024): exactly the ``kernel`` head while every sample is a
+landmark, O(m^2) add/remove and O(m*D) queries at any N, saved with its solved system (loads
+without a fit); its calibration is a job that may run in another thread (``calibration_job``). ``multilabel`` (:class:`MultiLabelHead`): one-vs-rest sigmoids
 with per-class thresholds. Evaluation helpers live in :mod:`.metrics`; seeded synthetic
 embeddings for tests and demos in :mod:`.synthetic`.
 
@@ -69,7 +72,7 @@ Measured accuracy, calibration and unknown detection of every head are in the RE
 
 from __future__ import annotations
 
-from .auto import AutoHead, choose_head
+from .auto import AutoHead
 from .base import Head
 from edge_classifier.errors import (EmptyHeadError, HeadError, InvalidEmbeddingError, InvalidLabelError,
                      InvalidParameterError, SampleNotFoundError, StateError, UnknownHeadError)
@@ -86,7 +89,7 @@ __all__ = [
     "AnyHead", "AutoHead", "ClassReport", "EmptyHeadError", "HEAD_NAMES", "Head", "HeadError",
     "ImprintingHead", "InvalidEmbeddingError", "InvalidLabelError", "InvalidParameterError",
     "KernelHead", "KnnHead", "LeastSquaresHead", "MultiLabelHead", "SampleNotFoundError",
-    "SoftmaxHead", "StateError", "UnknownHeadError", "accuracy", "auroc", "choose_head",
+    "SoftmaxHead", "StateError", "UnknownHeadError", "accuracy", "auroc",
     "classification_report", "confusion_matrix", "draw_shots", "expected_calibration_error",
     "load_head", "make_head", "stratified_split",
 ]

@@ -1,0 +1,161 @@
+"""Landmark (Nyström) kernel ridge maths for the ``auto`` head: pure functions, no state.
+
+    Linv = landmark_factor(K_LL)                 # Linv @ K_LL @ Linv.T == I (m x m)
+    Phi = features(S, sq_rows, sq_land, gamma, Linv)   # N x m whitened kernel features
+    P = system_inverse(Phi, lam)                 # inv(Phi.T @ Phi + lam*I)
+    P2 = rank_update(P, Phi_rows, sign=+1)       # add (+1) or remove (-1) rows, Woodbury
+
+Model (subset of regressors): ``f(x) = k(L, x) @ alpha`` with m landmarks L. The whitened
+features ``phi(x) = Linv @ k(L, x)`` turn it into ridge regression with penalty ``lam*|w|^2``,
+which is the RKHS norm of f, so while the landmarks span every stored sample (N <= m: every
+sample is a landmark) the solution *is* exact kernel ridge, leave-one-out scores included
+(the optimum over a subspace that contains the representer span is the same function).
+
+Adding a landmark appends one row to ``Linv`` (the old features keep their values; the
+stored samples that are landmarks get 0 in the new coordinate). Adding or removing a sample
+is a rank-one update of ``P`` (O(m^2)); removing r samples at once is one Woodbury update
+(O(m^2 r + r^3)).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Tuple
+
+import numpy as np
+
+from .linalg import chol_inv, factor_append
+
+__all__ = ["add_outer", "connected_labels", "pick_landmarks", "features", "kernel_values", "landmark_factor", "rank_update",
+           "row_chunks", "system_inverse"]
+
+
+def kernel_values(S: np.ndarray, sq_rows: np.ndarray, sq_cols: np.ndarray, gamma: float) -> np.ndarray:
+    """RBF values ``exp(-gamma*|a-b|^2)`` (A x B, dtype of S) from inner products S (A x B)."""
+    t = S.dtype.type
+    d2 = sq_rows.astype(S.dtype)[:, None] + sq_cols.astype(S.dtype)[None, :] - t(2) * S
+    np.maximum(d2, 0, out=d2)
+    d2 *= t(-gamma)
+    return np.exp(d2, out=d2)
+
+
+FLOAT32_ABOVE = 512  # larger factors are computed in float32 (twice as fast), as the kernel head's
+
+
+def _factor(A: np.ndarray) -> np.ndarray:
+    """``chol_inv(A)`` as float64, computed in float32 above ``FLOAT32_ABOVE`` rows (float64
+    again if float32 was not accurate enough)."""
+    if A.shape[0] > FLOAT32_ABOVE:
+        try:
+            M = chol_inv(A.astype(np.float32))
+            if np.all(np.isfinite(M)):
+                return M.astype(np.float64)
+        except np.linalg.LinAlgError:
+            pass
+    return chol_inv(A)
+
+
+def landmark_factor(K: np.ndarray, jitter: float = 0.0) -> np.ndarray:
+    """Lower-triangular ``Linv`` (m x m float64) with ``Linv @ (K + jitter*I) @ Linv.T == I``."""
+    A = np.array(K, dtype=np.float64)
+    if jitter:
+        A[np.diag_indices_from(A)] += jitter
+    return _factor(A) if A.size else np.zeros((0, 0))
+
+
+def features(S: np.ndarray, sq_rows: np.ndarray, sq_land: np.ndarray, gamma: float,
+             Linv: np.ndarray) -> np.ndarray:
+    """Whitened features (N x m float64) of rows with inner products S (N x m) to the landmarks."""
+    K = kernel_values(S.astype(np.float64), sq_rows, sq_land, gamma)
+    return K @ Linv.T
+
+
+def system_inverse(Phi: np.ndarray, lam: float, gram: "np.ndarray | None" = None) -> np.ndarray:
+    """``inv(Phi.T @ Phi + lam*I)`` (m x m float64); ``gram`` may pass ``Phi.T @ Phi``."""
+    A = (Phi.T @ Phi) if gram is None else np.array(gram, dtype=np.float64)
+    A[np.diag_indices_from(A)] += lam
+    M = _factor(A)
+    return M.T @ M
+
+
+def rank_update(P: np.ndarray, rows: np.ndarray, sign: float) -> np.ndarray:
+    """``inv(inv(P) + sign * rows.T @ rows)`` for rows (r x m): Woodbury, a new array.
+
+    Raises LinAlgError when removing rows leaves the system (numerically) singular.
+    """
+    U = P @ rows.T  # m x r
+    C = np.eye(rows.shape[0]) * sign + rows @ U
+    if sign < 0:
+        w = np.linalg.eigvalsh(-C) if C.shape[0] > 1 else -C.ravel()
+        if not np.min(w) > 1e-9:
+            raise np.linalg.LinAlgError("removing these samples leaves a singular system")
+    return P - U @ np.linalg.solve(C, U.T)
+
+
+def row_chunks(n: int, size: int = 1024) -> Iterator[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
+
+
+def connected_labels(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Component labels (n int64, the smallest member) of the graph with edges (a[i], b[i])."""
+    labels = np.arange(n, dtype=np.int64)
+    if a.size == 0:
+        return labels
+    while True:
+        m = np.minimum(labels[a], labels[b])
+        new = labels.copy()
+        np.minimum.at(new, a, m)
+        np.minimum.at(new, b, m)
+        new = new[new]  # pointer jumping
+        if np.array_equal(new, labels):
+            return labels
+        labels = new
+
+
+def split_groups(groups: np.ndarray) -> Tuple[np.ndarray, ...]:
+    """Members of the groups of two or more, as (groups x size) index arrays, one per size."""
+    sizes = np.bincount(groups, minlength=groups.size)
+    if not np.any(sizes > 1):
+        return ()
+    order = np.argsort(groups, kind="stable")
+    out = []
+    for s in np.unique(sizes[sizes > 1]):
+        members = np.isin(groups[order], np.flatnonzero(sizes == s))
+        out.append(order[members].reshape(-1, int(s)))
+    return tuple(out)
+
+
+def add_outer(P: np.ndarray, u: np.ndarray, scale: float, block: int = 128) -> None:
+    """``P += scale * u u.T`` in place, by row blocks (no m x m temporary)."""
+    v = scale * u
+    for start in range(0, P.shape[0], block):
+        P[start:start + block] += u[start:start + block, None] * v[None, :]
+
+
+def pick_landmarks(Z: np.ndarray, cand: np.ndarray, gamma: float, residual: float):
+    """(rows of Z, ``Linv``, squared norms) of the landmarks taken from candidate rows
+    ``cand`` in order, skipping any whose kernel residual against the earlier ones is below
+    ``residual`` (exact or near copies)."""
+    C = Z[cand].astype(np.float64)
+    sq = np.einsum("ij,ij->i", C, C)
+    K = kernel_values(C @ C.T, sq, sq, gamma)
+    keep = np.ones(cand.size, bool)
+    keep[np.flatnonzero((np.triu(K, 1) > 1.0 - residual / 4).any(axis=0))] = False
+    try:
+        idx = np.flatnonzero(keep)
+        Linv = landmark_factor(K[np.ix_(idx, idx)])
+        weak = np.diag(Linv) ** -2 < residual  # pivot^2: residual against the earlier ones
+        if weak.any():  # drop them: the later pivots only grow without them
+            idx = idx[~weak]
+            Linv = landmark_factor(K[np.ix_(idx, idx)])
+        if not np.all(np.isfinite(Linv)) or np.diag(Linv).max() ** -2 < residual / 100:
+            raise np.linalg.LinAlgError("near-singular landmarks")
+    except np.linalg.LinAlgError:  # grow one by one, skipping what adds nothing
+        idx, Linv = [], np.zeros((0, 0))
+        for j in range(cand.size):
+            r = Linv @ K[idx, j] if idx else np.zeros(0)
+            if 1.0 - r @ r > residual:
+                Linv = factor_append(Linv, K[idx, j], 1.0)
+                idx.append(j)
+        idx = np.array(idx, np.int64)
+    return cand[idx], Linv, sq[idx].copy()

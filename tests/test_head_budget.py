@@ -1,0 +1,263 @@
+"""The ``auto`` head's landmark budget: exact updates, exactness within the budget, saved heads
+that load without a fit, background recalibration and refits in the Learner, eval as deployed."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+
+from edge_classifier.datasets.evaluate import few_shot_eval, format_table
+from edge_classifier.errors import StateError
+from edge_classifier.learning.heads import AutoHead, load_head, make_head
+from edge_classifier.learning.heads import autocal
+from edge_classifier.learning.heads.synthetic import make_blobs, make_centres, make_task
+
+NAMES = ["c0", "c1", "c2", "c3"]
+
+
+def _task(seed=0, n=25):
+    return make_task(seed, n_classes=4, dim=32, n_train=n, n_test=40)
+
+
+def test_within_the_budget_it_is_exact_kernel_ridge():
+    Xtr, ytr, Xte, _, _ = _task(1)
+    auto = make_head("auto").fit(Xtr, ytr, NAMES)
+    kernel = make_head("kernel").fit(Xtr, ytr, NAMES)
+    assert auto.n_landmarks == ytr.size
+    np.testing.assert_allclose(auto.predict_proba(Xte), kernel.predict_proba(Xte), atol=1e-6)
+    np.testing.assert_allclose(auto.loo_proba(), kernel.loo_proba(), atol=1e-9)
+    np.testing.assert_allclose(auto.unknown_score(Xte), kernel.unknown_score(Xte), atol=1e-4)
+    assert auto.temperature == pytest.approx(kernel.temperature, rel=1e-9)
+    assert auto.unknown_threshold == pytest.approx(kernel.unknown_threshold, rel=1e-9)
+
+
+def test_beyond_the_budget_updates_equal_a_rebuild_of_the_same_landmarks():
+    Xtr, ytr, Xte, _, _ = _task(2, n=30)  # 120 samples, 40 landmarks
+    head = make_head("auto", landmarks=40).fit(Xtr[:10], ytr[:10], NAMES)
+    for i in range(10, ytr.size):
+        head.add(Xtr[i], int(ytr[i]))
+    assert head.n_landmarks == 40 and head.n_samples == 120
+    head.remove_many([3, 50, 51, 119])
+    head.remove(7)
+    before = head.decision_function(Xte)
+    head.refresh()  # rebuilds the m x m system from the stored points
+    assert not head.calibration_stale
+    np.testing.assert_allclose(head.decision_function(Xte), before, atol=1e-5)
+
+
+def test_a_capture_changes_the_very_next_prediction():
+    Xtr, ytr, Xte, _, _ = _task(3)
+    head = make_head("auto").fit(Xtr, ytr, NAMES)
+    before = head.decision_function(Xte[:1])
+    head.add(Xte[0], 2)
+    assert head.calibration_stale  # the threshold waits for a recalibration ...
+    after = head.decision_function(Xte[:1])  # ... the scores do not
+    assert after[0, 2] > before[0, 2] + 0.1
+
+
+def test_batch_removal_equals_one_by_one_and_a_fresh_fit():
+    Xtr, ytr, Xte, _, _ = _task(4)
+    a = make_head("auto").fit(Xtr, ytr, NAMES)
+    b = make_head("auto").fit(Xtr, ytr, NAMES)
+    gone = [0, 9, 10, 44, 99]
+    a.remove_many(gone)
+    for i in sorted(gone, reverse=True):
+        b.remove(i)
+    keep = np.delete(np.arange(ytr.size), gone)
+    fresh = make_head("auto").fit(Xtr[keep], ytr[keep], NAMES)
+    for h in (a, b):
+        h.refresh()
+        np.testing.assert_allclose(h.predict_proba(Xte), fresh.predict_proba(Xte), atol=1e-6)
+        np.testing.assert_array_equal(h.labels, ytr[keep])
+    assert a.n_orphans == len(gone)  # their landmarks stay until the next fit ...
+    rng = np.random.default_rng(0)
+    far = rng.normal(size=(1, 32)) * 50  # ... but a removed sample is not "known" any more
+    assert np.isfinite(a.unknown_score(far)).all()
+
+
+def test_saved_head_loads_without_any_fit(monkeypatch):
+    Xtr, ytr, Xte, _, _ = _task(5, n=30)
+    head = make_head("auto", landmarks=50).fit(Xtr, ytr, NAMES)
+    head.add(Xte[0], 1)
+    head.refresh()
+    arrays, meta = head.to_state()
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    buf.seek(0)
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("loading refitted the head")
+    monkeypatch.setattr(autocal, "calibrate", no_fit)
+    monkeypatch.setattr(AutoHead, "fit", no_fit)
+    with np.load(buf) as npz:
+        loaded = load_head(dict(npz), json.loads(json.dumps(meta)))
+    np.testing.assert_array_equal(loaded.predict_proba(Xte), head.predict_proba(Xte))
+    np.testing.assert_array_equal(loaded.unknown_score(Xte), head.unknown_score(Xte))
+    assert loaded.unknown_threshold == head.unknown_threshold and not loaded.calibration_stale
+
+
+@pytest.mark.parametrize("damage", ["shape", "nan", "landmark", "format"])
+def test_a_damaged_state_is_a_state_error(damage):
+    Xtr, ytr, _, _, _ = _task(6)
+    arrays, meta = make_head("auto").fit(Xtr, ytr, NAMES).to_state()
+    if damage == "shape":
+        arrays["P"] = arrays["P"][:-1]
+    elif damage == "nan":
+        arrays["b"][0, 0] = np.nan
+    elif damage == "landmark":
+        arrays["land"][0] = 10_000
+    else:
+        meta["format"] = 99
+    with pytest.raises(StateError):
+        load_head(arrays, meta)
+
+
+def test_calibration_job_runs_apart_and_a_late_result_keeps_the_head_stale():
+    Xtr, ytr, Xte, _, _ = _task(7)
+    head = make_head("auto").fit(Xtr[:-2], ytr[:-2], NAMES)
+    head.add(Xtr[-2], int(ytr[-2]))
+    job = head.calibration_job()
+    head.add(Xtr[-1], int(ytr[-1]))  # the head changes while the job "runs"
+    assert head.apply_calibration(job()) is False and head.calibration_stale
+    assert head.apply_calibration(head.calibration_job()()) is True
+    fresh = make_head("auto").fit(Xtr, ytr, NAMES)
+    np.testing.assert_allclose(head.predict_proba(Xte), fresh.predict_proba(Xte), atol=1e-6)
+
+
+def test_eval_reports_accuracy_as_deployed_and_the_unknown_rate():
+    rng = np.random.default_rng(8)
+    C = make_centres(rng, 3, 16)
+    X, y = make_blobs(rng, 30, C, 1.0)
+    views = X[:, None, :]
+    results = few_shot_eval(views, y, ["a", "b", "c"], ["auto", "knn"], [5, "all"], seeds=2)
+    for r in results:
+        assert 0.0 < r.unknown_rate < 0.5  # about 5 % of known frames by design, never all
+        assert r.deployed <= r.accuracy  # an unknown answer is never right
+        assert r.deployed == pytest.approx(r.accuracy - r.unknown_rate, abs=r.unknown_rate + 1e-9)
+        d = r.as_dict()
+        assert d["accuracy_deployed"] == round(r.deployed, 4)
+        assert d["unknown_rate"] == round(r.unknown_rate, 4)
+    assert "as deployed" in format_table(results, [5, "all"])
+
+
+# ---------------------------------------------------------------- the Learner's background work
+@pytest.fixture
+def frames(sample):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    out = {}
+    for name, photo in (("cat", "cat.bmp"), ("bird", "parrot.jpg"), ("food", "hot_dog.jpg")):
+        image = Image.open(sample(photo)).convert("RGB")
+        w, h = image.size
+        crops = []
+        for _ in range(4):
+            s = rng.uniform(0.6, 0.95)
+            cw, ch = int(w * s), int(h * s)
+            x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+            crops.append(np.asarray(image.crop((x, y, x + cw, y + ch))))
+        out[name] = crops
+    return out
+
+
+class _Gate:
+    """Background work that starts only when ``open()`` is called (no sleeps, no races)."""
+
+    def __init__(self, monkeypatch):
+        import threading
+        from edge_classifier.learning import learner as learner_module
+        self.event = threading.Event()
+        real = learner_module._Background
+        gate = self.event
+
+        class Gated(real):
+            def __init__(self, kind, work):
+                super().__init__(kind, lambda: (gate.wait(), work())[1])
+        monkeypatch.setattr(learner_module, "_Background", Gated)
+
+    def open(self):
+        self.event.set()
+
+
+def test_learner_recalibrates_and_refits_in_the_background(tmp_path, backbones, frames,
+                                                           monkeypatch):
+    from edge_classifier.learning.learner import Learner
+    from edge_classifier.learning.state import StateDir
+    gate = _Gate(monkeypatch)
+    with StateDir(tmp_path / "state") as state:
+        learner = Learner(backbones(), state)
+        for name, crops in frames.items():
+            for crop in crops[:3]:
+                learner.capture(name, crop)
+        head = learner.head
+        assert head.n_samples == 9 and head.calibration_stale  # used at once, calibrated later
+        assert learner.predict(frames["cat"][3]).best == "cat"
+        gate.open()
+        learner.wait_background()
+        assert learner.head is head and not head.calibration_stale
+
+        gate.event.clear()
+        learner.store.delete_class("food")  # the classes change: a refit in the background
+        learner.changed()
+        assert learner.head is head  # still answering while the refit waits
+        learner.capture("cat", frames["cat"][3])  # taken in when the refit is swapped in
+        gate.open()
+        learner.wait_background()
+        assert learner.head is not head and learner.head.classes == ["cat", "bird"]
+        assert learner.head.n_samples == len(learner.store) == 7
+        learner.store.remove_sample("bird", learner.store.sample_ids("bird")[0])
+        learner.changed()  # one removal: downdated at once
+        assert learner.head.n_samples == 6
+        learner.wait_background()
+        learner.save()
+    monkeypatch.setattr(AutoHead, "fit", lambda *a, **k: pytest.fail("refitted"))
+    with StateDir(tmp_path / "state") as state:
+        again = Learner(backbones(), state)
+        assert again.problems == [] and again.head.n_samples == 6
+        assert again.predict(frames["bird"][3]).best == "bird"
+
+
+def test_the_store_keeps_quantised_views_compact_and_exact(backbones, sample):
+    from PIL import Image
+    from edge_classifier.learning.compact import CompactViews, compact
+    backbone = backbones()
+    frame = np.asarray(Image.open(sample("cat.bmp")).convert("RGB"))
+    views = np.stack([backbone.embed(frame), backbone.embed(frame[:, ::-1])])
+    packed = compact(views)
+    assert isinstance(packed, CompactViews) and packed.index.dtype == np.uint8
+    assert packed.index.nbytes + packed.values.nbytes < views.nbytes / 2.5
+    np.testing.assert_array_equal(packed.expand(), views)  # bit for bit
+    floats = np.random.default_rng(0).normal(size=(2, 1024)).astype(np.float32)
+    assert compact(floats) is floats  # not quantised: kept as it is
+
+
+def test_a_saved_head_older_than_the_samples_is_refitted(tmp_path, backbones, frames):
+    from edge_classifier.learning.learner import Learner
+    from edge_classifier.learning.state import StateDir
+    with StateDir(tmp_path / "state") as state:
+        learner = Learner(backbones(), state)
+        for name in ("cat", "bird"):
+            for crop in frames[name][:2]:
+                learner.capture(name, crop)
+        learner.wait_background()
+        learner.save()
+        views = np.stack([backbones().embed(frames["food"][0])] * 2)
+        learner.store.add_sample("food", views)  # behind the saved head's back
+    with StateDir(tmp_path / "state") as state:
+        again = Learner(backbones(), state)
+        assert again.head.n_samples == 5 and "food" in again.head.classes
+
+
+def test_unknown_scores_stay_finite_when_every_landmark_sample_is_gone():
+    """Regression: a held button's near-copies are no landmarks; dropping the oldest samples
+    (the landmarks) left no live landmark and NaN unknown scores until the next refit."""
+    Xtr, ytr, Xte, _, _ = _task(9, n=3)
+    head = make_head("auto").fit(Xtr, ytr, NAMES)
+    for i in range(ytr.size):  # exact copies: stored, but never landmarks
+        head.add(Xtr[i], int(ytr[i]))
+    head.remove_many(list(range(ytr.size)))  # the originals, i.e. every landmark's sample
+    assert head.n_orphans == head.n_landmarks
+    with np.errstate(all="raise"):
+        assert np.all(np.isfinite(head.unknown_score(Xte)))
