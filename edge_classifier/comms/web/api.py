@@ -35,9 +35,8 @@ import tempfile
 import zipfile
 from typing import Any, Dict
 
-from aiohttp import web
-
 from edge_classifier.comms.commands import result as command_result
+from edge_classifier.comms.web.aio import web
 from edge_classifier.comms.web.security import HEADERS, SESSION_COOKIE
 from edge_classifier.comms.web.studio import ImportImages, ListExport, PredictImage, ReadInsight
 from edge_classifier.comms.web.uploads import decode, read_files, stage

@@ -25,10 +25,10 @@ import time
 from pathlib import Path
 from typing import Any, Dict
 
-from aiohttp import web
 from PIL import Image
 
 from edge_classifier.comms.web import api
+from edge_classifier.comms.web.aio import web
 from edge_classifier.comms.web.security import HEADERS, SESSION_COOKIE
 from edge_classifier.comms.web.studio import ReadStats
 

@@ -31,11 +31,10 @@ import tempfile
 import threading
 from typing import Any, Callable, Dict, Optional, Tuple
 
-from aiohttp import web
-
 from edge_classifier.comms.commands import CommandRouter
 from edge_classifier.comms.commands import result as command_result
 from edge_classifier.comms.events import Event
+from edge_classifier.comms.web.aio import web
 from edge_classifier.comms.web.app import make_app
 from edge_classifier.comms.web.camera import BrowserSource
 from edge_classifier.comms.web.security import Guard
