@@ -278,7 +278,8 @@ class WebTransport:
             if now < self._next_live:
                 self._aloop.call_at(self._next_live, self.notify, "prediction")
                 return  # _wake_pending stays set: the loop's thread schedules nothing more
-            self._next_live = now + 1 / LIVE_PER_SECOND
+            period = 1 / LIVE_PER_SECOND  # on the beat while busy: no drift below the rate
+            self._next_live = (self._next_live if now - self._next_live < period else now) + period
             self._wake_pending = False
         self.versions[kind] += 1
         changed, self.changed = self.changed, asyncio.Event()
