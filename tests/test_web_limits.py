@@ -13,6 +13,7 @@ from waiting import wait_until
 from webkit import TIMEOUT, Client, Multipart, Photos, jpeg_of, studio_factory, web_config
 
 from edge_classifier.comms.web.limits import CaptureLimit
+from edge_classifier.config import SourceConfig
 from edge_classifier.core.clock import FakeClock
 
 studio = pytest.fixture(studio_factory, name="studio")
@@ -55,6 +56,17 @@ def test_an_upload_is_imported_one_picture_per_frame(device_factory, sample):
     assert code == 200 and answer["ok"] and answer["added"] == 4 and answer["samples"] == 4
     assert device.store.counts() == {"pets": 4}
     assert list(device.learner.head.classes) == ["pets"]  # refitted after the last picture
+
+
+def test_an_upload_goes_on_while_no_browser_camera_streams(studio, backbones, tmp_path):
+    """With the browser's camera as the only source and no browser streaming, no frame comes:
+    the upload's pictures still go in, one per wait for a frame."""
+    config = web_config().replace(source=SourceConfig(kind="browser"))
+    s = studio(config=config, source=False, backbone=backbones(), state=tmp_path / "state")
+    code, answer = s.client.post("/api/classes/pets/samples", Multipart(
+        *[("images", f"{i}.jpg", p) for i, p in enumerate(pictures(3))]))
+    assert code == 200 and answer["added"] == 3, answer
+    assert s.device.counters.frames == 0 and s.device.store.counts() == {"pets": 3}
 
 
 def test_captures_are_limited_per_class_to_the_hold_rate(studio):

@@ -231,3 +231,14 @@ def test_the_device_and_the_cli_import_without_aiohttp(tmp_path):
                           timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_a_browser_source_without_frames_says_so_to_its_idle_callback():
+    """What waits for frames (the uploads' next picture) goes on while no browser streams."""
+    idle = []
+    source = BrowserSource(wait=0.001, idle=lambda: idle.append(1))
+    with pytest.raises(NoFrameYet):
+        source.read()
+    assert idle == [1]
+    source.feed(FRAME)
+    assert source.read().shape == FRAME.shape and idle == [1]  # a frame: no call
