@@ -45,13 +45,13 @@ def test_an_upload_is_imported_one_picture_per_frame(device_factory, sample):
         before = sum(device.store.counts().values())
         device.apply_events()
         imported.append(sum(device.store.counts().values()) - before)
-        progress.append(device.web.upload_progress())
+        progress.append(client.status()["uploads"])  # what a page opened now shows
         device.step(photos.read())
         if device.events.empty():  # the last answer is on its way to the client
             upload.join(TIMEOUT)
     assert imported == [1, 1, 1, 1]  # four pictures between four frames, one at a time
-    assert progress[0] == {"uploads": [{"class": "pets", "done": 1, "total": 4}]}
-    assert progress[-1] == {"uploads": []}
+    assert progress[0] == [{"class": "pets", "done": 1, "total": 4}]
+    assert progress[2] == [{"class": "pets", "done": 3, "total": 4}] and progress[-1] == []
     (code, answer), = answers
     assert code == 200 and answer["ok"] and answer["added"] == 4 and answer["samples"] == 4
     assert device.store.counts() == {"pets": 4}

@@ -133,6 +133,7 @@ def status(transport) -> Dict[str, Any]:
         "catalogue": catalogue["classes"], "prediction": transport.prediction,
         "state": transport.state, "stats": transport.device_stats,
         "inbox": len(transport.inbox) if transport.inbox is not None else None,
+        "uploads": transport.upload_progress()["uploads"],
         "camera": {"source": config.source.kind,
                    "streaming": bool(camera and camera.streaming),
                    "accepts": camera is not None},

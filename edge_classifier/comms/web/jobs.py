@@ -155,6 +155,7 @@ class UploadQueue:
         with self._lock:
             if job in self._jobs:
                 self._jobs.remove(job)
+        shutil.rmtree(job.folder, ignore_errors=True)  # a step still under way finds nothing
 
     @staticmethod
     def _summary(job: UploadJob, error: Optional[str] = None,

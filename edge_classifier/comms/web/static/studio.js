@@ -273,6 +273,7 @@ function showStatus(status) {
   }
   if (status.state) $("state").textContent = status.state;
   if (status.stats) showStats(status.stats);
+  showUploads(status);
   const camera = status.camera || {};
   $("camera-switch").hidden = !camera.accepts;
   if (camera.source === "browser" && !studio.camera) startCamera();
