@@ -3,6 +3,7 @@ the latency from a frame to its bar, and what the studio adds to the device's me
 
     watcher = Watcher(device.web.url)           # headless Chromium on the studio page
     watcher.rendered()                          # [(frame number, wall time the bars showed it)]
+    watcher.cpu_seconds()                       # CPU time the watcher used so far
     rss_cost(frames=200)                        # {"aiohttp_import_mib", "serving_mib", ...}
 """
 
@@ -17,6 +18,28 @@ import textwrap
 import time
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+def cpu_seconds(root: int) -> float:
+    """CPU time (user + system) used so far by process ``root`` and its descendants."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(fields[1]), []).append((int(entry), fields))
+    total, todo = 0.0, [root]
+    with open(f"/proc/{root}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    total += int(fields[11]) + int(fields[12])
+    while todo:
+        for pid, fields in children.get(todo.pop(), []):
+            total += int(fields[11]) + int(fields[12])
+            todo.append(pid)
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def chromium(profile: str):
@@ -58,6 +81,10 @@ class Watcher:
 
     def clear(self):
         self.driver.execute_script("studio.rendered = []; studio.latency = [];")
+
+    def cpu_seconds(self) -> float:
+        """CPU time the browser (all its processes) has used so far."""
+        return cpu_seconds(self.driver.service.process.pid)
 
     def close(self):
         self.driver.quit()
@@ -108,6 +135,9 @@ class StreamWatcher:
 
     def clear(self):
         self.lines.clear()
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.proc.pid)
 
     def close(self):
         self.proc.kill()
