@@ -215,3 +215,30 @@ def test_insight_with_no_samples():
 ])
 def test_a_prediction_in_words(prediction, words):
     assert describe(prediction) == words
+
+
+# -- aiohttp only with the studio ----------------------------------------------------------------
+def test_the_device_and_the_cli_import_without_aiohttp(tmp_path):
+    """aiohttp (~14 MiB) is loaded only when the studio serves: a regression test for the
+    device loop's import of the web package, which used to load it on every device."""
+    import subprocess
+    import sys
+    code = ("import sys\n"
+            "import edge_classifier.device.loop, edge_classifier.cli, edge_classifier.comms.web\n"
+            "from edge_classifier.comms.web import WebTransport, Studio\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'aiohttp'))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_a_browser_source_without_frames_says_so_to_its_idle_callback():
+    """What waits for frames (the uploads' next picture) goes on while no browser streams."""
+    idle = []
+    source = BrowserSource(wait=0.001, idle=lambda: idle.append(1))
+    with pytest.raises(NoFrameYet):
+        source.read()
+    assert idle == [1]
+    source.feed(FRAME)
+    assert source.read().shape == FRAME.shape and idle == [1]  # a frame: no call

@@ -3,6 +3,7 @@ the latency from a frame to its bar, and what the studio adds to the device's me
 
     watcher = Watcher(device.web.url)           # headless Chromium on the studio page
     watcher.rendered()                          # [(frame number, wall time the bars showed it)]
+    watcher.cpu_seconds()                       # CPU time the watcher used so far
     rss_cost(frames=200)                        # {"aiohttp_import_mib", "serving_mib", ...}
 """
 
@@ -17,6 +18,28 @@ import textwrap
 import time
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+def cpu_seconds(root: int) -> float:
+    """CPU time (user + system) used so far by process ``root`` and its descendants."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(fields[1]), []).append((int(entry), fields))
+    total, todo = 0.0, [root]
+    with open(f"/proc/{root}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    total += int(fields[11]) + int(fields[12])
+    while todo:
+        for pid, fields in children.get(todo.pop(), []):
+            total += int(fields[11]) + int(fields[12])
+            todo.append(pid)
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def chromium(profile: str):
@@ -58,6 +81,10 @@ class Watcher:
 
     def clear(self):
         self.driver.execute_script("studio.rendered = []; studio.latency = [];")
+
+    def cpu_seconds(self) -> float:
+        """CPU time the browser (all its processes) has used so far."""
+        return cpu_seconds(self.driver.service.process.pid)
 
     def close(self):
         self.driver.quit()
@@ -109,6 +136,9 @@ class StreamWatcher:
     def clear(self):
         self.lines.clear()
 
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.proc.pid)
+
     def close(self):
         self.proc.kill()
         self.proc.wait()
@@ -158,12 +188,12 @@ _CHILD = textwrap.dedent("""
         target = device.counters.frames + int(sys.argv[2])
         while device.counters.frames < target:
             time.sleep(0.05)
-        print(round(rss(), 1), file=sys.__stdout__)
+        print(round(rss(), 1), int("aiohttp" in sys.modules), file=sys.__stdout__)
         device.stop(); loop.join(30); device.close()
 """)
 
 
-def _child(mode: str, frames: int, watch: bool = False) -> float:
+def _child(mode: str, frames: int, watch: bool = False):
     tools = os.path.dirname(os.path.abspath(__file__))
     proc = subprocess.Popen([sys.executable, "-c", _CHILD, mode, str(frames), tools],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -189,19 +219,22 @@ def _child(mode: str, frames: int, watch: bool = False) -> float:
             watcher.close()
     if proc.returncode != 0:
         raise RuntimeError(f"rss child {mode} failed: {err[-2000:]}")
-    return float(out.strip().splitlines()[-1])
+    fields = out.strip().splitlines()[-1].split()
+    return float(fields[0]) if mode == "import" else (float(fields[0]), fields[1] == "1")
 
 
 def rss_cost(frames: int = 200) -> dict:
-    """What the studio adds to a device's resident memory, in separate processes: importing
-    aiohttp (on top of what the device imports anyway), and serving one watching browser
-    (RSS after ``frames`` frames with the studio watched, minus without the studio)."""
+    """What the studio adds to a device's resident memory, in separate processes: RSS after
+    ``frames`` frames with the studio served and watched by a browser, minus without the
+    studio (which loads no aiohttp: ``off_loads_aiohttp`` says whether that holds), and, for
+    the record, what importing aiohttp alone costs on top of the device's own imports."""
     imported = _child("import", 0)
-    off = _child("off", frames)
-    on = _child("on", frames, watch=True)
+    off, off_aiohttp = _child("off", frames)
+    on, _ = _child("on", frames, watch=True)
+    added = on - off if not off_aiohttp else imported + on - off
     return {"aiohttp_import_mib": imported, "device_without_web_mib": off,
-            "device_with_web_watched_mib": on, "serving_mib": round(on - off, 1),
-            "added_mib": round(imported + on - off, 1), "target_added_mib": 25}
+            "off_loads_aiohttp": off_aiohttp, "device_with_web_watched_mib": on,
+            "added_mib": round(added, 1), "target_added_mib": 25}
 
 
 if __name__ == "__main__":  # a quick look: python tools/_web.py

@@ -163,6 +163,7 @@ def main(argv=None) -> int:
                 if watcher.ready():
                     break
             watcher.clear()
+        watcher_cpu = watcher.cpu_seconds() if watcher is not None else 0.0
         t_bare, t_loop = alternate(run_bare, run_loop, args.rounds, args.frames)
         out.update(bare_invoke_fps=round(1 / t_bare, 2), loop_fps=round(1 / t_loop, 2),
                    ratio=round(t_bare / t_loop, 4), target_ratio=0.85 if args.web else 0.90,
@@ -173,6 +174,8 @@ def main(argv=None) -> int:
         out["stage_ms"] = stage_ms(device, frames, args.rounds * args.frames)
         if watcher is not None:
             out["frame_to_bar"] = _web.latency_ms(watcher.rendered(), read_at)
+            out["watcher_cpu_per_loop_second"] = round(  # the cores it took from the loop
+                (watcher.cpu_seconds() - watcher_cpu) / (t_loop * args.rounds * args.frames), 3)
             out["web_stats"] = device.web.stats
             watcher.close()
 

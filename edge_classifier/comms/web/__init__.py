@@ -12,8 +12,10 @@ Modules: :mod:`~.transport` (the publisher interface, the server thread), :mod:`
 page, the live streams, the guard), :mod:`~.api` (the JSON API), :mod:`~.security` (host,
 origin and password checks), :mod:`~.uploads` (bounded uploads), :mod:`~.studio` (the
 events done on the loop's thread), :mod:`~.insight` (the confusion matrix),
-:mod:`~.camera` (the browser's camera as a frame source); ``static/`` holds the page: plain
-HTML, CSS and JavaScript, nothing from elsewhere.
+:mod:`~.camera` (the browser's camera as a frame source), :mod:`~.aio` (aiohttp, imported on
+first use: importing this package, as the device loop does, loads no aiohttp while
+``[web] listen`` is empty); ``static/`` holds the page: plain HTML, CSS and JavaScript,
+nothing from elsewhere.
 """
 
 from edge_classifier.comms.web.camera import BrowserSource  # noqa: F401

@@ -4,7 +4,8 @@
     POST   /api/predict                         multipart "image": the label of that picture
     POST   /api/classes                         {"class": name}: a new, empty class
     POST   /api/classes/{name}/capture          {"count": n = 1}: samples from the next frames
-    POST   /api/classes/{name}/samples          multipart "images": import pictures
+    POST   /api/classes/{name}/samples          multipart "images": import pictures (one per
+                                                frame; progress on /api/events as "upload")
     GET    /api/classes/{name}/samples/{id}.jpg a sample's thumbnail (recent ones)
     DELETE /api/classes/{name}/samples/{id}     delete one sample
     POST   /api/classes/{name}/rename           {"to": new name}
@@ -21,7 +22,8 @@
 
 Answers are JSON: a command's result ``{"ok", "action", "error"?, ...}`` with HTTP 200 when it
 worked, 400 for a malformed request, 409 when the device refused it, 504 when the device did
-not answer in time; 401/403 come from the guard (:mod:`~edge_classifier.comms.web.security`).
+not answer in time, 429 (with Retry-After) past a limit of :mod:`~edge_classifier.comms.web.limits`
+(captures per class and second, uploads waiting); 401/403 come from the guard (:mod:`~edge_classifier.comms.web.security`).
 Class names in paths are percent-encoded; they are checked like every class name.
 """
 
@@ -30,16 +32,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import tempfile
 import zipfile
 from typing import Any, Dict
 
-from aiohttp import web
-
+from edge_classifier.comms.commands import MAX_COUNT
 from edge_classifier.comms.commands import result as command_result
+from edge_classifier.comms.web.aio import web
+from edge_classifier.comms.web.limits import MAX_WAITING_UPLOADS
 from edge_classifier.comms.web.security import HEADERS, SESSION_COOKIE
-from edge_classifier.comms.web.studio import ImportImages, ListExport, PredictImage, ReadInsight
+from edge_classifier.comms.web.studio import ListExport, PredictImage, ReadInsight
 from edge_classifier.comms.web.uploads import decode, read_files, stage
 from edge_classifier.core.names import validate_class_name
 from edge_classifier.errors import ClassNameError, InboxItemNotFoundError, UploadError
@@ -129,6 +133,7 @@ def status(transport) -> Dict[str, Any]:
         "catalogue": catalogue["classes"], "prediction": transport.prediction,
         "state": transport.state, "stats": transport.device_stats,
         "inbox": len(transport.inbox) if transport.inbox is not None else None,
+        "uploads": transport.upload_progress()["uploads"],
         "camera": {"source": config.source.kind,
                    "streaming": bool(camera and camera.streaming),
                    "accepts": camera is not None},
@@ -184,9 +189,23 @@ async def add_class(request: web.Request, t) -> web.Response:
 async def capture(request: web.Request, t) -> web.Response:
     try:
         fields = await body(request)
-    except UploadError as exc:
+        name = validate_class_name(_name(request))
+    except (ClassNameError, UploadError) as exc:
         return bad("capture", str(exc))
+    count = fields.get("count", 1)
+    count = count if isinstance(count, int) and not isinstance(count, bool) and \
+        1 <= count <= MAX_COUNT else 1  # a bad count is refused by the command, unlimited
+    problem = t.capture_limit.take(name, count)  # gpio.hold_rate a second, like a button
+    if problem is not None:
+        return too_many("capture", problem, t.capture_limit.retry_after(name, count))
     return await run_command(t, "capture", dict(fields, **{"class": _name(request)}))
+
+
+def too_many(action: str, message: str, wait: float) -> web.Response:
+    return web.json_response(command_result(action, False, message), status=429,
+                             headers={"Cache-Control": "no-store",
+                                      "Retry-After": str(max(1, math.ceil(wait)))},
+                             dumps=lambda o: json.dumps(o, ensure_ascii=False))
 
 
 async def rename(request: web.Request, t) -> web.Response:
@@ -219,6 +238,9 @@ async def thumbnail(request: web.Request, t) -> web.StreamResponse:
 
 
 async def upload(request: web.Request, t) -> web.Response:
+    if t.uploads.waiting() >= MAX_WAITING_UPLOADS:
+        return too_many("import", f"{MAX_WAITING_UPLOADS} uploads are already waiting to be "
+                        "imported; send this one when they are done", 5)
     try:
         name = validate_class_name(_name(request))
         files, problems = await read_files(request, "images", t.limits)
@@ -232,9 +254,7 @@ async def upload(request: web.Request, t) -> web.Response:
         os.rmdir(folder)
         return reply(command_result("import", False, "no picture could be read", None,
                                     **{"class": name, "added": 0, "failed": problems}))
-    event = ImportImages(origin=t.name, request_id=t.new_id(), class_name=name,
-                         files=tuple(staged), folder=folder)
-    result = await t.ask(event)
+    result = await t.uploads.run(name, staged, folder)  # one picture per frame
     result["failed"] = problems + list(result.get("failed", []))
     return reply(result)
 

@@ -6,9 +6,11 @@
 
     GET  /                     the studio page (static/index.html)     /login: the login page
     GET  /static/<file>        its CSS and JavaScript (a fixed list of files of the package)
-    GET  /api/events           Server-Sent Events: status, prediction (<= 10/s), catalogue,
-                               inbox, stats (every 2 s), state
-    GET  /api/stream.mjpeg     the camera's frames, multipart JPEG, at most web.stream_fps
+    GET  /api/events           Server-Sent Events: status, prediction (<= 5/s, the newest),
+                               catalogue, inbox, stats (every 2 s), state, upload (progress)
+    GET  /api/stream.mjpeg     the camera's frames, multipart JPEG, sent with the predictions
+                               (at most 5/s and web.stream_fps), encoded once for all watchers,
+                               off the device loop's thread, only while someone watches
     GET  /api/snapshot.jpg     the current frame
     ...                        the JSON API: :mod:`~edge_classifier.comms.web.api`
 
@@ -21,14 +23,13 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import time
 from pathlib import Path
 from typing import Any, Dict
 
-from aiohttp import web
 from PIL import Image
 
 from edge_classifier.comms.web import api
+from edge_classifier.comms.web.aio import web
 from edge_classifier.comms.web.security import HEADERS, SESSION_COOKIE
 from edge_classifier.comms.web.studio import ReadStats
 
@@ -36,7 +37,6 @@ STATIC = Path(__file__).with_name("static")
 TYPES = {".html": "text/html", ".css": "text/css", ".js": "text/javascript",
          ".svg": "image/svg+xml", ".png": "image/png"}
 PUBLIC = ("/login", "/static/", "/api/login", "/favicon.ico")
-PREDICTIONS_PER_SECOND = 10
 STATS_SECONDS = 2.0
 KEEPALIVE_SECONDS = 15.0
 
@@ -127,19 +127,18 @@ async def events(request: web.Request, transport) -> web.StreamResponse:
     if poller is None or poller.done():
         transport._poller = asyncio.ensure_future(_poll_stats(transport))
     seen = dict(transport.versions)
-    next_prediction = 0.0
     try:
         await response.write(_event("status", api.status(transport)))
         while not transport.closing.is_set():
             changed = transport.changed
-            now = time.monotonic()
             for kind, version in list(transport.versions.items()):
-                if version == seen[kind] or (kind == "prediction" and now < next_prediction):
+                if version == seen[kind]:
                     continue
                 seen[kind] = version
-                if kind == "prediction":
-                    next_prediction = now + 1 / PREDICTIONS_PER_SECOND
+                if kind == "prediction":  # coalesced by transport.notify
                     payload = transport.prediction
+                elif kind == "upload":
+                    payload = transport.upload_progress()
                 elif kind == "catalogue":
                     payload = {"classes": transport.catalogue["classes"]}
                 elif kind == "inbox":
@@ -149,13 +148,10 @@ async def events(request: web.Request, transport) -> web.StreamResponse:
                 else:
                     payload = {"state": transport.state}
                 await response.write(_event(kind, payload))
-            wait = max(0.0, next_prediction - time.monotonic()) \
-                if transport.versions["prediction"] != seen["prediction"] else KEEPALIVE_SECONDS
             try:
-                await asyncio.wait_for(changed.wait(), wait or 0.001)
+                await asyncio.wait_for(changed.wait(), KEEPALIVE_SECONDS)
             except asyncio.TimeoutError:
-                if wait >= KEEPALIVE_SECONDS:
-                    await response.write(b": keep-alive\n\n")
+                await response.write(b": keep-alive\n\n")
     except (ConnectionError, asyncio.CancelledError):
         pass
     finally:
@@ -203,18 +199,21 @@ async def mjpeg(request: web.Request, transport) -> web.StreamResponse:
         "Cache-Control": "no-store", **HEADERS})
     await response.prepare(request)
     transport.counts["web_clients"] += 1
-    gap = 1 / transport.config.web.stream_fps
-    sent = -1
+    gap = 0.9 / transport.config.web.stream_fps  # slack: live updates come at a jittery pace
+    sent, sent_at, live = -1, -1e9, -1
+    loop = asyncio.get_running_loop()
     try:
         while not transport.closing.is_set():
             changed = transport.changed
-            no, jpeg = await current_jpeg(transport)
-            if jpeg is not None and no != sent:
-                sent = no
-                await response.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
-                                     + str(len(jpeg)).encode() + b"\r\n\r\n" + jpeg + b"\r\n")
-                await asyncio.sleep(gap)
-                continue
+            # A frame goes out with a live update (the first one at once), when the gap allows.
+            if transport.versions["prediction"] != live and loop.time() - sent_at >= gap:
+                live = transport.versions["prediction"]
+                no, jpeg = await current_jpeg(transport)
+                if jpeg is not None and no != sent:
+                    sent, sent_at = no, loop.time()
+                    await response.write(b"--frame\r\nContent-Type: image/jpeg\r\n"
+                                         b"Content-Length: " + str(len(jpeg)).encode()
+                                         + b"\r\n\r\n" + jpeg + b"\r\n")
             try:
                 await asyncio.wait_for(changed.wait(), KEEPALIVE_SECONDS)
             except asyncio.TimeoutError:

@@ -13,7 +13,8 @@ hands it to :meth:`BrowserSource.feed`; the device loop reads them like any came
 Only the newest frame is kept (a slow loop skips frames, counted in ``skipped``; it never
 falls behind). With no fallback, ``read()`` waits up to ``wait`` seconds and then raises
 :class:`~edge_classifier.errors.NoFrameYet`, so the loop still applies its events while no
-browser streams. With a fallback, browser frames are read while they keep coming; after
+browser streams (``idle()``, if given, is called then: the web studio's uploads go on
+without frames). With a fallback, browser frames are read while they keep coming; after
 ``patience`` seconds without one the fallback's frames are read again, until the next browser
 frame.
 """
@@ -21,7 +22,7 @@ frame.
 from __future__ import annotations
 
 import threading
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -33,9 +34,10 @@ class BrowserSource(FrameSource):
     """Frames fed by the web server from a browser's camera; see the module docstring."""
 
     def __init__(self, fallback: Optional[FrameSource] = None, wait: float = 0.25,
-                 patience: float = 2.0):
+                 patience: float = 2.0, idle: Optional[Callable[[], None]] = None):
         super().__init__()
         self.fallback = fallback
+        self.idle = idle  # called (on the reader's thread) instead of a frame: NoFrameYet
         self.wait = float(wait)
         self.patience = max(1, round(float(patience) / self.wait))  # waits in a row
         self.fed = 0  # frames the browser sent
@@ -80,6 +82,8 @@ class BrowserSource(FrameSource):
             if frame is not None:
                 return frame
             if self.fallback is None or self.streaming:  # a gap between browser frames
+                if self.idle is not None:
+                    self.idle()  # what waits for the next frame need not wait for this one
                 raise NoFrameYet("no frame from the browser's camera yet")
         return self.fallback.read()
 

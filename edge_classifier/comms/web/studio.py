@@ -41,12 +41,14 @@ class PredictImage(Event):
 class ImportImages(Event):
     """Import uploaded files into a class, the way ``train`` imports a data set. ``files``
     are (staged path, name shown to the user); ``folder`` (the staging folder) is removed
-    afterwards."""
+    afterwards. An upload is imported one picture per frame (:mod:`~.jobs`): its steps but
+    the last have ``refit=False``, so the head is refitted once, after the last."""
 
     ACTION: ClassVar[str] = "import"
     class_name: str = ""
     files: Tuple[Tuple[str, str], ...] = ()
     folder: str = ""
+    refit: bool = True
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,7 @@ class Studio:
         self.changed = changed
         self.stored = stored
         self.stats = stats
+        self._unfitted = False  # samples imported since the head was last refitted
 
     def handles(self, event: Event) -> bool:
         return isinstance(event, self.EVENTS)
@@ -139,8 +142,12 @@ class Studio:
         finally:
             if event.folder:
                 shutil.rmtree(event.folder, ignore_errors=True)
-        if report.added:
+        if event.refit and (report.added or self._unfitted):
+            self._unfitted = False
             self.changed()
+        elif report.added:  # the head waits for the upload's last picture
+            self._unfitted = True
+            self.stored()
         failed = []
         for line in report.failed:  # name the files as the user knows them, not where staged
             for path, shown in event.files:

@@ -31,13 +31,14 @@ import tempfile
 import threading
 from typing import Any, Callable, Dict, Optional, Tuple
 
-from aiohttp import web
-
 from edge_classifier.comms.commands import CommandRouter
 from edge_classifier.comms.commands import result as command_result
 from edge_classifier.comms.events import Event
+from edge_classifier.comms.web.aio import web
 from edge_classifier.comms.web.app import make_app
 from edge_classifier.comms.web.camera import BrowserSource
+from edge_classifier.comms.web.jobs import UploadQueue
+from edge_classifier.comms.web.limits import CaptureLimit
 from edge_classifier.comms.web.security import Guard
 from edge_classifier.comms.web.uploads import Limits
 from edge_classifier.config import is_loopback, parse_listen
@@ -47,7 +48,10 @@ from edge_classifier.errors import PublisherClosedError, StoreError, WebServerEr
 log = logging.getLogger("edge_classifier.comms.web")
 ANSWER_SECONDS = 30.0  # the longest a request waits for the loop (an import of many files)
 RECENT = 8  # thumbnails per class card
-KINDS = ("prediction", "catalogue", "inbox", "stats", "state")
+KINDS = ("prediction", "catalogue", "inbox", "stats", "state", "upload")
+#: Live updates sent to the pages: the newest prediction, and the live view's frame with it
+#: (when ``web.stream_fps`` allows), so the browser draws both in one go.
+LIVE_PER_SECOND = 5.0
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -125,20 +129,24 @@ class WebTransport:
         self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="web-inbox")
         self._ids = itertools.count(1)
         self._pending: Dict[str, asyncio.Future] = {}
-        self._wake_pending = False
+        self._wake_pending = False  # a live update is on its way to the server's loop
+        self._next_live = 0.0  # the server loop's time of the next live update
         self._aloop: Optional[asyncio.AbstractEventLoop] = None
         self._thread: Optional[threading.Thread] = None
         self._runner = None
         self._stopped = self._started = False
         self.closing: Optional[asyncio.Event] = None
         self.changed: Optional[asyncio.Event] = None
+        self.capture_limit = CaptureLimit(config.gpio.hold_rate, self.clock.now)
+        self.uploads = UploadQueue(post, self.new_id, lambda: self._aloop,
+                                   lambda: self._wake("upload"))
         self._refresh()
 
     # -- the frame source ----------------------------------------------------------------------
     def browser_source(self, fallback=None) -> BrowserSource:
         """The source the browser's camera feeds (``fallback``: the device's own, read while
         no browser streams)."""
-        self.camera = BrowserSource(fallback)
+        self.camera = BrowserSource(fallback, idle=self.uploads.on_frame)
         return self.camera
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -197,6 +205,7 @@ class WebTransport:
         shutil.rmtree(self.staging, ignore_errors=True)
 
     def _begin_closing(self) -> None:
+        self.uploads.cancel_all("the device is stopping")
         self.closing.set()
         self.changed.set()
         for future in self._pending.values():
@@ -227,6 +236,7 @@ class WebTransport:
         self.frame = self._frame_of()
         self.prediction = payload
         self.frame_no += 1
+        self.uploads.on_frame()  # at most one uploaded picture per frame
         self._keep_if_unsure(payload)
         if self.counts["web_clients"] and not self._wake_pending:
             self._wake_pending = True
@@ -240,10 +250,16 @@ class WebTransport:
         self.snapshot = bytes(jpeg)
 
     def publish_result(self, result: Dict[str, Any]) -> None:
+        if self.uploads.on_result(result):  # one picture of an upload (the catalogue follows)
+            return
         self._refresh()
         loop = self._aloop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._resolve, result)
+
+    def upload_progress(self) -> Dict[str, Any]:
+        """The uploads being imported: ``{"uploads": [{"class", "done", "total"}]}``."""
+        return self.uploads.progress()
 
     # -- machinery -----------------------------------------------------------------------------
     def _wake(self, kind: str) -> None:
@@ -255,8 +271,15 @@ class WebTransport:
                 pass
 
     def notify(self, kind: str) -> None:
-        """(The server's loop) something of ``kind`` changed: wake the streams."""
+        """(The server's loop) something of ``kind`` changed: wake the streams. Predictions
+        are coalesced: at most LIVE_PER_SECOND updates, each the newest at its time."""
         if kind == "prediction":
+            now = self._aloop.time()
+            if now < self._next_live:
+                self._aloop.call_at(self._next_live, self.notify, "prediction")
+                return  # _wake_pending stays set: the loop's thread schedules nothing more
+            period = 1 / LIVE_PER_SECOND  # on the beat while busy: no drift below the rate
+            self._next_live = (self._next_live if now - self._next_live < period else now) + period
             self._wake_pending = False
         self.versions[kind] += 1
         changed, self.changed = self.changed, asyncio.Event()

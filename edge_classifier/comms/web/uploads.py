@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 import numpy as np
-from aiohttp.http_exceptions import HttpProcessingError
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from edge_classifier.comms.web.aio import http_exceptions
 from edge_classifier.errors import UploadError
 from edge_classifier.frames.images import to_rgb
 
@@ -78,7 +78,7 @@ async def read_files(request, field: str, limits: Limits,
     while True:
         try:
             part = await reader.next()
-        except (HttpProcessingError, ValueError) as exc:
+        except (http_exceptions.HttpProcessingError, ValueError) as exc:
             raise UploadError(f"the upload is malformed ({getattr(exc, 'message', exc)})"
                               .replace("\n", " ")[:200]) from None
         if part is None:

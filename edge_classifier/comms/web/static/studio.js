@@ -100,19 +100,44 @@ function renderBars(box, map, scores, order, highlight) {
       map.set(name, bar);
     }
     if (box.children[i] !== bar.root) box.insertBefore(bar.root, box.children[i] || null);
-    bar.fill.style.width = `${Math.max(0, Math.min(100, 100 * scores[name]))}%`;
-    bar.value.textContent = percent(scores[name]);
-    bar.root.classList.toggle("best", name === highlight);
+    // A transform, not a width: the compositor moves the fill, nothing is laid out again.
+    const scale = Math.max(0, Math.min(1, scores[name])).toFixed(3);
+    if (bar.scale !== scale) {
+      bar.fill.style.transform = `scaleX(${scale})`;
+      bar.scale = scale;
+    }
+    setText(bar.value, percent(scores[name]));
+    if (bar.best !== (name === highlight)) {
+      bar.best = name === highlight;
+      bar.root.classList.toggle("best", bar.best);
+    }
+  });
+}
+
+// The page does as little as it can per update (the browser may share the device's cores):
+// text is written only when it changed, and predictions are drawn once per animation frame,
+// the newest one (none while the tab is hidden).
+function setText(node, text) {
+  if (node.textContent !== text) node.textContent = text;
+}
+
+function queuePrediction(p) {
+  studio.prediction = p;
+  if (studio.drawing) return;
+  studio.drawing = true;
+  requestAnimationFrame(() => {
+    studio.drawing = false;
+    showPrediction(studio.prediction);
   });
 }
 
 function showPrediction(p) {
   if (!p) return;
   const label = $("prediction-label");
-  label.textContent = p.label;
-  label.classList.toggle("unknown", !!p.unknown);
-  $("prediction-confidence").textContent = p.scores && Object.keys(p.scores).length ?
-    percent(p.confidence) : "";
+  setText(label, p.label);
+  if (label.classList.contains("unknown") !== !!p.unknown) label.classList.toggle("unknown");
+  setText($("prediction-confidence"), p.scores && Object.keys(p.scores).length ?
+    percent(p.confidence) : "");
   let detail = "";
   if (!p.scores || !Object.keys(p.scores).length) {
     detail = "nothing taught yet";
@@ -125,8 +150,8 @@ function showPrediction(p) {
   } else if (p.confidence < studio.settings.threshold) {
     detail = `below the ${percent(studio.settings.threshold)} needed to be sure`;
   }
-  $("prediction-detail").textContent = detail;
-  if (p.state) $("state").textContent = p.state;
+  setText($("prediction-detail"), detail);
+  if (p.state) setText($("state"), p.state);
   renderBars($("bars"), studio.bars, p.scores || {}, studio.classes.map((c) => c.name),
              p.unknown ? null : p.label);
   if (p.timestamp) {
@@ -135,6 +160,14 @@ function showPrediction(p) {
     if (studio.latency.length > 1000) studio.latency.shift();
     if (studio.rendered.length > 1000) studio.rendered.shift();
   }
+}
+
+// -- uploads: imported one picture per frame, the progress pushed by the device ----------------
+function showUploads(u) {
+  $("upload-progress").replaceChildren(...(u.uploads || []).map((j) => el(
+    "p", {"data-testid": "upload-job", "data-class": j.class},
+    `importing into ${j.class}: ${j.done} of ${j.total} `,
+    el("progress", {max: j.total, value: j.done}))));
 }
 
 // -- device -------------------------------------------------------------------------------------
@@ -240,6 +273,7 @@ function showStatus(status) {
   }
   if (status.state) $("state").textContent = status.state;
   if (status.stats) showStats(status.stats);
+  showUploads(status);
   const camera = status.camera || {};
   $("camera-switch").hidden = !camera.accepts;
   if (camera.source === "browser" && !studio.camera) startCamera();
@@ -259,14 +293,12 @@ function connect() {
   });
   const on = (kind, handler) => events.addEventListener(kind, (m) => handler(JSON.parse(m.data)));
   on("status", showStatus);
-  on("prediction", (p) => {
-    studio.prediction = p;
-    showPrediction(p);
-  });
+  on("prediction", queuePrediction);
   on("catalogue", (c) => showClasses(c.classes));
   on("inbox", showInbox);
+  on("upload", showUploads);
   on("stats", showStats);
-  on("state", (s) => { if (s.state) $("state").textContent = s.state; });
+  on("state", (s) => { if (s.state) setText($("state"), s.state); });
 }
 
 function start() {
