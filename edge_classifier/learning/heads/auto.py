@@ -10,8 +10,8 @@ Model: ``F(x) = k(L, x) @ alpha`` (subset of regressors, see :mod:`.nystrom`) wi
 (exact copies excepted), so up to m samples the head *is* the ``kernel`` head (exact kernel
 ridge onto centred one-hot targets, same leave-one-out calibration and unknown threshold):
 there is no switch and no cliff. Beyond m the landmarks stay fixed and the head is the best
-function in their span (measured: within 0.002 of exact kernel ridge on TrashNet with every
-sample, see the README).
+function in their span (measured on TrashNet with every sample, ~1,770 of them: 0.908 with
+1,024 landmarks against 0.921 for exact kernel ridge; see the README).
 
 Costs: head memory O(m^2 + m*D) plus the stored points as float16 (2*D bytes a sample: they
 are needed to remove a sample exactly and to recalibrate); adding or removing a sample is a
