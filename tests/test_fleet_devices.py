@@ -8,9 +8,10 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 
 import pytest
-from mosquitto import Mosquitto, Observer
+from mosquitto import Mosquitto, Observer, free_port
 from waiting import wait_until
 
 from edge_classifier.learning.state import StateDir
@@ -24,7 +25,7 @@ class FleetDevice:
     """One ``edge-classifier run`` process of the group (``start``, ``stop``, ``kill``)."""
 
     def __init__(self, tmp_path, broker, name, photo, *, resize="crop", mode="share",
-                 group="g1", key=KEY):
+                 group="g1", key=KEY, web=None):
         self.name, self.broker = name, broker
         self.state = tmp_path / f"state-{name}"
         self.log = tmp_path / f"{name}.log"
@@ -52,7 +53,7 @@ prediction_interval = 0.0
 group = "{group}"
 mode = "{mode}"
 key = "{key}"
-""")
+""" + (f'[web]\nlisten = "127.0.0.1:{web}"\n' if web else ""))
         self.process = None
 
     def start(self):
@@ -188,6 +189,38 @@ def test_offline_device_catches_up_and_concurrent_edits_converge(fleet, broker):
             (a.contents(), b.contents())
 
 
+def test_the_studio_shows_the_group(fleet, broker):
+    port = free_port()
+    a, b = fleet("devA", "bird.bmp", web=port), fleet("devB", "cat.bmp")
+    with Observer(broker, "edge_classifier/+/state", "edge_classifier/+/cmd/result") as seen:
+        a.start(), b.start()
+        wait_online(seen, a, b)
+        teach(seen, b, "cat", 2)
+
+        def group():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/fleet", timeout=5) as r:
+                    view = json.load(r)
+            except OSError:
+                return None
+            devices = {d["device"]: d for d in view.get("devices", [])}
+            return view if devices.get("devB", {}).get("samples") == 2 and \
+                devices["devB"]["online"] and devices["devA"]["this"] else None
+        assert wait_until(group, LONG), a.text()
+        assert group()["group"] == "g1"
+        b.stop()
+        assert wait_until(lambda: not {d["device"]: d for d in (group_raw(port) or {}).get(
+            "devices", [])}.get("devB", {"online": True})["online"], LONG)
+
+
+def group_raw(port):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/fleet", timeout=5) as r:
+            return json.load(r)
+    except OSError:
+        return None
+
+
 def test_a_device_with_another_crop_ignores_the_group_and_keeps_its_own(fleet, broker):
     a, odd = fleet("devA", "bird.bmp"), fleet("devS", "cat.bmp", resize="squash")
     with Observer(broker, "edge_classifier/#") as seen:
@@ -218,7 +251,8 @@ def test_forged_and_replayed_messages_are_rejected(fleet, broker, tmp_path):
         seen.publish(topic, payload, retain=False)
         seen.publish(old_meta.topic, old_meta.payload, retain=False)
         seen.publish(f"{ROOT}/g1/s/{'1' * 20}.{'2' * 16}", b"ECF1" + b"x" * 40, retain=False)
-        assert wait_until(lambda: "forged" in b.text(), LONG), b.text()
+        assert wait_until(lambda: "forged" in b.text() and "replayed" in b.text(), LONG), \
+            b.text()
         assert "not-the-group-key" not in b.text() and KEY not in b.text()
         teach(seen, a, "cat", 1)  # the link still works, and nothing came back
         assert wait_until(lambda: same((a, b), lambda s: list(s) == ["cat"]), LONG), \

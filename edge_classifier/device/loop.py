@@ -134,6 +134,8 @@ class Device:
         if cfg.fleet.group:  # the fleet: one more transport and writer (comms/fleet)
             self.fleet = self.bus.add(FleetTransport(cfg, self.post, state=self.state_dir,
                                                      store=self.store, backbone=backbone))
+            if self.web is not None:
+                self.web.fleet_view = self.fleet.view  # GET /api/fleet
         self.studio = Studio(self.learner, inbox,
                              max_samples_per_class=cfg.head.max_samples_per_class,
                              changed=self._changed,

@@ -84,6 +84,7 @@ class FleetTransport:
         self._stop = threading.Event()
         self._ticker: Optional[threading.Thread] = None
         self._avail_seq = 0
+        self._contributions: Dict[str, int] = self.sync.replica.contributions()
         paho, client_class = load_paho()
         self._paho = paho
         m = config.mqtt
@@ -260,6 +261,8 @@ class FleetTransport:
                 last = peers.get(m.sender, {}).get("meta", -1)
                 if m.body["seq"] < last:  # an older snapshot: replayed
                     self.stats["fleet_replayed"] += 1
+                    self._say_once("replayed", f"fleet: an older snapshot of {m.sender} "
+                                   "dropped: replayed")
                     continue
                 if m.body["seq"] == last:
                     continue  # the same retained snapshot again, after a reconnect
@@ -289,6 +292,8 @@ class FleetTransport:
                 self._send(self.wire.topic("s", key), b"", retain=True)
             if out.meta or synced:
                 self._send_meta()
+        if accepted or out.changed or out.samples or out.meta:
+            self._contributions = self.sync.replica.contributions()  # for view()
         if more:
             self._wake()
         return out.changed
@@ -319,12 +324,13 @@ class FleetTransport:
         self.stats["fleet_bytes_sent"] += len(payload) + len(topic)
 
     # -- what the page shows -------------------------------------------------------------------
-    def group(self) -> Dict[str, Any]:
-        """The group as this device sees it: its devices, which are online, what each gave."""
+    def view(self) -> Dict[str, Any]:
+        """The group as this device sees it: its devices, which are online, what each gave
+        (any thread: built from the snapshot the loop thread keeps)."""
         with self._lock:
             online = {d: not off for d, (_, off) in self._online.items()}
-        contributions = self.sync.replica.contributions()
-        devices = sorted(set(online) | set(contributions) | set(self.sync.peers) | {self.device})
+        contributions = self._contributions
+        devices = sorted(set(online) | set(contributions) | {self.device})
         return {"group": self.wire.group, "mode": self.mode, "device": self.device,
                 "connected": bool(self.stats["fleet_connected"]),
                 "devices": [{"device": d, "online": online.get(d, d == self.device and bool(
