@@ -180,7 +180,11 @@ class FleetTransport:
         with self._lock:
             self._seen = set()
             self._nonce = secrets.token_hex(8)
-        client.subscribe(self.wire.subscription, qos=1)
+        # QoS 0: a broker caps what it queues per client at QoS 1 (mosquitto's
+        # max_queued_messages, 1000), so a newcomer's flood of retained samples would lose
+        # the rest; at QoS 0 the connection's own order and reliability carry them, and what
+        # a lost connection misses is retained and comes again on the next one.
+        client.subscribe(self.wire.subscription, qos=0)
         topic, payload = self.wire.availability(self._avail_seq, True)
         client.publish(topic, payload, qos=1, retain=True)
         topic, payload = self.wire.hello(self._nonce)
