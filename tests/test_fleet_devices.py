@@ -250,7 +250,7 @@ def test_forged_and_replayed_messages_are_rejected(fleet, broker, tmp_path):
         topic, payload = forger.meta(1 << 60, {"0" * 16: [1 << 59, "devA", "evil"]}, [], 0)
         seen.publish(topic, payload, retain=False)
         seen.publish(old_meta.topic, old_meta.payload, retain=False)
-        seen.publish(f"{ROOT}/g1/s/{'1' * 20}.{'2' * 16}", b"ECF1" + b"x" * 40, retain=False)
+        seen.publish(f"{ROOT}/g1/s/1/{'1' * 20}.{'2' * 16}", b"ECF1" + b"x" * 40, retain=False)
         assert wait_until(lambda: "forged" in b.text() and "replayed" in b.text(), LONG), \
             b.text()
         assert "not-the-group-key" not in b.text() and KEY not in b.text()

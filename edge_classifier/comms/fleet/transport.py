@@ -26,7 +26,7 @@ from typing import Any, Deque, Dict, Optional, Set
 
 from edge_classifier.comms import events as ev
 from edge_classifier.comms.fleet.sync import FleetSync
-from edge_classifier.comms.fleet.wire import Message, Wire
+from edge_classifier.comms.fleet.wire import SHARDS, Message, Wire
 from edge_classifier.comms.paho_client import describe_connect_error, load_paho
 from edge_classifier.config.broker import parse_broker_url, read_password_file
 from edge_classifier.config.fleet import read_fleet_key
@@ -36,6 +36,7 @@ log = logging.getLogger("edge_classifier.fleet")
 TICK = 0.2  # seconds between looks at the store for what the user taught here
 MAX_INBOUND = 50_000  # messages waiting for the loop; beyond, dropped (retained ones come back)
 BATCH = 2000  # messages merged per FleetWork, so frames keep flowing during a large sync
+SEND_BATCH = 100  # samples sent per FleetWork (every TICK): receivers keep up with a burst
 REASONS = ("forged", "unsigned", "malformed", "oversized", "other_group", "other_backbone",
            "replayed")
 
@@ -76,6 +77,7 @@ class FleetTransport:
                           fleet_accepted=0, fleet_dropped=0, fleet_republished=0)
         self._lock = threading.Lock()
         self._inbound: Deque[Message] = collections.deque()
+        self._backlog: Deque[str] = collections.deque()  # sample keys still to send
         self._posted = False
         self._seen: Set[str] = set()  # sample keys retained at the broker since connecting
         self._nonce = ""
@@ -180,16 +182,19 @@ class FleetTransport:
         with self._lock:
             self._seen = set()
             self._nonce = secrets.token_hex(8)
-        # QoS 0: a broker caps what it queues per client at QoS 1 (mosquitto's
-        # max_queued_messages, 1000), so a newcomer's flood of retained samples would lose
-        # the rest; at QoS 0 the connection's own order and reliability carry them, and what
-        # a lost connection misses is retained and comes again on the next one.
-        client.subscribe(self.wire.subscription, qos=0)
+        # The samples shard by shard: each shard's retained messages come before our hello on
+        # it, and a broker caps what it queues for one client (mosquitto's
+        # max_queued_messages, 1000), so a newcomer's whole flood at once would lose the rest.
+        client.subscribe([(t, 1) for t in self.wire.metadata_subscriptions])
         topic, payload = self.wire.availability(self._avail_seq, True)
         client.publish(topic, payload, qos=1, retain=True)
-        topic, payload = self.wire.hello(self._nonce)
-        client.publish(topic, payload, qos=1)  # comes back after the retained messages
+        self._subscribe_shard(client, 0)
         log.info("fleet: connected to %s", self.url)
+
+    def _subscribe_shard(self, client, shard: int) -> None:
+        client.subscribe(self.wire.shard_subscription(shard), qos=1)
+        topic, payload = self.wire.hello(f"{self._nonce}-{shard}")
+        client.publish(topic, payload, qos=1)  # comes back after the shard's retained ones
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.stats["fleet_connected"] = False
@@ -205,8 +210,15 @@ class FleetTransport:
             self.stats[f"fleet_{reason}"] = self.stats.get(f"fleet_{reason}", 0) + 1
             self._say_once(reason, str(exc))
             return
-        if m.kind == "h" and m.sender == self.device and m.body["nonce"] != self._nonce:
-            return  # an old hello of ours
+        if m.kind == "h":
+            if m.sender != self.device:
+                return
+            nonce, _, shard = m.body["nonce"].rpartition("-")
+            if nonce != self._nonce or not shard.isdigit():
+                return  # an old hello of ours
+            if int(shard) + 1 < len(SHARDS):
+                self._subscribe_shard(client, int(shard) + 1)
+                return
         if m.kind == "a":
             key = (m.body["seq"], not m.body["online"])
             with self._lock:
@@ -290,10 +302,11 @@ class FleetTransport:
                 missing = sorted(live - seen - set(keys))
                 self.stats["fleet_republished"] += len(missing)
                 keys += missing
-            for key in keys:
-                self._send_sample(key)
+            self._backlog.extend(keys)
+            for _ in range(min(SEND_BATCH, len(self._backlog))):
+                self._send_sample(self._backlog.popleft())
             for key in out.clears:
-                self._send(self.wire.topic("s", key), b"", retain=True)
+                self._send(self.wire.sample_topic(key), b"", retain=True)
             if out.meta or synced:
                 self._send_meta()
         if accepted or out.changed or out.samples or out.meta:

@@ -7,9 +7,11 @@ the checks every received message passes before anything in it is used::
 
 Topics, all under ``edge_classifier/fleet/<group>/``:
 
-* ``s/<sample id>.<class id>`` — one sample (retained): its quantised views, a small JPEG
-  thumbnail, and its class's name register; an empty retained payload is the broker's
-  deletion of a removed sample (compaction);
+* ``s/<shard>/<sample id>.<class id>`` — one sample (retained): its quantised views, a small
+  JPEG thumbnail, and its class's name register; an empty retained payload is the broker's
+  deletion of a removed sample (compaction). ``<shard>`` is the sample id's last hex digit:
+  a device subscribes to the 16 shards one after the other, so the retained messages the
+  broker sends at once stay below what it queues for one client (mosquitto: 1000);
 * ``m/<device>`` — a device's snapshot of the metadata (retained): every class register and
   tombstone it knows. Snapshots are merged, never replayed: their ``seq`` must grow;
 * ``a/<device>`` — availability (retained ``online`` / the last will ``offline``);
@@ -46,6 +48,7 @@ MAX_DIM = 4096
 MAX_THUMB = 32 * 1024
 MAX_TOMBS = 100_000
 MAX_CLASSES = 4096
+SHARDS = "0123456789abcdef"
 _DEVICE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
@@ -107,6 +110,16 @@ class Wire:
     def subscription(self) -> str:
         return self.prefix + "#"
 
+    @property
+    def metadata_subscriptions(self) -> List[str]:
+        return [self.prefix + k + "/#" for k in ("m", "a", "h")]
+
+    def shard_subscription(self, shard: int) -> str:
+        return f"{self.prefix}s/{SHARDS[shard]}/#"
+
+    def sample_topic(self, key: str) -> str:
+        return f"{self.prefix}s/{key[19]}/{key}"
+
     def topic(self, kind: str, name: str) -> str:
         return f"{self.prefix}{kind}/{name}"
 
@@ -129,7 +142,7 @@ class Wire:
                 "shape": list(views.shape), "scale": scale, "zero": zero, "lo": lo,
                 "e": base64.b64encode(raw).decode(),
                 "th": base64.b64encode(jpeg).decode() if jpeg else None}
-        topic = self.topic("s", f"{sid}.{cid}")
+        topic = self.sample_topic(f"{sid}.{cid}")
         return topic, self._seal(topic, body)
 
     def meta(self, seq: int, classes: Dict[str, Any], tombs: List[str],
@@ -155,9 +168,12 @@ class Wire:
         if not topic.startswith(self.prefix):
             raise _reject("other_group", topic)
         rest = topic[len(self.prefix):].split("/")
-        if len(rest) != 2 or rest[0] not in ("s", "m", "a", "h"):
+        if len(rest) == 3 and rest[0] == "s" and valid_key(rest[2]) and rest[1] == rest[2][19]:
+            kind, name = "s", rest[2]
+        elif len(rest) == 2 and rest[0] in ("m", "a", "h"):
+            kind, name = rest
+        else:
             raise _reject("malformed", topic)
-        kind, name = rest
         if len(payload) > self.max_message:
             raise _reject("oversized", topic)
         if not payload:
