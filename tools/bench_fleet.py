@@ -119,11 +119,15 @@ def cpu_of(pid):
 
 
 def retained_size(broker_port, prefix):
-    """(messages, bytes) retained under ``prefix``: what a new subscriber receives."""
+    """(messages, bytes) retained under ``prefix``: what a new subscriber receives. Read
+    subscription by subscription (metadata, then each sample shard), a marker after each, as
+    a device does: one subscription to all would hit the broker's per-client queue."""
     import paho.mqtt.client as paho
     got, done = [], threading.Event()
     client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="bench-retained")
     marker = "bench/retained-marker"  # outside the group: the devices never see it
+    parts = [prefix + k + "/#" for k in ("m", "a", "h")] + [f"{prefix}s/{x}/#"
+                                                          for x in "0123456789abcdef"]
 
     def on_message(c, u, m):
         if m.topic == marker:
@@ -131,11 +135,14 @@ def retained_size(broker_port, prefix):
         elif m.retain:
             got.append(len(m.payload) + len(m.topic))
     client.on_message = on_message
-    client.on_connect = lambda c, u, f, r, p: (c.subscribe([(prefix + "#", 0), (marker, 0)]),
-                                               c.publish(marker, b"x", qos=1))
     client.connect("127.0.0.1", broker_port)
+    client.subscribe(marker, qos=1)  # sent before the others, on the same connection
     client.loop_start()
-    done.wait(60)
+    for topic in parts:
+        done.clear()
+        client.subscribe(topic, qos=1)
+        client.publish(marker, b"x", qos=1)
+        done.wait(60)
     client.disconnect()
     client.loop_stop()
     return len(got), sum(got)
