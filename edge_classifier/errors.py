@@ -264,3 +264,17 @@ class CommandQueueError(CommsError, RuntimeError):
                          f"({type(cause).__name__})")
         self.action = action
         self.request_id = request_id
+
+
+# --- the fleet ----------------------------------------------------------------------------------
+class FleetError(CommsError):
+    """The fleet (devices of one group sharing samples through the broker) cannot go on."""
+
+
+class FleetMessageError(FleetError, ValueError):
+    """A received fleet message is malformed, oversized, unsigned, forged, replayed or from
+    another group; it is dropped and counted, never applied."""
+
+
+class FleetStateError(FleetError, OSError):
+    """The fleet's file in the state directory (``fleet.json``) cannot be read or written."""

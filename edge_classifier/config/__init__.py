@@ -18,6 +18,6 @@ from edge_classifier.config.example import example_text  # noqa: F401
 from edge_classifier.config.loading import DEFAULT_PATH, load_config, parse_config  # noqa: F401
 from edge_classifier.config.schema import (  # noqa: F401
     ClassConfig, Config, GpioConfig, HeadConfig, ModelConfig, MqttConfig, SmoothingConfig,
-    SourceConfig, WebConfig)
+    FleetConfig, SourceConfig, WebConfig)
 from edge_classifier.config.validation import (  # noqa: F401
     is_loopback, parse_listen, read_web_password, validate_config, web_hosts)

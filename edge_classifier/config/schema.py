@@ -203,6 +203,25 @@ class WebConfig:
 
 
 @dataclass(frozen=True)
+class FleetConfig:
+    group: str = key("", help="devices with the same group share their classes and samples "
+                              "through the MQTT broker (needs mqtt.broker and fleet.key or "
+                              "fleet.key_file): ASCII letters, digits, '_' and '-', 1 to 64 "
+                              "characters; empty = no fleet")
+    mode: str = key("share", choices=("share", "follow", "publish"),
+                    help="share: send what is taught here and receive the group's; follow: "
+                         "only receive; publish: only send")
+    key_file: str = key("", help="read the group's secret from this file; not together with "
+                                 "fleet.key")
+    thumbnail: int = key(64, range=(0, 160), help="short side in pixels of the thumbnail sent "
+                                                  "with each sample; 0 = none")
+    max_message: int = key(256 * 1024, range=(16 * 1024, 4 * 1024 * 1024),
+                           help="larger fleet messages (bytes) are neither sent nor accepted")
+    key: str = _tls_key("", help="the group's shared secret (16 to 1024 characters) that signs "
+                                 "every fleet message; never logged; better: key_file")
+
+
+@dataclass(frozen=True)
 class Config:
     device_id: str = key(factory=_default_device_id, example="kitchen-cam",
                          help="names this device in MQTT topics and Home Assistant: ASCII "
@@ -226,6 +245,8 @@ class Config:
     mqtt: MqttConfig = key(MqttConfig(), help="Publishing: MQTT and Home Assistant discovery.")
     web: WebConfig = key(WebConfig(), help="The web studio: teach, watch and test the device "
                                            "from a browser.")
+    fleet: FleetConfig = key(FleetConfig(), help="The fleet: devices of one group learn together "
+                                                 "through the MQTT broker (off by default).")
     classes: Tuple[ClassConfig, ...] = key((), help="One [[classes]] table per class, in "
                                                     "order: its name, and optionally the GPIO "
                                                     "pins of its button and LED.")

@@ -27,6 +27,7 @@ from typing import Any, Dict, List, Tuple, get_type_hints
 from edge_classifier.backbone.manifest import load_manifest
 from edge_classifier.config.broker import (MQTT_STRING_BYTES, BrokerUrl, parse_broker_url,
                                            read_password_file)
+from edge_classifier.config.fleet import check_fleet
 from edge_classifier.config.keys import check_value, item_type, shown, spec_of
 from edge_classifier.config.schema import MAX_DEVICE_ID, Config
 from edge_classifier.core.names import validate_class_name
@@ -54,6 +55,7 @@ def validate_config(config: Config) -> Config:
                           "run --web PORT)")
     _check_mqtt(config.mqtt)
     _check_web(config.web)
+    check_fleet(config)
     return config
 
 

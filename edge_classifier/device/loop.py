@@ -26,6 +26,7 @@ from edge_classifier.backbone.model import Backbone
 from edge_classifier.comms import events as ev
 from edge_classifier.comms.bus import Bus
 from edge_classifier.comms.commands import result as command_result
+from edge_classifier.comms.fleet import FleetTransport, FleetWork
 from edge_classifier.comms.mqtt import make_publisher
 from edge_classifier.comms.web import Studio, WebTransport
 from edge_classifier.config import Config, validate_config
@@ -130,6 +131,12 @@ class Device:
             inbox = self.state_dir.open_inbox(cfg.web.inbox_size)
             self.web = self.bus.add(WebTransport(cfg, self.post, store=self.store, inbox=inbox,
                                                  frame=lambda: self._frame, clock=self.clock))
+        self.fleet = None
+        if cfg.fleet.group:  # the fleet: one more transport and writer (comms/fleet)
+            self.fleet = self.bus.add(FleetTransport(cfg, self.post, state=self.state_dir,
+                                                     store=self.store, backbone=backbone))
+            if self.web is not None:
+                self.web.fleet_view = self.fleet.view  # GET /api/fleet
         self.studio = Studio(self.learner, inbox,
                              max_samples_per_class=cfg.head.max_samples_per_class,
                              changed=self._changed,
@@ -322,6 +329,9 @@ class Device:
             Image.fromarray(self._frame).save(out, "JPEG", quality=85)
             self.bus.publish_snapshot(out.getvalue())
             self._answer(event, True, bytes=out.tell())
+        elif isinstance(event, FleetWork):  # the group's changes, applied on this thread
+            if self.fleet is not None and self.fleet.work():
+                self._changed()
         elif self.studio.handles(event):  # the web studio's and the newer commands
             self._answer(event, True, **self.studio.apply(event))
         else:

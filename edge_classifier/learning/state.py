@@ -20,6 +20,8 @@ Layout::
                          before the sample, so an interrupted import resumes exactly
     config.last-good.toml  the last config ``run`` started with successfully
     inbox/               unsure frames kept for filing into a class           (Inbox)
+    fleet.json           the fleet's replicated state: class ids, clocks, tombstones, what
+                         the store held at the last sync, peers' sequence numbers
     lock                 held (``flock``) by the process that changes the state
 
 A process that changes the state holds ``lock`` exclusively: an advisory lock the OS releases
@@ -60,6 +62,7 @@ IMPORTS = "imports.jsonl"
 LEGACY_IMPORTS = "imports.json"
 LAST_GOOD = "config.last-good.toml"
 INBOX = "inbox"
+FLEET = "fleet.json"
 LOCK = "lock"
 ARRAYS_DIGEST = "arrays_sha256"  # in head.json: which head.npz it was saved with
 IMPORTS_LIMIT = 1 << 30  # an import list of millions of files is still read
@@ -327,6 +330,22 @@ class StateDir:
         self._require_write("the last good config")
         with storage_errors("the last good config"):
             atomic.write_text(self.root / LAST_GOOD, text)
+
+    # -- the fleet's replicated state ----------------------------------------------------------
+    def read_fleet(self) -> Optional[dict]:
+        """``fleet.json`` (:mod:`edge_classifier.comms.fleet`) as a dict; None if missing or
+        unreadable (the fleet then starts from the store and the group's messages)."""
+        try:
+            data = json.loads(read_own(self.root / FLEET).decode("utf-8"))
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def write_fleet(self, data: dict) -> None:
+        """Replace ``fleet.json`` atomically (a kill leaves the old or the new one)."""
+        self._require_write("the fleet state")
+        with storage_errors("the fleet state"):
+            atomic.write_text(self.root / FLEET, json.dumps(data, separators=(",", ":")))
 
     # -- helpers -------------------------------------------------------------------------------
     def _require_write(self, what: str) -> None:

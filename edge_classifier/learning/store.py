@@ -188,6 +188,11 @@ class SampleStore:
                                     f"{', '.join(self._classes) or 'none'}")
         return found
 
+    def class_folder(self, name: str) -> str:
+        """The opaque folder of class ``name``; it survives renames, so the fleet can tell a
+        rename from a deletion and a new class (a hook for :mod:`edge_classifier.comms.fleet`)."""
+        return self._classes[self.resolve(name)]
+
     def set_head(self, name: str) -> None:
         """Remember which head this state is taught with (``train --head multilabel``)."""
         if name != self.head:

@@ -28,7 +28,7 @@ from typing import Any, Dict
 
 from PIL import Image
 
-from edge_classifier.comms.web import api
+from edge_classifier.comms.web import api, fleet_view
 from edge_classifier.comms.web.aio import web
 from edge_classifier.comms.web.security import HEADERS, SESSION_COOKIE
 from edge_classifier.comms.web.studio import ReadStats
@@ -100,6 +100,7 @@ def make_app(transport) -> web.Application:
     app.router.add_get("/api/stream.mjpeg", bind(mjpeg))
     app.router.add_get("/api/snapshot.jpg", bind(snapshot))
     api.add_routes(app, transport)
+    fleet_view.add_routes(app, transport)
     return app
 
 

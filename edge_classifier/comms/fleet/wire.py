@@ -1,0 +1,272 @@
+"""Fleet messages on the wire: topics, signing (HMAC-SHA256 with the group key), encoding and
+the checks every received message passes before anything in it is used::
+
+    wire = Wire("shop", b"group secret...", device="shelf-1", backbone=backbone.identity)
+    topic, payload = wire.sample(sid, cid, register, views, jpeg, quant)  # signed bytes
+    message = wire.open(topic, payload)     # FleetMessageError(reason) unless all checks pass
+
+Topics, all under ``edge_classifier/fleet/<group>/``:
+
+* ``s/<shard>/<sample id>.<class id>`` — one sample (retained): its quantised views, a small
+  JPEG thumbnail, and its class's name register; an empty retained payload is the broker's
+  deletion of a removed sample (compaction). ``<shard>`` is the sample id's last hex digit:
+  a device subscribes to the 16 shards one after the other, so the retained messages the
+  broker sends at once stay below what it queues for one client (mosquitto: 1000);
+* ``m/<device>`` — a device's snapshot of the metadata (retained): every class register and
+  tombstone it knows. Snapshots are merged, never replayed: their ``seq`` must grow;
+* ``a/<device>`` — availability (retained ``online`` / the last will ``offline``);
+* ``h/<device>`` — hello (not retained): a device that receives its own hello has received
+  every retained message of the group before it.
+
+A payload is ``b"ECF1"`` + 32 bytes of HMAC-SHA256 over ``topic \\0 body`` + ``body`` (JSON).
+The MAC is checked with :func:`hmac.compare_digest` before the body is parsed; the body's group,
+sender and kind must match the topic's, and every field is bounded (ids are hex of fixed
+length, views at most MAX_VIEWS x MAX_DIM, a thumbnail at most MAX_THUMB bytes), so nothing
+received is used as a path, a size or a count beyond the limits.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from edge_classifier.comms.fleet.replica import parse_register, valid_cid, valid_key, valid_sid
+from edge_classifier.errors import FleetMessageError
+
+MAGIC = b"ECF1"
+MAC_BYTES = 32
+ROOT = "edge_classifier/fleet"
+MAX_VIEWS = 16
+MAX_DIM = 4096
+MAX_THUMB = 32 * 1024
+MAX_TOMBS = 100_000
+MAX_CLASSES = 4096
+SHARDS = "0123456789abcdef"
+_DEVICE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def backbone_digest(identity: Optional[dict]) -> str:
+    """A short digest of the backbone identity (model, file hash, dimension, crop): devices
+    whose digests differ ignore each other's samples."""
+    return hashlib.sha256(json.dumps(identity or {}, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Message:
+    kind: str  # "s" sample, "m" metadata snapshot, "a" availability, "h" hello, "clear"
+    sender: str
+    body: Dict[str, Any]
+    topic: str
+    size: int
+
+
+def quantise(views: np.ndarray, quant: Optional[Tuple[float, int]]
+             ) -> Tuple[bytes, float, int, float]:
+    """VxD float views as uint8 bytes with (scale, zero point, offset), read back as
+    ``scale * (q - zero) + offset``: the backbone's own quantisation when it has one (its uint8
+    output comes back exactly), else the range of these values (within scale / 2)."""
+    v = np.asarray(views, dtype=np.float64)
+    if quant and quant[0] > 0:
+        scale, zero, lo = float(quant[0]), int(quant[1]), 0.0
+    else:
+        lo, hi = float(v.min()), float(v.max())
+        scale, zero = (hi - lo) / 255.0 or 1.0, 0
+    q = np.clip(np.round((v - lo) / scale + zero), 0, 255).astype(np.uint8)
+    return q.tobytes(), scale, zero, lo
+
+
+def dequantise(raw: bytes, shape: Tuple[int, int], scale: float, zero: int,
+               offset: float = 0.0) -> np.ndarray:
+    q = np.frombuffer(raw, dtype=np.uint8).reshape(shape)
+    real = scale * (q.astype(np.int64) - zero)
+    return (real + offset if offset else real).astype(np.float32)
+
+
+class Wire:
+    """Builds and checks the group's messages (see the module's docstring)."""
+
+    def __init__(self, group: str, key: bytes, device: str, backbone: Optional[dict],
+                 max_message: int = 256 * 1024):
+        self.group = group
+        self._key = key
+        self.device = device
+        self.backbone = backbone_digest(backbone)
+        self.dim = int((backbone or {}).get("embedding_dim") or 0)
+        self.max_message = max_message
+        self.prefix = f"{ROOT}/{group}/"
+
+    def __repr__(self) -> str:  # never the key
+        return f"Wire(group={self.group!r}, device={self.device!r})"
+
+    # -- topics --------------------------------------------------------------------------------
+    @property
+    def subscription(self) -> str:
+        return self.prefix + "#"
+
+    @property
+    def metadata_subscriptions(self) -> List[str]:
+        return [self.prefix + k + "/#" for k in ("m", "a", "h")]
+
+    def shard_subscription(self, shard: int) -> str:
+        return f"{self.prefix}s/{SHARDS[shard]}/#"
+
+    def sample_topic(self, key: str) -> str:
+        return f"{self.prefix}s/{key[19]}/{key}"
+
+    def topic(self, kind: str, name: str) -> str:
+        return f"{self.prefix}{kind}/{name}"
+
+    # -- building ------------------------------------------------------------------------------
+    def _seal(self, topic: str, body: dict) -> bytes:
+        data = json.dumps(dict(body, g=self.group, d=self.device, bb=self.backbone),
+                          separators=(",", ":")).encode()
+        mac = hmac.new(self._key, topic.encode() + b"\0" + data, hashlib.sha256).digest()
+        payload = MAGIC + mac + data
+        if len(payload) > self.max_message:
+            raise FleetMessageError(f"a fleet message of {len(payload)} bytes is over "
+                                    f"fleet.max_message ({self.max_message})")
+        return payload
+
+    def sample(self, sid: str, cid: str, register, origin: str, hlc: int, views: np.ndarray,
+               jpeg: Optional[bytes], quant=None) -> Tuple[str, bytes]:
+        raw, scale, zero, lo = quantise(views, quant)
+        views = np.atleast_2d(views)
+        body = {"k": "s", "sid": sid, "cid": cid, "reg": list(register), "o": origin, "h": hlc,
+                "shape": list(views.shape), "scale": scale, "zero": zero, "lo": lo,
+                "e": base64.b64encode(raw).decode(),
+                "th": base64.b64encode(jpeg).decode() if jpeg else None}
+        topic = self.sample_topic(f"{sid}.{cid}")
+        return topic, self._seal(topic, body)
+
+    def meta(self, seq: int, classes: Dict[str, Any], tombs: List[str],
+             contributed: int) -> Tuple[str, bytes]:
+        body = {"k": "m", "seq": seq, "classes": {c: list(r) for c, r in classes.items()},
+                "tombs": sorted(tombs), "n": contributed}
+        topic = self.topic("m", self.device)
+        return topic, self._seal(topic, body)
+
+    def availability(self, seq: int, online: bool) -> Tuple[str, bytes]:
+        topic = self.topic("a", self.device)
+        return topic, self._seal(topic, {"k": "a", "seq": seq, "online": online})
+
+    def hello(self, nonce: str) -> Tuple[str, bytes]:
+        topic = self.topic("h", self.device)
+        return topic, self._seal(topic, {"k": "h", "nonce": nonce})
+
+    # -- checking ------------------------------------------------------------------------------
+    def open(self, topic: str, payload: bytes) -> Message:
+        """The checked message; FleetMessageError whose ``reason`` names the check that failed
+        (``other_group``, ``oversized``, ``unsigned``, ``forged``, ``malformed``,
+        ``other_backbone``)."""
+        if not topic.startswith(self.prefix):
+            raise _reject("other_group", topic)
+        rest = topic[len(self.prefix):].split("/")
+        if len(rest) == 3 and rest[0] == "s" and valid_key(rest[2]) and rest[1] == rest[2][19]:
+            kind, name = "s", rest[2]
+        elif len(rest) == 2 and rest[0] in ("m", "a", "h"):
+            kind, name = rest
+        else:
+            raise _reject("malformed", topic)
+        if len(payload) > self.max_message:
+            raise _reject("oversized", topic)
+        if not payload:
+            if kind == "s" and valid_key(name):
+                return Message("clear", "", {"key": name}, topic, 0)
+            raise _reject("malformed", topic)
+        if not payload.startswith(MAGIC) or len(payload) < len(MAGIC) + MAC_BYTES:
+            raise _reject("unsigned", topic)
+        mac, data = payload[4:4 + MAC_BYTES], payload[4 + MAC_BYTES:]
+        want = hmac.new(self._key, topic.encode() + b"\0" + data, hashlib.sha256).digest()
+        if not hmac.compare_digest(mac, want):
+            raise _reject("forged", topic)
+        try:
+            body = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise _reject("malformed", topic) from None
+        if not isinstance(body, dict) or body.get("k") != kind:
+            raise _reject("malformed", topic)
+        if body.get("g") != self.group:
+            raise _reject("other_group", topic)
+        sender = body.get("d")
+        if not isinstance(sender, str) or not _DEVICE.fullmatch(sender):
+            raise _reject("malformed", topic)
+        if kind in ("m", "a", "h") and name != sender:
+            raise _reject("malformed", topic)
+        if body.get("bb") != self.backbone and kind in ("s", "m"):
+            raise _reject("other_backbone", topic)
+        check = {"s": self._check_sample, "m": _check_meta, "a": _check_seq,
+                 "h": _check_hello}[kind]
+        if not check(body, name):
+            raise _reject("malformed", topic)
+        return Message(kind, sender, body, topic, len(payload))
+
+    def _check_sample(self, b: dict, name: str) -> bool:
+        sid, cid = b.get("sid"), b.get("cid")
+        if not (valid_sid(sid) and valid_cid(cid) and name == f"{sid}.{cid}"):
+            return False
+        if parse_register(b.get("reg")) is None or not isinstance(b.get("o"), str) or \
+                not _DEVICE.fullmatch(b["o"]) or not _int(b.get("h")):
+            return False
+        shape = b.get("shape")
+        if not (isinstance(shape, list) and len(shape) == 2 and all(_int(x) for x in shape)
+                and 1 <= shape[0] <= MAX_VIEWS and 1 <= shape[1] <= MAX_DIM
+                and (not self.dim or shape[1] == self.dim)):
+            return False
+        scale, zero, lo = b.get("scale"), b.get("zero"), b.get("lo")
+        if not (isinstance(scale, float) and np.isfinite(scale) and 0 < scale < 1e6
+                and _int(zero) and 0 <= zero <= 255 and isinstance(lo, float)
+                and np.isfinite(lo) and abs(lo) < 1e6):
+            return False
+        try:
+            raw = base64.b64decode(b.get("e") or "", validate=True)
+            thumb = base64.b64decode(b["th"], validate=True) if b.get("th") else None
+        except (ValueError, TypeError):
+            return False
+        if len(raw) != shape[0] * shape[1] or (thumb is not None and len(thumb) > MAX_THUMB):
+            return False
+        b["views"] = dequantise(raw, (shape[0], shape[1]), scale, zero, lo)
+        b["thumb"] = thumb
+        b["reg"] = parse_register(b["reg"])
+        return True
+
+
+def _int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 1 << 62
+
+
+def _check_seq(b: dict, name: str) -> bool:
+    return _int(b.get("seq")) and isinstance(b.get("online", False), bool)
+
+
+def _check_hello(b: dict, name: str) -> bool:
+    return isinstance(b.get("nonce"), str) and len(b["nonce"]) <= 64
+
+
+def _check_meta(b: dict, name: str) -> bool:
+    classes, tombs = b.get("classes"), b.get("tombs")
+    if not (_check_seq(b, name) and isinstance(classes, dict) and isinstance(tombs, list)
+            and len(classes) <= MAX_CLASSES and len(tombs) <= MAX_TOMBS and _int(b.get("n"))):
+        return False
+    parsed = {}
+    for cid, reg in classes.items():
+        r = parse_register(reg)
+        if not valid_cid(cid) or r is None:
+            return False
+        parsed[cid] = r
+    if not all(valid_key(k) for k in tombs):
+        return False
+    b["classes"] = parsed
+    return True
+
+
+def _reject(reason: str, topic: str) -> FleetMessageError:
+    exc = FleetMessageError(f"fleet message on {topic[:120]!r} dropped: {reason}")
+    exc.reason = reason
+    return exc
