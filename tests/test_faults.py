@@ -105,7 +105,9 @@ def test_kill_9_at_random_moments_loses_nothing_acknowledged(tmp_path, backbones
         must_have = acked - deleting
         assert must_have <= present, f"round {round_}: lost {sorted(must_have - present)[:3]}"
         assert not (deleted & present)
-        assert store.problems == []  # no truncated or half-written sample
+        # no truncated or half-written sample; a kill between a new class folder's rename
+        # into place and the class list's write leaves the folder unlisted: it is adopted
+        assert [p for p in store.problems if not p.endswith("was not in the class list; adopted")] == []
         assert not list(state.rglob(".tmp-*"))  # stray temporaries cleaned up
         with StateDir(state) as owner:
             learner = Learner(backbone, owner)
