@@ -91,7 +91,7 @@ def rank_update(P: np.ndarray, rows: np.ndarray, sign: float) -> np.ndarray:
     return P - U @ np.linalg.solve(C, U.T)
 
 
-def row_chunks(n: int, size: int = 1024) -> Iterator[slice]:
+def row_chunks(n: int, size: int = 256) -> Iterator[slice]:
     for start in range(0, n, size):
         yield slice(start, min(n, start + size))
 
