@@ -219,6 +219,51 @@ def test_learner_recalibrates_and_refits_in_the_background(tmp_path, backbones, 
         assert again.predict(frames["bird"][3]).best == "bird"
 
 
+def test_many_samples_arriving_at_once_are_refitted_off_the_loop_one_refit_at_a_time(
+        tmp_path, backbones, frames, monkeypatch):
+    """A fleet newcomer receives thousands of samples in batches: each batch used to be added
+    to the head one by one on the loop thread (the device saw no frame for tens of seconds),
+    and every change during a refit started another refit thread."""
+    from edge_classifier.learning import learner as learner_module
+    from edge_classifier.learning.learner import INLINE_CHANGES, Learner
+    from edge_classifier.learning.state import StateDir
+    gate = _Gate(monkeypatch)
+    started = []
+    gated = learner_module._Background
+
+    class Counted(gated):
+        def __init__(self, kind, work):
+            started.append(kind)
+            super().__init__(kind, work)
+    monkeypatch.setattr(learner_module, "_Background", Counted)
+    rng = np.random.default_rng(0)
+    with StateDir(tmp_path / "state") as state:
+        learner = Learner(backbones(), state)
+        for name, crops in frames.items():
+            learner.capture(name, crops[0])
+        gate.open()
+        learner.wait_background()
+        gate.event.clear()
+        head, before = learner.head, learner.head.n_samples
+        base = learner.store.views("cat", learner.store.sample_ids("cat")[0])
+
+        def arrive(n):
+            for _ in range(n):
+                noisy = base * (1 + 0.01 * rng.standard_normal(base.shape)).astype(np.float32)
+                learner.store.add_sample("cat", noisy)
+            learner.changed()
+        started.clear()
+        arrive(INLINE_CHANGES + 6)
+        assert learner.head is head and head.n_samples == before  # nothing added in this thread
+        assert started == ["refit"]
+        arrive(INLINE_CHANGES + 6)  # more while the refit runs: no second refit thread
+        assert started == ["refit"] and learner.head is head
+        gate.open()
+        learner.wait_background()  # the refit lacks the second batch: installed, refitted again
+        assert started[:2] == ["refit", "refit"]
+        assert learner.head.n_samples == len(learner.store) == before + 2 * (INLINE_CHANGES + 6)
+
+
 def test_the_store_keeps_quantised_views_compact_and_exact(backbones, sample):
     from PIL import Image
     from edge_classifier.learning.compact import CompactViews, compact

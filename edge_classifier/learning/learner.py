@@ -38,7 +38,7 @@ DEFAULT_HEAD = "auto"
 MULTILABEL = "multilabel"
 #: Up to this many samples removed at once are downdated in the caller's thread (one Woodbury
 #: update, a few ms); more, a renamed or deleted class, refit in the background.
-INLINE_REMOVALS = 64
+INLINE_CHANGES = 64  # removals plus additions brought in at once; more: refit off the loop
 
 
 @dataclass(frozen=True)
@@ -256,11 +256,12 @@ class Learner:
         if not self._budgeted():
             self.fit()
             return
-        if self._job is None or self._job.kind != "refit":
-            if self._downdate(self.head):
-                self._dirty = True
-                self._calibrate_later()
-                return
+        if self._job is not None and self._job.kind == "refit":
+            return  # poll() brings the refitted head up to the store, or refits again
+        if self._downdate(self.head):
+            self._dirty = True
+            self._calibrate_later()
+            return
         self._refit_later()
 
     # -- background work (the auto head) -------------------------------------------------------
@@ -270,9 +271,10 @@ class Learner:
     def _store_rows(self) -> List[str]:
         return [sid for name in self.store.classes for sid in self.store.sample_ids(name)]
 
-    def _downdate(self, head, rows: Optional[List[str]] = None, limit: int = INLINE_REMOVALS) -> bool:
+    def _downdate(self, head, rows: Optional[List[str]] = None, limit: int = INLINE_CHANGES) -> bool:
         """Bring ``head`` (holding ``rows``) up to the store with removals and additions, if
-        the classes still agree and the removals are few; False (head untouched) otherwise."""
+        the classes still agree and the changes (removals plus additions) are few; False (head
+        untouched) otherwise."""
         rows = self._rows if rows is None else rows
         classes = self.store.classes
         if list(head.classes) != classes[:len(head.classes)]:
@@ -281,12 +283,13 @@ class Learner:
         names = head.classes
         labels = head.labels
         gone = [i for i, sid in enumerate(rows) if where.get(sid) != names[labels[i]]]
-        if len(gone) > limit or len(gone) == len(rows):
-            return False
-        if gone:
-            head.remove_many(gone)
         kept = [sid for i, sid in enumerate(rows) if where.get(sid) == names[labels[i]]]
         known = set(kept)
+        added = sum(1 for sid in where if sid not in known)
+        if len(gone) + added > limit or len(gone) == len(rows):
+            return False  # e.g. a fleet's newcomer receiving thousands: refit off the loop
+        if gone:
+            head.remove_many(gone)
         for sid, name in where.items():
             if sid not in known:
                 if name not in head.classes:
@@ -341,10 +344,13 @@ class Learner:
             return True
         if job.kind == "refit":
             head, rows = job.result
-            if self._downdate(head, rows, limit=len(rows)):
+            if self._downdate(head, rows):
                 self.head, self._rows = head, rows
                 self._dirty = True
-            else:  # the classes changed again meanwhile
+            else:  # many more changes meanwhile, or other classes: refit again
+                if list(head.classes) == self.store.classes[:len(head.classes)]:
+                    self.head, self._rows = head, rows  # newer than the head answering now
+                    self._dirty = True
                 self._refit_later()
                 return True
         elif self.head is not None:
