@@ -25,7 +25,7 @@ class FleetDevice:
     """One ``edge-classifier run`` process of the group (``start``, ``stop``, ``kill``)."""
 
     def __init__(self, tmp_path, broker, name, photo, *, resize="crop", mode="share",
-                 group="g1", key=KEY, web=None):
+                 group="g1", key=KEY, web=None, model=""):
         self.name, self.broker = name, broker
         self.state = tmp_path / f"state-{name}"
         self.log = tmp_path / f"{name}.log"
@@ -39,6 +39,7 @@ kind = "replay"
 path = "{photo}"
 fps = 8
 [model]
+name = "{model}"
 threads = 1
 resize = "{resize}"
 [mqtt]
@@ -231,6 +232,34 @@ def test_a_device_with_another_crop_ignores_the_group_and_keeps_its_own(fleet, b
         assert wait_until(lambda: "another backbone" in odd.text(), LONG)
         assert wait_until(lambda: "another backbone" in a.text(), LONG)
         assert list(odd.contents()) == ["cat"] and list(a.contents()) == ["bird"]
+
+
+def test_follow_receives_only_publish_sends_only_and_another_model_ignores_the_group(
+        fleet, broker):
+    hub = fleet("devA", "bird.bmp")
+    follower = fleet("devF", "cat.bmp", mode="follow")
+    sender = fleet("devP", "cat.bmp", mode="publish")
+    other = fleet("devM", "cat.bmp", model="mobilenet_v1_0.25_128_quant")
+    with Observer(broker, "edge_classifier/#") as seen:
+        for d in (hub, follower, sender, other):
+            d.start()
+        wait_online(seen, hub, follower, sender, other)
+        teach(seen, hub, "bird", 2)
+        teach(seen, follower, "kitten", 1)  # a follower's own samples stay its own
+        teach(seen, sender, "cat", 2)
+        teach(seen, other, "tabby", 1)
+        # the hub and the follower get the sender's cats; the sender gets nothing back
+        assert wait_until(lambda: len((hub.contents() or {}).get("cat", [])) == 2
+                          and len((follower.contents() or {}).get("cat", [])) == 2, LONG), \
+            (hub.contents(), follower.contents())
+        assert wait_until(lambda: len((follower.contents() or {}).get("bird", [])) == 2, LONG)
+        teach(seen, hub, "bird", 1)  # taught after the sender saw the group's traffic
+        assert wait_until(lambda: len((follower.contents() or {}).get("bird", [])) == 3, LONG)
+        assert "kitten" not in hub.contents() and "kitten" not in sender.contents()
+        assert sorted(sender.contents()) == ["cat"]
+        # a device with another model keeps its own and says so
+        assert wait_until(lambda: "another backbone" in other.text(), LONG)
+        assert list(other.contents()) == ["tabby"] and "tabby" not in hub.contents()
 
 
 def test_forged_and_replayed_messages_are_rejected(fleet, broker, tmp_path):
