@@ -110,11 +110,14 @@ def calibrate(snap: Dict[str, Any], system_only: bool = False) -> Dict[str, Any]
         best[sl] = S.max(axis=1) if m else -np.inf
     Tc = T - tbar
     loo = Tc - (Tc - F) / np.maximum(1.0 - h, 1e-12)[:, None]
-    for idx in split_groups(groups):  # leave-group-out: Tc_g - inv(I - H_gg) (Tc_g - F_g)
-        Phi_g = point_features(snap, idx.ravel())[0].reshape(idx.shape + (m,))
-        H = Phi_g @ P @ Phi_g.transpose(0, 2, 1)
-        eye = np.eye(idx.shape[1])
-        loo[idx] = Tc[idx] - np.linalg.solve(eye * (1.0 + 1e-12) - H, Tc[idx] - F[idx])
+    for same_size in split_groups(groups):  # leave-group-out: Tc_g - inv(I - H_gg) (Tc_g - F_g)
+        step = max(1, 256 // same_size.shape[1])  # ~256 samples at a time: bounded temporaries
+        for start in range(0, same_size.shape[0], step):
+            idx = same_size[start:start + step]
+            Phi_g = point_features(snap, idx.ravel())[0].reshape(idx.shape + (m,))
+            H = Phi_g @ P @ Phi_g.transpose(0, 2, 1)
+            eye = np.eye(idx.shape[1])
+            loo[idx] = Tc[idx] - np.linalg.solve(eye * (1.0 + 1e-12) - H, Tc[idx] - F[idx])
     out["loo"], out["groups"] = loo, groups
     out["temperature"], out["open"] = _fit_calibration(snap, loo, groups, best, counts)
     return out
