@@ -10,11 +10,10 @@ The config loader checks all of them once, at load; the MQTT client then relies 
 
 from __future__ import annotations
 
-import os
-import stat
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
+from edge_classifier.config.secrets import read_secret_file, secret_error
 from edge_classifier.errors import BrokerUrlError, ConfigError
 
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
@@ -76,20 +75,10 @@ def parse_broker_url(url: str) -> BrokerUrl:
 def read_password_file(path: str) -> str:
     """The password in ``path``, a regular UTF-8 file, without trailing line breaks.
     Raises :class:`ConfigError` naming ``mqtt.password_file`` (never the password)."""
+    data = read_secret_file("mqtt.password_file", path, MQTT_STRING_BYTES)
+
     def fail(reason: str) -> ConfigError:
-        return ConfigError(f"mqtt.password_file: cannot read {path} ({reason})")
-    try:
-        regular = stat.S_ISREG(os.stat(path).st_mode)  # before open(): a FIFO would block
-        if regular:
-            with open(path, "rb") as f:
-                data = f.read(MQTT_STRING_BYTES + 3)  # the limit and a line break
-    except OSError as exc:
-        raise fail(exc.strerror or type(exc).__name__) from None
-    except ValueError:  # an embedded NUL in the path
-        raise fail("not a valid path") from None
-    if not regular:
-        raise fail("not a regular file")
-    data = data.rstrip(b"\r\n")
+        return secret_error("mqtt.password_file", path, reason)
     if len(data) > MQTT_STRING_BYTES:
         raise fail(f"longer than MQTT's {MQTT_STRING_BYTES} bytes")
     if not data:

@@ -9,10 +9,9 @@ every fleet message (HMAC-SHA256), so it must be long enough to resist guessing.
 
 from __future__ import annotations
 
-import os
 import re
-import stat
 
+from edge_classifier.config.secrets import read_secret_file
 from edge_classifier.errors import ConfigError
 
 MIN_KEY = 16  # bytes
@@ -26,22 +25,7 @@ def read_fleet_key(f) -> bytes:
     line breaks); ConfigError naming the key, never showing the secret."""
     if not f.key_file:
         return f.key.encode("utf-8")
-    path = f.key_file
-
-    def fail(reason: str) -> ConfigError:
-        return ConfigError(f"fleet.key_file: cannot read {path} ({reason})")
-    try:
-        regular = stat.S_ISREG(os.stat(path).st_mode)  # before open(): a FIFO would block
-        if regular:
-            with open(path, "rb") as fh:
-                data = fh.read(MAX_KEY + 3)
-    except OSError as exc:
-        raise fail(exc.strerror or type(exc).__name__) from None
-    except ValueError:
-        raise fail("not a valid path") from None
-    if not regular:
-        raise fail("not a regular file")
-    return data.rstrip(b"\r\n")
+    return read_secret_file("fleet.key_file", f.key_file, MAX_KEY)
 
 
 def check_fleet(config) -> None:

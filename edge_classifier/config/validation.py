@@ -16,10 +16,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import ipaddress
-import os
 import re
 import ssl
-import stat
 import unicodedata
 from importlib.metadata import entry_points
 from typing import Any, Dict, List, Tuple, get_type_hints
@@ -30,6 +28,7 @@ from edge_classifier.config.broker import (MQTT_STRING_BYTES, BrokerUrl, parse_b
 from edge_classifier.config.fleet import check_fleet
 from edge_classifier.config.keys import check_value, item_type, shown, spec_of
 from edge_classifier.config.schema import MAX_DEVICE_ID, Config
+from edge_classifier.config.secrets import read_secret_file, secret_error
 from edge_classifier.core.names import validate_class_name
 from edge_classifier.frames.region import check_crop
 from edge_classifier.errors import ConfigError
@@ -340,21 +339,10 @@ def read_web_password(w) -> str:
     if not w.password_file:
         return w.password
     path = w.password_file
+    data = read_secret_file("web.password_file", path, MAX_WEB_PASSWORD)
 
     def fail(reason: str) -> ConfigError:
-        return ConfigError(f"web.password_file: cannot read {path} ({reason})")
-    try:
-        regular = stat.S_ISREG(os.stat(path).st_mode)  # before open(): a FIFO would block
-        if regular:
-            with open(path, "rb") as f:
-                data = f.read(MAX_WEB_PASSWORD + 3)
-    except OSError as exc:
-        raise fail(exc.strerror or type(exc).__name__) from None
-    except ValueError:
-        raise fail("not a valid path") from None
-    if not regular:
-        raise fail("not a regular file")
-    data = data.rstrip(b"\r\n")
+        return secret_error("web.password_file", path, reason)
     if not data:
         raise fail("it is empty")
     if len(data) > MAX_WEB_PASSWORD:
