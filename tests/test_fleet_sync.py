@@ -222,3 +222,22 @@ def test_a_kill_before_anything_was_saved_loses_nothing_on_restart(nodes):
     b.open()
     exchange(a, b)
     assert a.contents() == b.contents() == {"apple": [sid]}
+
+
+def test_a_device_that_lost_its_fleet_state_does_not_bring_back_a_deleted_sample(nodes):
+    """fleet.json deleted (or restored from an old backup): the device's classes get new ids,
+    so it announces its samples again under other keys; a sample the user deleted elsewhere
+    must stay deleted (it came back on every device before)."""
+    a, b = nodes("a"), nodes("b")
+    for i in range(3):
+        a.store.add_sample("cat", views(i), thumb())
+    exchange(a, b)
+    victim = b.contents()["cat"][0]
+    b.store.remove_sample("cat", victim)
+    a.close()
+    (a.root / "fleet.json").unlink()
+    a.open()
+    a.store.add_sample("cat", views(30), thumb())
+    exchange(a, b)
+    assert a.contents() == b.contents()
+    assert victim not in a.contents()["cat"] and len(a.contents()["cat"]) == 3

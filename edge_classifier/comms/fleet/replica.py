@@ -13,7 +13,9 @@ arrival, and any number of duplicates, gives the same state::
 * **Samples: a two-phase set (add set + tombstone set).** An element is a key
   ``<sample id>.<class id>`` (sample ids are the store's: 64-bit nanosecond time + 16 random
   bits, unique across devices); elements are immutable, so adding is idempotent, and a
-  tombstone wins over its add whatever the order. Clearing or deleting a class tombstones the
+  tombstone wins over its add whatever the order. A tombstone kills its *sample id* under every
+  class id: a sample announced again under another class id (by a device that lost
+  ``fleet.json``, whose classes then get new ids) stays deleted. Clearing or deleting a class tombstones the
   keys observed at that moment (observed-remove): a sample taught concurrently elsewhere stays.
 * **Class names: last-writer-wins registers**, one per class id, stamped ``(hlc, device)``: a
   hybrid logical clock (wall milliseconds, pushed past every stamp seen) with the device id as
@@ -112,10 +114,15 @@ class Replica:
     def remove(self, key: str) -> None:
         self.tombs.add(key)
 
+    def dead_sids(self) -> Set[str]:
+        """Sample ids with a tombstone under any class id."""
+        return {split_key(t)[0] for t in self.tombs}
+
     def live_keys(self, cids: Iterable[str]) -> List[str]:
         """The untombstoned keys of classes ``cids`` (what a clear observes)."""
-        wanted = set(cids)
-        return sorted(k for k in self.samples if k not in self.tombs and split_key(k)[1] in wanted)
+        wanted, dead = set(cids), self.dead_sids()
+        return sorted(k for k in self.samples
+                      if split_key(k)[0] not in dead and split_key(k)[1] in wanted)
 
     # -- merging -------------------------------------------------------------------------------
     def merge_register(self, cid: str, reg: Register) -> bool:
@@ -168,20 +175,20 @@ class Replica:
                 best[k], g.name = _order((hlc, dev, name)), name
             g.cids.add(cid)
         by_cid = {cid: groups[class_key(reg[2])] for cid, reg in self.live_classes().items()}
+        dead = self.dead_sids()
         for key in self.samples:
-            if key in self.tombs:
-                continue
             sid, cid = split_key(key)
-            if cid in by_cid:
+            if sid not in dead and cid in by_cid:
                 by_cid[cid].sids.add(sid)
         return groups
 
     def contributions(self) -> Dict[str, int]:
         """Live samples per origin device."""
         counts: Dict[str, int] = {}
-        live = self.live_classes()
+        live, dead = self.live_classes(), self.dead_sids()
         for key, (origin, _) in self.samples.items():
-            if key not in self.tombs and split_key(key)[1] in live:
+            sid, cid = split_key(key)
+            if sid not in dead and cid in live:
                 counts[origin] = counts.get(origin, 0) + 1
         return counts
 

@@ -255,9 +255,7 @@ class FleetSync:
         return None
 
     def live_keys(self) -> Set[str]:
-        live = self.replica.live_classes()
-        return {k for k in self.replica.samples
-                if k not in self.replica.tombs and split_key(k)[1] in live}
+        return set(self.replica.live_keys(self.replica.live_classes()))
 
 
 def wire_thumb(wire) -> int:

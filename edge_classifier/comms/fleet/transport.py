@@ -27,7 +27,7 @@ from typing import Any, Deque, Dict, Optional, Set
 from edge_classifier.comms import events as ev
 from edge_classifier.comms.fleet.sync import FleetSync
 from edge_classifier.comms.fleet.wire import SHARDS, Message, Wire
-from edge_classifier.comms.paho_client import describe_connect_error, load_paho
+from edge_classifier.comms.paho_client import load_paho
 from edge_classifier.config.broker import parse_broker_url, read_password_file
 from edge_classifier.config.fleet import read_fleet_key
 from edge_classifier.errors import FleetMessageError
