@@ -18,6 +18,7 @@ multi-label under ``run``) unless the caller names one.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -397,7 +398,6 @@ class _Background:
     is there. ``EDGE_CLASSIFIER_SYNC_HEAD=1`` runs it at once in the caller's thread."""
 
     def __init__(self, kind: str, work) -> None:
-        import os
         self.kind, self.result, self.error = kind, None, None
         self.done = threading.Event()
         if os.environ.get("EDGE_CLASSIFIER_SYNC_HEAD") == "1":
