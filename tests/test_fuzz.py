@@ -28,7 +28,7 @@ from unittest import mock
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from mosquitto import CMD, RESULT, TIMEOUT, Mosquitto, Observer, mqtt_config
@@ -363,7 +363,7 @@ def to_toml(doc, tables=True):
     return "\n".join(lines + sections) + "\n"
 
 
-_KEY_MESSAGE = re.compile(r"config: (?P<top>[a-z_]+)(\[\d+\])?(\.(?P<leaf>[a-z_]+))?: .+",
+_KEY_MESSAGE = re.compile(r"config: (?P<top>[a-z_]+)(\[\d+\])?(\.(?P<leaf>[a-z_]+)(\[\d+\])?)?: .+",
                           re.DOTALL)
 
 
@@ -387,6 +387,7 @@ def check_config(text):
 
 @settings(max_examples=300, **FUZZ)
 @given(doc=config_docs, tables=st.booleans())
+@example(doc={"source": {"crop": [False]}}, tables=False)  # an index after the key
 def test_parse_config_on_generated_documents(doc, tables):
     check_config(to_toml(doc, tables))
 
