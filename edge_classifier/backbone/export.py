@@ -48,6 +48,8 @@ _OPS = {
     "POW": ("PowOptions", {1: "1.10.0"}),
     "REDUCE_MAX": ("ReducerOptions", {1: "1.11.0"}),
     "RESHAPE": ("ReshapeOptions", {1: "1.5.0"}),
+    # RESIZE_BILINEAR version 3: half-pixel centres (the frame resize, backbone/resize.py)
+    "RESIZE_BILINEAR": ("ResizeBilinearOptions", {1: "1.7.0", 3: "2.2.0"}),
     "SOFTMAX": ("SoftmaxOptions", {1: "1.5.0"}),
     "SUB": ("SubOptions", {1: "1.6.0"}),
     "SUM": ("ReducerOptions", {1: "1.10.0"}),

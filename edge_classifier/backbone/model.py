@@ -25,6 +25,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from edge_classifier.backbone import graph, integrity, runtime
+from edge_classifier.backbone.resize import make_resample
 from edge_classifier.backbone.manifest import Manifest, load_manifest
 from edge_classifier.errors import InvalidModelError, ModelError, ModelNotInstalledError
 from edge_classifier.frames.images import preprocess
@@ -132,6 +133,8 @@ class Backbone:
                 raise InvalidModelError(f"{source}: {len(self.labels)} labels for {n} scores")
         self.embedding_dim = int(np.prod(self._embedding_out["shape"][1:]))
         self._direct_input = self._pixels_are_input()
+        #: The frame resize of :meth:`prepare`: TFLite's (None: Pillow's); see backbone/resize.py
+        self.resample = make_resample(num_threads)
 
     # -- construction helpers ------------------------------------------------------------------
     @classmethod
@@ -211,7 +214,7 @@ class Backbone:
         """The shared preprocessing: an HxWx3 uint8 RGB frame (of the region, when there is a
         crop: sources deliver only the region) to the model's input size; a frame already at
         that size is used as it is."""
-        return preprocess(rgb, self.input_size, self.resize)
+        return preprocess(rgb, self.input_size, self.resize, self.resample)
 
     def _to_input(self, pixels: np.ndarray) -> np.ndarray:
         d = self._input

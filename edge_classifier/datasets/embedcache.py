@@ -26,6 +26,7 @@ from edge_classifier.frames.images import load_image
 from edge_classifier.learning.augment import Augmentation, embed_views
 
 DECODE = "d2"  # how files are decoded (load_image near the model size); new: embed again
+RESIZED_BY = {True: "t", False: "p"}  # frames resized by TFLite's bilinear resize or Pillow's
 SHARD_EVERY = 64  # images embedded between two shard writes
 MAX_SHARDS = 32  # more than this many shards are merged into one at the end of a run
 
@@ -42,7 +43,9 @@ def file_key(path: str) -> Optional[str]:
 
 def cache_folder(backbone, augmentation: Augmentation, folder: Optional[Path] = None) -> Path:
     folder = Path(folder) if folder else data_home() / "cache"
-    return folder / f"emb-{backbone.sha256[:16]}-{backbone.resize}-{augmentation.key()}-{DECODE}"
+    resized = RESIZED_BY[getattr(backbone, "resample", None) is not None]
+    return folder / (f"emb-{backbone.sha256[:16]}-{backbone.resize}-{augmentation.key()}-"
+                     f"{DECODE}{resized}")
 
 
 def _read(folder: Path) -> Tuple[Dict[str, np.ndarray], List[Path]]:

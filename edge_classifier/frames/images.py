@@ -19,7 +19,7 @@ import logging
 import os
 import re
 import warnings
-from typing import Optional, Tuple, Union
+from typing import Callable, Optional, Tuple, Union
 
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
@@ -232,15 +232,28 @@ def load_image(path: "os.PathLike[str] | str", size_hint: SizeHint = None,
     return array
 
 
-def preprocess(rgb: np.ndarray, size: Tuple[int, int], mode: str = "crop") -> np.ndarray:
+#: ``resample(region, (height, width))``: a uint8 HxWx3 array (any strides) resized to that
+#: size, bilinear; :func:`preprocess` uses Pillow's unless given another (the backbone passes
+#: the TFLite runtime's, :mod:`edge_classifier.backbone.resize`).
+Resample = Callable[[np.ndarray, Tuple[int, int]], np.ndarray]
+
+
+def pillow_resample(region: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    """Pillow's bilinear resize of ``region`` to ``size`` (height, width)."""
+    image = Image.fromarray(np.ascontiguousarray(region))
+    return np.asarray(image.resize((int(size[1]), int(size[0])), Image.BILINEAR), dtype=np.uint8)
+
+
+def preprocess(rgb: np.ndarray, size: Tuple[int, int], mode: str = "crop",
+               resample: Optional[Resample] = None) -> np.ndarray:
     """Resize an HxWx3 uint8 RGB frame to the model's ``size`` (height, width).
 
     ``mode="crop"`` takes the largest centred region with the model's aspect ratio (a centred
     square for square models) and resizes it; ``"squash"`` resizes the whole frame, ignoring
-    the aspect ratio. Bilinear filtering. A frame already at ``size`` (the camera's stream
-    at the model's input size, see :class:`~edge_classifier.frames.camera.PicameraSource`) is
-    returned as a read-only view of it, without a copy; any other result is a new HxWx3 uint8
-    array.
+    the aspect ratio. Bilinear filtering, by ``resample`` (default :func:`pillow_resample`).
+    A frame already at ``size`` (the camera's stream at the model's input size, see
+    :class:`~edge_classifier.frames.camera.PicameraSource`) is returned as a read-only view
+    of it, without a copy; any other result is a new HxWx3 uint8 array.
     """
     if mode not in RESIZE_MODES:
         raise ValueError(f"resize mode must be one of {RESIZE_MODES}, not {mode!r}")
@@ -253,14 +266,16 @@ def preprocess(rgb: np.ndarray, size: Tuple[int, int], mode: str = "crop") -> np
         view = frame.view()
         view.flags.writeable = False  # no copy, and the caller's frame stays the caller's
         return view
-    image = Image.fromarray(frame)
     if mode == "crop":
         # Largest box with the output's aspect ratio, centred.
         scale = min(in_w / out_w, in_h / out_h)
         crop_w, crop_h = max(1, round(out_w * scale)), max(1, round(out_h * scale))
         left, top = (in_w - crop_w) // 2, (in_h - crop_h) // 2
-        image = image.crop((left, top, left + crop_w, top + crop_h))
-    return np.asarray(image.resize((out_w, out_h), Image.BILINEAR), dtype=np.uint8)
+        frame = frame[top:top + crop_h, left:left + crop_w]
+    out = (resample or pillow_resample)(frame, (out_h, out_w))
+    if out.shape != (out_h, out_w, 3) or out.dtype != np.uint8:  # a resample's contract
+        raise ImageError(f"the resize gave {out.dtype} {out.shape}, not {out_h}x{out_w}x3 uint8")
+    return out
 
 
 def list_images(folder: "os.PathLike[str] | str"):

@@ -11,11 +11,11 @@ corners. Inference always embeds just the frame::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
-from edge_classifier.frames.images import preprocess
+from edge_classifier.frames.images import Resample, preprocess
 
 # Where zoomed crops are centred, as fractions of the free margin: centre, then the corners.
 _CROP_ANCHORS = ((0.5, 0.5), (0.0, 0.0), (1.0, 1.0), (1.0, 0.0), (0.0, 1.0))
@@ -47,9 +47,11 @@ class Augmentation:
     def key(self) -> str:
         return f"f{int(self.flip)}c{self.crops}s{self.crop_scale:g}"
 
-    def views(self, rgb: np.ndarray, size: Tuple[int, int], mode: str) -> List[np.ndarray]:
-        """Model-sized uint8 frames: the frame, then the augmented views."""
-        base = preprocess(rgb, size, mode)
+    def views(self, rgb: np.ndarray, size: Tuple[int, int], mode: str,
+              resample: Optional[Resample] = None) -> List[np.ndarray]:
+        """Model-sized uint8 frames: the frame, then the augmented views (resized by
+        ``resample``, see :func:`preprocess`)."""
+        base = preprocess(rgb, size, mode, resample)
         out = [base]
         if self.flip:
             out.append(np.ascontiguousarray(base[:, ::-1]))
@@ -57,12 +59,11 @@ class Augmentation:
         ch, cw = max(1, round(height * self.crop_scale)), max(1, round(width * self.crop_scale))
         for ax, ay in _CROP_ANCHORS[: self.crops]:
             top, left = round((height - ch) * ay), round((width - cw) * ax)
-            out.append(preprocess(np.ascontiguousarray(rgb[top:top + ch, left:left + cw]),
-                                  size, mode))
+            out.append(preprocess(rgb[top:top + ch, left:left + cw], size, mode, resample))
         return out
 
 
 def embed_views(backbone, rgb: np.ndarray, augmentation: Augmentation) -> np.ndarray:
     """VxD embeddings of a frame's views (row 0: the frame itself)."""
-    frames = augmentation.views(rgb, backbone.input_size, backbone.resize)
+    frames = augmentation.views(rgb, backbone.input_size, backbone.resize, backbone.resample)
     return np.stack([backbone.run_prepared(f).embedding for f in frames]).astype(np.float32)

@@ -1,0 +1,115 @@
+"""The frame resize run by the TFLite runtime (backbone/resize.py), against Pillow's."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_classifier.backbone.resize import TfliteResize, make_resample, resize_model
+from edge_classifier.backbone.runtime import make_interpreter
+from edge_classifier.frames.images import load_image, pillow_resample, preprocess
+
+REPO = Path(__file__).resolve().parents[1]
+TFLITE_RUNTIME_ENV = "EDGE_CLASSIFIER_TFLITE_RUNTIME_PYTHON"
+
+
+@pytest.fixture(scope="module")
+def photo(sample):
+    """A real photo the size of a Pi camera's lores stream (320x240)."""
+    return pillow_resample(load_image(sample("parrot.jpg")), (240, 320))
+
+
+def test_a_lores_frame_is_resized_like_pillow_would(photo):
+    resample = TfliteResize()
+    out = resample(photo[:, 40:280], (224, 224))
+    reference = pillow_resample(photo[:, 40:280], (224, 224))
+    assert out.shape == (224, 224, 3) and out.dtype == np.uint8
+    diff = np.abs(out.astype(int) - reference.astype(int))
+    assert diff.mean() < 1.0 and diff.max() <= 16  # the same picture, sampled a little apart
+
+
+def test_a_view_with_strides_gives_what_its_copy_gives(photo):
+    resample = TfliteResize()
+    view = photo[10:230:, 30:300]
+    assert not view.flags.c_contiguous
+    np.testing.assert_array_equal(resample(view, (224, 224)),
+                                  resample(np.ascontiguousarray(view), (224, 224)))
+
+
+def test_frames_of_changing_sizes_reuse_one_interpreter_and_stay_right(photo):
+    resample = TfliteResize()
+    sizes = [(240, 240), (231, 300), (240, 240), (120, 90), (1, 1), (5, 400)]
+    for h, w in sizes:
+        frame = np.ascontiguousarray(photo[:h, :w]) if h <= 240 and w <= 320 else \
+            np.resize(photo, (h, w, 3))
+        fresh = make_interpreter(resize_model((h, w), (224, 224)), 1, "fresh")
+        fresh.set_tensor(fresh.get_input_details()[0]["index"], frame[None])
+        fresh.invoke()
+        expected = fresh.get_tensor(fresh.get_output_details()[0]["index"])[0]
+        np.testing.assert_array_equal(resample(frame, (224, 224)), expected)
+    assert len(resample._by_out) == 1  # one interpreter, its input resized to each frame
+
+
+def test_a_reduction_of_twice_or_more_goes_to_pillows_antialiased_resize(photo):
+    resample = TfliteResize()
+    big = pillow_resample(photo, (480, 640))
+    np.testing.assert_array_equal(resample(big, (224, 224)), pillow_resample(big, (224, 224)))
+    assert resample._by_out == {}  # the TFLite model was never needed
+
+
+def test_the_backbone_prepares_frames_with_it(backbones, photo):
+    backbone = backbones()
+    assert isinstance(backbone.resample, TfliteResize)
+    np.testing.assert_array_equal(backbone.prepare(photo),
+                                  backbone.resample(photo[:, 40:280], (224, 224)))
+    # The same frame through preprocess with the backbone's resample: one shared function.
+    np.testing.assert_array_equal(backbone.prepare(photo),
+                                  preprocess(photo, (224, 224), "crop", backbone.resample))
+
+
+def test_the_embedding_barely_moves_from_pillows(backbones, photo):
+    backbone = backbones()
+    a = backbone.run_prepared(backbone.prepare(photo)).embedding
+    b = backbone.run_prepared(preprocess(photo, backbone.input_size, "crop")).embedding
+    assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) > 0.99
+
+
+def test_two_threads_resizing_at_once_each_get_their_own_frame(photo):
+    resample = TfliteResize()
+    frames = [np.ascontiguousarray(photo[:, k:k + 240]) for k in (0, 80)]
+    expected = [resample(f, (224, 224)) for f in frames]
+    wrong = []
+
+    def work(k):
+        for _ in range(40):
+            if not np.array_equal(resample(frames[k], (224, 224)), expected[k]):
+                wrong.append(k)
+    threads = [threading.Thread(target=work, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == [] and not np.array_equal(*expected)
+
+
+def test_make_resample_checks_the_model_runs():
+    assert isinstance(make_resample(2), TfliteResize)
+
+
+def test_without_litert_the_frames_are_resized_by_pillow():
+    """On tflite-runtime alone (32-bit Pi OS) LiteRT's schema is missing: Pillow resizes."""
+    python = os.environ.get(TFLITE_RUNTIME_ENV)
+    if not python:
+        pytest.skip(f"set {TFLITE_RUNTIME_ENV} to a Python with tflite-runtime and NumPy 1")
+    code = ("from edge_classifier.backbone.resize import make_resample\n"
+            "from edge_classifier.backbone.runtime import runtime_version\n"
+            "print(runtime_version(), make_resample(2))\n")
+    proc = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("tflite-runtime") and proc.stdout.rstrip().endswith("None")
