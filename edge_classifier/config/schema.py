@@ -189,8 +189,9 @@ class WebConfig:
     max_upload_pixels: int = key(40_000_000, range=(1, 1_000_000_000),
                                  help="largest image accepted by an upload, in decoded pixels "
                                       "(width x height)")
-    stream_fps: float = key(10.0, range=(0.5, 60),
-                            help="frame rate cap of the live view sent to each browser")
+    stream_fps: float = key(5.0, range=(0.5, 60),
+                            help="frame rate cap of the live view sent to each browser; the "
+                                 "bars update 5 times a second, or this often when higher")
     inbox_size: int = key(50, range=(0, 10000),
                           help="unsure frames kept in the inbox for filing into a class "
                                "(oldest dropped beyond it); 0 = no inbox")

@@ -49,8 +49,9 @@ log = logging.getLogger("edge_classifier.comms.web")
 ANSWER_SECONDS = 30.0  # the longest a request waits for the loop (an import of many files)
 RECENT = 8  # thumbnails per class card
 KINDS = ("prediction", "catalogue", "inbox", "stats", "state", "upload")
-#: Live updates sent to the pages: the newest prediction, and the live view's frame with it
-#: (when ``web.stream_fps`` allows), so the browser draws both in one go.
+#: Live updates sent to the pages (or ``web.stream_fps`` when higher): the newest prediction,
+#: and the live view's frame with it (when ``web.stream_fps`` allows), so the browser draws
+#: both in one go.
 LIVE_PER_SECOND = 5.0
 
 
@@ -272,13 +273,15 @@ class WebTransport:
 
     def notify(self, kind: str) -> None:
         """(The server's loop) something of ``kind`` changed: wake the streams. Predictions
-        are coalesced: at most LIVE_PER_SECOND updates, each the newest at its time."""
+        are coalesced: at most LIVE_PER_SECOND updates a second (``web.stream_fps`` when
+        higher), each the newest at its time."""
         if kind == "prediction":
             now = self._aloop.time()
             if now < self._next_live:
                 self._aloop.call_at(self._next_live, self.notify, "prediction")
                 return  # _wake_pending stays set: the loop's thread schedules nothing more
-            period = 1 / LIVE_PER_SECOND  # on the beat while busy: no drift below the rate
+            period = 1 / max(LIVE_PER_SECOND, self.config.web.stream_fps)  # on the beat while
+            # busy: no drift below the rate
             self._next_live = (self._next_live if now - self._next_live < period else now) + period
             self._wake_pending = False
         self.versions[kind] += 1

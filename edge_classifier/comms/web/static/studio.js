@@ -10,7 +10,7 @@
 const $ = (id) => document.getElementById(id);
 const enc = encodeURIComponent;
 const studio = {
-  settings: {hold_rate: 5, threshold: 0.8, stream_fps: 10},
+  settings: {hold_rate: 5, threshold: 0.8, stream_fps: 5},
   classes: [],          // [{name, samples, bound, recent: [sample ids]}]
   cards: new Map(),     // class name -> {root, count, thumbs, key}
   bars: new Map(),      // class name -> {root, fill, value}
