@@ -171,13 +171,15 @@ def main(argv=None) -> int:
                    overhead_ms_per_frame=round((t_loop - t_bare) * 1000, 3),
                    frame_size=f"{frames[0].shape[1]}x{frames[0].shape[0]}",
                    published=device.publisher.stats.get("published"))
-        out["stage_ms"] = stage_ms(device, frames, args.rounds * args.frames)
         if watcher is not None:
+            # Before stage_ms: its predictions carry frame numbers of their own (0, 1, ...),
+            # which would pair with the warm-up's frames of the same numbers, seconds earlier.
             out["frame_to_bar"] = _web.latency_ms(watcher.rendered(), read_at)
             out["watcher_cpu_per_loop_second"] = round(  # the cores it took from the loop
                 (watcher.cpu_seconds() - watcher_cpu) / (t_loop * args.rounds * args.frames), 3)
             out["web_stats"] = device.web.stats
             watcher.close()
+        out["stage_ms"] = stage_ms(device, frames, args.rounds * args.frames)
 
         # Button press -> updated head.
         before = device.store.counts()["bird"]
