@@ -11,7 +11,6 @@ already uses the updated head::
 
 from __future__ import annotations
 
-import io
 import logging
 import queue
 import threading
@@ -20,25 +19,22 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
-from PIL import Image
 
 from edge_classifier.backbone.model import Backbone
 from edge_classifier.comms import events as ev
 from edge_classifier.comms.bus import Bus
-from edge_classifier.comms.commands import result as command_result
-from edge_classifier.comms.fleet import FleetTransport, FleetWork
+from edge_classifier.comms.fleet import FleetTransport
 from edge_classifier.comms.mqtt import make_publisher
 from edge_classifier.comms.web import Studio, WebTransport
 from edge_classifier.config import Config, validate_config
 from edge_classifier.core import blas
 from edge_classifier.core.clock import SYSTEM_CLOCK
-from edge_classifier.core.names import class_key
 from edge_classifier.core.paths import default_state_dir
 from edge_classifier.device.gpio import ButtonPanel, make_pin_factory
 from edge_classifier.device.keyboard import KeyboardControl
 from edge_classifier.device.sdnotify import Notifier, watchdog_interval
-from edge_classifier.errors import (EdgeClassifierError, EndOfStream, EventError, NoFrameYet,
-                                    StoreError)
+from edge_classifier.device.actions import DeviceActions
+from edge_classifier.errors import EndOfStream, NoFrameYet, StoreError
 from edge_classifier.frames.sources import make_source
 from edge_classifier.learning.augment import Augmentation
 from edge_classifier.learning.learner import Learner
@@ -65,7 +61,7 @@ class Counters:
     last: Dict[str, float] = field(default_factory=dict)
 
 
-class Device:
+class Device(DeviceActions):
     """The running classifier. Every part may be passed in (tests, the demo); the rest is built
     from ``config``. ``close()`` is safe twice; parts built here are closed on a failed start."""
 
@@ -262,156 +258,6 @@ class Device:
     def _panel_errors(self) -> int:
         errors = getattr(self.panel, "callback_errors", 0) if self.panel else 0
         return errors + (getattr(self.keyboard, "callback_errors", 0) if self.keyboard else 0)
-
-    # -- events --------------------------------------------------------------------------------
-    def apply_events(self) -> None:
-        """Apply queued events (the loop does this between frames)."""
-        while True:
-            try:
-                event = self.events.get_nowait()
-            except queue.Empty:
-                return
-            self.counters.events += 1
-            try:
-                self._apply(event)
-            except EdgeClassifierError as exc:
-                self.counters.event_errors += 1
-                log.warning("%s: %s", type(event).__name__, exc)
-                self._answer(event, False, str(exc))
-            except Exception as exc:  # a bug must not stop the device
-                self.counters.event_errors += 1
-                log.exception("event %r failed", event)
-                self._answer(event, False, f"internal error: {exc}")
-
-    def _apply(self, event: ev.Event) -> None:
-        store = self.store
-        if isinstance(event, ev.Stop):
-            self._stop.set()
-            self._answer(event, True)
-        elif isinstance(event, ev.Capture):
-            if event.origin == "button" and any(p.class_name == event.class_name
-                                                 for p in self._pending):
-                self.counters.dropped_captures += 1  # one pending capture per held button
-                return
-            self._pending.append(event)
-        elif isinstance(event, (ev.DeleteLast, ev.ClearClass)):
-            name = event.class_name or self._last_captured
-            if name is None:
-                raise EventError("no class given and nothing captured yet")
-            name = store.resolve(name)
-            if isinstance(event, ev.DeleteLast):
-                sid = store.delete_last(name)
-                self._changed()
-                self._answer(event, True, **{"class": name, "deleted": sid})
-            else:
-                count = store.clear_class(name)
-                self._changed()
-                self._answer(event, True, **{"class": name, "deleted": count})
-        elif isinstance(event, (ev.RenameClass, ev.DeleteClass)):
-            name = store.resolve(event.class_name)
-            if class_key(name) in {class_key(c.name) for c in self.config.classes}:
-                raise EventError(f"class {name!r} is bound to a button in the config; change "
-                                 "it there")
-            if isinstance(event, ev.RenameClass):
-                new = store.rename_class(name, event.new_name)
-                self._retarget_pending(name, new)
-                self._changed()
-                self._answer(event, True, **{"class": name, "to": new})
-            else:
-                count = store.delete_class(name)
-                self._retarget_pending(name, None)
-                self._changed()
-                self._answer(event, True, **{"class": name, "deleted": count})
-        elif isinstance(event, ev.Snapshot):
-            if self._frame is None:
-                raise EventError("no frame yet")
-            out = io.BytesIO()
-            Image.fromarray(self._frame).save(out, "JPEG", quality=85)
-            self.bus.publish_snapshot(out.getvalue())
-            self._answer(event, True, bytes=out.tell())
-        elif isinstance(event, FleetWork):  # the group's changes, applied on this thread
-            if self.fleet is not None and self.fleet.work():
-                self._changed()
-        elif self.studio.handles(event):  # the web studio's and the newer commands
-            self._answer(event, True, **self.studio.apply(event))
-        else:
-            raise EventError(f"unsupported event {type(event).__name__}")
-
-    def _retarget_pending(self, old: str, new: Optional[str]) -> None:
-        """Captures still to come for a renamed class follow it; for a deleted class they
-        are cancelled (answered), so a later frame never re-creates what was deleted."""
-        kept: List[ev.Capture] = []
-        for p in self._pending:
-            if class_key(p.class_name) != class_key(old):
-                kept.append(p)
-            elif new is not None:
-                kept.append(ev.Capture(origin=p.origin, request_id=p.request_id,
-                                       class_name=new, count=p.count))
-            else:
-                self._answer(p, False, f"cancelled: class {old!r} was deleted")
-        self._pending = kept
-
-    def _capture(self, frame: np.ndarray) -> Optional[np.ndarray]:
-        """Apply the first pending capture to this frame; returns the frame's embedding if it
-        was embedded (so the prediction need not embed it again), else None."""
-        event = self._pending[0]
-        now = self.clock.now()
-        name = event.class_name
-        min_gap = 1.0 / self.config.gpio.hold_rate
-        # 10 % slack, so the repeats of a held button (jittery, every 1/hold_rate) all count
-        if event.origin == "button" and \
-                now - self.counters.last.get("capture:" + name, -1e9) < 0.9 * min_gap:
-            # Rate limit: a bouncing or held button cannot capture faster than hold_rate. The
-            # press is dropped, not deferred: a later frame may no longer show the object.
-            self._pending.pop(0)
-            self.counters.dropped_captures += 1
-            return None
-        try:
-            done = self.learner.capture(name, frame)
-        except EdgeClassifierError as exc:  # store, class limit, head: the loop goes on
-            self._pending.pop(0)
-            self._dropped_in_request = 0
-            self.counters.capture_errors += 1
-            log.error("capture for %r refused: %s", name, exc)
-            self._answer(event, False, str(exc))
-            return None
-        name = done.class_name
-        self.counters.captures += 1
-        self.counters.dropped_samples += len(done.dropped)
-        self.counters.last["capture:" + name] = now
-        self._last_captured = name
-        if done.dropped:
-            self.smoother.reset()
-        if self.panel is not None:
-            self.panel.blink_capture(name)
-        remaining = event.count - 1
-        self._dropped_in_request += len(done.dropped)
-        if remaining > 0:
-            self._pending[0] = ev.Capture(origin=event.origin, request_id=event.request_id,
-                                          class_name=name, count=remaining)
-            return done.embedding
-        self._pending.pop(0)
-        self.bus.set_classes(self.store.classes)
-        dropped, self._dropped_in_request = self._dropped_in_request, 0
-        self._answer(event, True, **{"class": name, "sample": done.sample_id,
-                                     "dropped": dropped,
-                                     "samples": self.store.counts().get(name, 0)})
-        return done.embedding
-
-    def _changed(self) -> None:
-        self.learner.changed()
-        self.smoother.reset()
-        self.bus.set_classes(self.store.classes)
-
-    def _answer(self, event: ev.Event, ok: bool, error: Optional[str] = None, **details) -> None:
-        action = {"Capture": "capture", "DeleteLast": "delete_last", "ClearClass": "clear_class",
-                  "DeleteClass": "delete_class", "RenameClass": "rename_class",
-                  "Snapshot": "snapshot", "Stop": "stop"}.get(type(event).__name__,
-                                                              getattr(event, "ACTION", "?"))
-        answer = command_result(action, ok, error if not ok else None, event.request_id,
-                                **details)
-        if not self.bus.answer(event, answer) and not ok:
-            log.info("%s from %s: %s", action, event.origin, error)
 
     # -- shutdown ------------------------------------------------------------------------------
     def _save_head(self) -> None:
