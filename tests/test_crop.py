@@ -130,6 +130,44 @@ def test_a_state_taught_on_one_crop_refuses_another_and_loses_nothing(tmp_path, 
         assert again.store.counts() == {"bird": 0, "cat": 1}
 
 
+def test_a_state_whose_samples_were_all_deleted_takes_a_new_crop(tmp_path, backbones, sample):
+    with _device(tmp_path, backbones, RIGHT, sample) as device:
+        device.learner.capture("cat", device.source.read())
+        device.learner.save()
+        device.store.clear_class("cat")  # an explicit user action: nothing of RIGHT is left
+        device.learner.changed()
+        device.learner.save()
+    with _device(tmp_path, backbones, LEFT, sample) as device:  # no refusal: nothing to mix
+        assert any("none is left, so it now takes samples of this one" in p
+                   for p in device.store.problems)
+        assert device.store.counts() == {"bird": 0, "cat": 0}  # the classes stay
+        device.learner.capture("cat", device.source.read())
+        assert device.learner.predict_embedding(
+            device.backbone.embed(device.source.read())).label in ("cat", "unknown")
+    assert StateDir(tmp_path / "state").crop() == list(LEFT)
+    with pytest.raises(StoreError, match="taught on source.crop = \\[0, 0, 0.5, 1\\]"):
+        _device(tmp_path, backbones, RIGHT, sample)  # now a LEFT sample exists: refused again
+
+
+def test_a_state_whose_samples_were_all_deleted_takes_another_model(tmp_path, backbones,
+                                                                     sample):
+    config = Config(**{**make_config().__dict__,
+                       "source": SourceConfig(kind="replay", path=str(sample("cat.bmp")))})
+    with Device(config, backbone=backbones(), state_dir=tmp_path / "state") as device:
+        device.learner.capture("cat", device.source.read())
+        device.learner.capture("bird", device.source.read())
+        device.learner.save()  # a head of 1024-wide embeddings
+        device.store.delete_class("cat")
+        device.store.clear_class("bird")
+        device.learner.changed()
+        device.learner.save()
+    v2 = backbones("mobilenet_v2_1.0_224_quant")
+    with Device(config, backbone=v2, state_dir=tmp_path / "state") as device:
+        device.learner.capture("bird", device.source.read())  # 1280-wide: no mix, no error
+        assert device.store.counts()["bird"] == 1
+        assert device.learner.head.dim == 1280
+
+
 def test_commands_on_pictures_use_the_states_crop(tmp_path, backbones, sample, capsys):
     state = tmp_path / "state"
     with _device(tmp_path, backbones, RIGHT, sample) as device:

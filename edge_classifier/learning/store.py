@@ -31,7 +31,7 @@ from edge_classifier.errors import (ClassLimitError, ReadOnlyStoreError, StoreEr
                                     UnknownClassError)
 from edge_classifier.learning.compact import compact, expand as _expand
 from edge_classifier.learning.store_disk import (META, SAMPLES, TRASH_PREFIX, check_backbone,
-                                                 clean_leftovers, jpeg_thumbnail,
+                                                 clean_leftovers, holds_samples, jpeg_thumbnail,
                                                  load_class_folder, meta_text, names_from_folders,
                                                  new_id, read_meta, safe_folder, storage_errors,
                                                  unlisted_folders)
@@ -121,7 +121,16 @@ class SampleStore:
             if changed:
                 self._classes, self._keys, dirty = renamed, None, True
         dirty |= self._adopt_folders()
-        check_backbone(self.root, stored, backbone)
+        try:
+            check_backbone(self.root, stored, backbone)
+        except StoreError as exc:
+            if holds_samples(self.root / SAMPLES):
+                raise
+            # No sample of the old backbone (model, resize or crop) is left to mix with:
+            # the state takes the new one, keeping its classes.
+            self.problems.append(f"{str(exc).replace(' holds samples ', ' held samples ', 1)}"
+                                 "; none is left, so it now takes samples of this one")
+            stored = None
         if backbone and not stored:
             dirty = True
         if meta is not None and self.head is not None and meta.get("head") != self.head:

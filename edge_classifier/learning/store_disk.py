@@ -214,6 +214,18 @@ def clean_leftovers(root: Path) -> None:
     atomic.remove_stale_temps(root)  # a crash while saving the class list or the head
 
 
+def holds_samples(samples_dir: Path) -> bool:
+    """Whether any class folder of ``samples_dir`` holds a sample file (readable or not)."""
+    if not samples_dir.is_dir():
+        return False
+    for folder in samples_dir.iterdir():
+        if folder.name.startswith(TRASH_PREFIX) or folder.is_symlink() or not folder.is_dir():
+            continue
+        if next(folder.glob("*.npy"), None) is not None:
+            return True
+    return False
+
+
 def unlisted_folders(samples_dir: Path, listed: set,
                      problems: List[str]) -> List[Tuple[str, Path, int]]:
     """(class name, folder, sample count) of every class folder the list does not mention;
