@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -113,3 +114,27 @@ def test_without_litert_the_frames_are_resized_by_pillow():
                           env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith("tflite-runtime") and proc.stdout.rstrip().endswith("None")
+
+
+@pytest.mark.parametrize("shape", [(0, 10, 3), (10, 0, 3)])
+def test_an_empty_frame_is_an_image_error_not_a_crash(shape):
+    """The runtime reads out of bounds on an empty input (the process died of SIGSEGV): the
+    frame is refused first. In a child process, so a regression fails this test only."""
+    code = ("import numpy as np\n"
+            "from edge_classifier.backbone.resize import TfliteResize\n"
+            "from edge_classifier.errors import ImageError\n"
+            "from edge_classifier.frames.images import preprocess\n"
+            "resample = TfliteResize()\n"
+            f"frame = np.zeros({shape}, np.uint8)\n"
+            "try:\n"
+            "    preprocess(frame, (224, 224), 'crop', resample)\n"
+            "except ImageError as exc:\n"
+            "    print('refused:', exc)\n"
+            "try:\n"
+            "    resample(frame, (224, 224))\n"
+            "except ValueError as exc:\n"
+            "    print('refused:', exc)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("refused:") == 2 and "empty" in proc.stdout

@@ -89,6 +89,10 @@ class TfliteResize:
 
     def __call__(self, region: np.ndarray, out_size: Tuple[int, int]) -> np.ndarray:
         out_size = (int(out_size[0]), int(out_size[1]))
+        if region.ndim != 3 or region.shape[2] != 3 or region.dtype != np.uint8 or \
+                min(region.shape[:2]) < 1 or min(out_size) < 1:
+            # The runtime would read out of bounds (an empty frame crashes the process).
+            raise ValueError(f"cannot resize a {region.dtype} {region.shape} frame to {out_size}")
         if region.shape[0] >= 2 * out_size[0] or region.shape[1] >= 2 * out_size[1]:
             return pillow_resample(region, out_size)  # a big reduction: antialiased
         with self._lock:

@@ -262,6 +262,8 @@ def preprocess(rgb: np.ndarray, size: Tuple[int, int], mode: str = "crop",
         raise ImageError(f"expected an HxWx3 uint8 RGB frame, got {frame.dtype} {frame.shape}")
     out_h, out_w = int(size[0]), int(size[1])
     in_h, in_w = frame.shape[:2]
+    if in_h < 1 or in_w < 1:
+        raise ImageError(f"expected a frame with pixels, got an empty {in_w}x{in_h} one")
     if (in_h, in_w) == (out_h, out_w):
         view = frame.view()
         view.flags.writeable = False  # no copy, and the caller's frame stays the caller's
