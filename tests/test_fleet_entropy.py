@@ -253,3 +253,58 @@ def test_replica_compaction_needs_every_acknowledgement_and_drops_the_adds_too()
     assert r.compactable({"a": {"a": stamp + 1}, "b": {"a": stamp + 1}}) == [k1]
     assert r.compact([k1]) == [k1]
     assert r.tombs == {} and list(r.samples) == [k2]
+
+
+def test_snapshot_parts_each_fit_and_together_carry_every_tombstone():
+    wire = Wire("g", KEY.encode(), "one", BACKBONE.identity, max_message=16 * 1024)
+    r = Replica("one")
+    cid = r.new_class("pear")
+    for i in range(3000):
+        r.remove(sample_key(f"{i + 1:016x}de{i % 256:02x}", cid))
+    parts = wire.meta_parts(r.tick(), r.classes, r.tombs, 0)
+    assert len(parts) >= 10 and all(len(p) <= 16 * 1024 for _, p in parts)
+    opened = [wire.open(t, p) for t, p in parts]
+    assert {m.body["parts"] for m in opened} == {len(parts)}
+    assert [m.body["part"] for m in opened] == list(range(len(parts)))
+    merged = Replica("two")
+    for m in opened:
+        merged.merge_classes(m.body["classes"])
+        merged.merge_tombs(m.body["tombs"])
+    assert merged.tombs == r.tombs and merged.classes == r.classes
+    with pytest.raises(Exception, match="forged"):  # a part moved to another part's topic:
+        # the topic is signed with the body
+        wire.open(parts[1][0], parts[2][1])
+
+
+def test_forged_malformed_and_replayed_digests_are_refused(nodes):
+    a = nodes("one")
+    wire = Wire("g", KEY.encode(), "two", BACKBONE.identity)
+    topic, payload = wire.digest(5, "share", {"two": 4}, [(0, "0" * 16)] * 16)
+    assert a.fleet.wire.open(topic, payload).body["ack"] == {"two": 4}
+    forged = Wire("g", b"not-the-group-key-at-all", "two", BACKBONE.identity)
+    for bad, reason in ((forged.digest(5, "share", {}, [(0, "0" * 16)] * 16), "forged"),
+                        (wire.digest(5, "share", {}, [(0, "0" * 16)] * 15), "malformed"),
+                        (wire.digest(5, "share", {"../x": 1}, [(0, "0" * 16)] * 16),
+                         "malformed")):
+        with pytest.raises(Exception) as exc:
+            a.fleet.wire.open(*bad)
+        assert exc.value.reason == reason
+    ae = a.fleet.entropy
+    ae.note_digest("two", a.fleet.wire.open(topic, payload).body, 0.0)
+    older = wire.digest(4, "share", {"two": 9}, [(0, "0" * 16)] * 16)
+    with pytest.raises(ValueError, match="replayed"):
+        ae.note_digest("two", a.fleet.wire.open(*older).body, 0.0)
+    assert a.fleet.sync.peers["two"]["digest"]["ack"] == {"two": 4}
+
+
+def test_a_snapshot_counts_as_acknowledged_only_once_all_its_parts_arrived(nodes):
+    ae = nodes("one").fleet.entropy
+    part = {"seq": 10, "parts": 3, "n": 0}
+    assert ae.note_part("two", dict(part, part=0)) == "new"
+    assert ae.note_part("two", dict(part, part=0)) == "dup"
+    assert ae.note_part("two", dict(part, part=2)) == "new"
+    assert "acked" not in ae.sync.peers["two"]
+    assert ae.note_part("two", dict(part, part=1)) == "new"
+    assert ae.sync.peers["two"]["acked"] == 10
+    assert ae.note_part("two", {"seq": 9, "parts": 1, "n": 0, "part": 0}) == "replayed"
+    assert ae.acks()["two"] == 10
