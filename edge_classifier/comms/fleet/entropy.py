@@ -10,7 +10,8 @@
 **Digests.** Every ``interval`` seconds a synced device publishes (retained) per shard the
 number of its live sample keys and a hash of them, and its acknowledgements: for each device,
 the ``seq`` of the newest *whole* snapshot of it merged here (all its parts). A device that
-sees another's shard hash differ from its own in two digests running re-reads that shard's
+sees another's shard hash differ from its own in two digests running, neither of them
+changed in between (so not a sync still under way), re-reads that shard's
 retained messages (subscribing again makes the broker send them) and, at the hello that
 follows, republishes the live samples of the shard the broker lacks; one whose
 acknowledgement of a device lags the ``seq`` that device acknowledges of itself re-reads the
@@ -72,7 +73,7 @@ class AntiEntropy:
         self.sync, self.device, self.mode = sync, device, mode
         self.interval, self.horizon_ms = interval, int(horizon * 1000)
         self._last = None  # clock of the last digest sent
-        self._suspect: Dict[str, Tuple[Set[int], bool]] = {}
+        self._suspect: Dict[str, Tuple[list, bool]] = {}
         self._reread_at: Dict[object, float] = {}
 
     # -- what arrives --------------------------------------------------------------------------
@@ -107,12 +108,13 @@ class AntiEntropy:
         out = Reread()
         if body["mode"] == "publish" or self.mode == "publish" or mine is None:
             return out
-        shards = {i for i, (a, b) in enumerate(zip(mine, body["sh"])) if tuple(a) != tuple(b)}
+        pairs = [(tuple(a), tuple(b)) for a, b in zip(mine, body["sh"])]
         behind = body["ack"].get(sender, -1) > p.get("acked", -1)
-        was_shards, was_behind = self._suspect.get(sender, (set(), False))
-        self._suspect[sender] = (shards, behind)
-        for i in shards & was_shards:  # two digests running: not a message still in flight
-            if self._may_reread(i, now):
+        was_pairs, was_behind = self._suspect.get(sender, ([], False))
+        self._suspect[sender] = (pairs, behind)
+        for i, (a, b) in enumerate(pairs):  # different, and neither side changed since the
+            if a != b and i < len(was_pairs) and was_pairs[i] == (a, b) and \
+                    self._may_reread(i, now):  # last digest: no message still in flight
                 out.shards.add(i)
         out.meta = behind and was_behind and self._may_reread("m", now)
         return out

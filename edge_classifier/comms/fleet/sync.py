@@ -59,6 +59,7 @@ class FleetSync:
         self.seq = 0
         self.contact = 0  # hlc when the broker last held everything sent from here
         self.parts = 1  # parts of the last snapshot sent
+        self.saved_contact = 0
         self.payloads: Dict[str, Tuple[np.ndarray, Optional[bytes]]] = {}
         self.stats = {"received": 0, "applied": 0, "over_limit": 0, "refused_classes": 0,
                       "waiting": 0}
@@ -71,9 +72,11 @@ class FleetSync:
             self.seq = data["seq"] if isinstance(data.get("seq"), int) else 0
             self.contact = data["contact"] if isinstance(data.get("contact"), int) else 0
             self.parts = data["parts"] if isinstance(data.get("parts"), int) else 1
+            self.saved_contact = self.contact
 
     # -- persistence ---------------------------------------------------------------------------
     def save(self) -> None:
+        self.saved_contact = self.contact
         self.state.write_fleet({
             "version": VERSION, "device": self.device, "seq": self.seq,
             "contact": self.contact, "parts": self.parts,

@@ -90,7 +90,7 @@ class FleetTransport(Upkeep):
         self.stats.update(fleet_connected=False, fleet_sent=0, fleet_bytes_sent=0,
                           fleet_accepted=0, fleet_dropped=0, fleet_republished=0,
                           fleet_digests_sent=0, fleet_digest_bytes=0, fleet_rereads=0, fleet_compacted=0,
-                          fleet_forgotten=0, fleet_lost_on_purpose=0)
+                          fleet_forgotten=0, fleet_healed=0, fleet_lost_on_purpose=0)
         self._lock = threading.Lock()
         self._inbound: Deque[Message] = collections.deque()
         self._backlog: Deque[str] = collections.deque()  # sample keys still to send
@@ -328,7 +328,9 @@ class FleetTransport(Upkeep):
         seen = self._upkeep(out, synced, resynced, digests)
         if self.mode != "follow":
             live = self.sync.live_keys()
-            keys = list(out.samples) + [k for k in heal if k in live and self._synced]
+            healed = [k for k in heal if k in live and self._synced]
+            self.stats["fleet_healed"] += len(healed)
+            keys = list(out.samples) + healed
             if seen is not None:  # the broker's retained store lacks these (a lost message,
                 missing = sorted(k for k in live - seen - set(keys)  # a broker restart)
                                  if (synced or SHARDS.index(k[19]) in resynced)
@@ -338,10 +340,10 @@ class FleetTransport(Upkeep):
             self._backlog.extend(keys)
             for _ in range(min(SEND_BATCH, len(self._backlog))):
                 self._send_sample(self._backlog.popleft())
+            if out.meta or synced:  # the tombstones before the clears: a receiver that saw
+                self._send_meta()  # a clear first would send the sample again (heal)
             for key in out.clears:
                 self._send(self.wire.sample_topic(key), b"", retain=True)
-            if out.meta or synced:
-                self._send_meta()
         if self._synced and not self._backlog:
             with self._lock:
                 confirmed = not self._unconfirmed

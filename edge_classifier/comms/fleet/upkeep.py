@@ -46,6 +46,17 @@ class Upkeep:
                 self._merge_out(out, self.sync.drop(compact=compact))
         return seen
 
+    def _contact_matters(self) -> bool:
+        """Whether to save ``fleet.json`` for the contact: when a sample sent from here is
+        newer than the saved one (it must not count as taught after it), and every twentieth
+        of the horizon (what staleness is measured with)."""
+        s = self.sync
+        if s.contact <= s.saved_contact:
+            return False
+        return s.contact - s.saved_contact >= self.entropy.horizon_ms // 20 or any(
+            origin == self.device and hlc > s.saved_contact
+            for origin, hlc in s.replica.samples.values())
+
     def _newer(self, key: str) -> bool:
         origin, hlc = self.sync.replica.samples.get(key, ("", 0))
         return origin == self.device and hlc > self.sync.contact
@@ -80,7 +91,8 @@ class Upkeep:
 
     def _send_digest(self) -> None:
         seq, acks, shards = self.entropy.digest()
-        self.sync.save()  # the contact and acknowledgements are kept at least this often
+        if self._contact_matters():
+            self.sync.save()
         topic, payload = self.wire.digest(seq, self.mode, acks, shards)
         self._send(topic, payload, retain=True)
         self.stats["fleet_digests_sent"] += 1
