@@ -360,6 +360,8 @@ class FleetTransport(Upkeep):
             msg = self.sync.sample_message(self.wire, key, self.quant)
         except FleetMessageError as exc:
             self._say_once("too_large", str(exc))
+            with self._lock:  # never at the broker: the contact stays before it, so a stale
+                self._unconfirmed.add(key)  # resync never takes it for a deleted one
             return
         if msg is not None:
             with self._lock:

@@ -38,8 +38,11 @@ class Upkeep:
                             "dropped here instead of sent again", len(forget))
                 self._merge_out(out, self.sync.drop(forget=forget))
         self._reread(digests)
-        if self._synced and self.mode != "publish" and self.entropy.due(self.clock.now()):
-            self._send_digest()
+        if self._synced and self.entropy.due(self.clock.now()):
+            if self._contact_matters():
+                self.sync.save()
+            if self.mode != "publish":  # publish-only devices are not waited for
+                self._send_digest()
             compact = self.entropy.compactable()
             if compact:
                 self.stats["fleet_compacted"] += len(compact)
@@ -91,8 +94,6 @@ class Upkeep:
 
     def _send_digest(self) -> None:
         seq, acks, shards = self.entropy.digest()
-        if self._contact_matters():
-            self.sync.save()
         topic, payload = self.wire.digest(seq, self.mode, acks, shards)
         self._send(topic, payload, retain=True)
         self.stats["fleet_digests_sent"] += 1
