@@ -6,6 +6,11 @@
 - Bytes on the wire per sample (the signed message: quantised views + thumbnail).
 - The broker's retained store after ``--samples`` samples in a group of 3 (what a late joiner
   receives: one message per live sample, one snapshot and one availability per device).
+- Deletes: ``--deletes`` of those samples removed on A; the broker's retained store once the
+  others have the deletions (tombstones in the snapshots), and again once every device has
+  acknowledged them and compacted (``--digest-interval`` seconds between digests, 5 for the
+  benchmark), and the digest traffic per minute (digests of the 4 devices, the newcomer
+  included, measured over 4 quiet intervals and scaled to the default interval of 60 s).
 - A new device syncing all of them: from its start to every sample in its store and head
   (target <= 30 s for 2,000).
 - A larger fleet: ``--followers`` lightweight follow-only subscribers (paho clients checking
@@ -15,7 +20,8 @@
 The devices are real :class:`Device` objects (each its own backbone, replay of the sample
 photos at 5 fps) in this process. Prints one JSON object.
 
-    python tools/bench_fleet.py [--captures 20] [--samples 2000] [--followers 20] [--burst 200]
+    python tools/bench_fleet.py [--captures 20] [--samples 2000] [--deletes 1000]
+                                [--digest-interval 5] [--followers 20] [--burst 200]
 """
 
 from __future__ import annotations
@@ -44,12 +50,12 @@ KEY = "bench-fleet-key-0123456789abcdef"
 CLASSES = ["bird", "cat", "hot dog", "flower"]
 
 
-def config(name, url, limit):
+def config(name, url, limit, interval=60.0):
     return Config(device_id=name, keyboard="off", source=SourceConfig(kind="replay", path="-", fps=5),
                   head=HeadConfig(max_samples_per_class=limit),
                   mqtt=MqttConfig(broker=url, discovery=False, reconnect_min=0.05,
                                   reconnect_max=0.5, stats_interval=3600),
-                  fleet=FleetConfig(group="bench", key=KEY))
+                  fleet=FleetConfig(group="bench", key=KEY, digest_interval=interval))
 
 
 def capped(frames, fps=5.0):
@@ -60,9 +66,9 @@ def capped(frames, fps=5.0):
 
 
 class Running:
-    def __init__(self, name, url, root, frames, limit):
+    def __init__(self, name, url, root, frames, limit, interval=60.0):
         backbone = Backbone.from_name(None, num_threads=1)
-        self.device = Device(config(name, url, limit), backbone=backbone,
+        self.device = Device(config(name, url, limit, interval), backbone=backbone,
                              source=capped(frames), state_dir=root / name)
         self.head_times = {}  # sid -> time.monotonic() when first in the refitted head
         self.watch = set()
@@ -126,7 +132,7 @@ def retained_size(broker_port, prefix):
     got, done = [], threading.Event()
     client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="bench-retained")
     marker = "bench/retained-marker"  # outside the group: the devices never see it
-    parts = [prefix + k + "/#" for k in ("m", "a", "h")] + [f"{prefix}s/{x}/#"
+    parts = [prefix + k + "/#" for k in ("m", "d", "a", "h")] + [f"{prefix}s/{x}/#"
                                                           for x in "0123456789abcdef"]
 
     def on_message(c, u, m):
@@ -177,6 +183,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--captures", type=int, default=20)
     p.add_argument("--samples", type=int, default=2000)
+    p.add_argument("--deletes", type=int, default=1000)
+    p.add_argument("--digest-interval", type=float, default=5.0)
     p.add_argument("--followers", type=int, default=20)
     p.add_argument("--burst", type=int, default=200)
     args = p.parse_args()
@@ -186,7 +194,8 @@ def main() -> None:
         root = Path(tmp)
         broker = Broker(root).start()
         limit = args.samples
-        devs = [Running(n, broker.url, root, frames, limit) for n in ("devA", "devB", "devC")]
+        devs = [Running(n, broker.url, root, frames, limit, args.digest_interval)
+                for n in ("devA", "devB", "devC")]
         a, others = devs[0], devs[1:]
         wait(lambda: all(d.device.fleet.stats["fleet_connected"] for d in devs), 60, "connect")
         # 1. capture -> in the others' heads
@@ -227,11 +236,22 @@ def main() -> None:
             a.device.learner.changed()
             done.set()
 
+        doomed = []
+
+        def delete():  # on the loop thread too
+            for name, sid in doomed:
+                a.device.store.remove_sample(name, sid)
+            a.device.learner.changed()
+
         class Teach(ev.Event):
             pass
-        a.device.studio.handles = (lambda orig: lambda e: isinstance(e, Teach) or orig(e))(
-            a.device.studio.handles)
+
+        class Delete(ev.Event):
+            pass
+        a.device.studio.handles = (lambda orig: lambda e: isinstance(e, (Teach, Delete))
+                                   or orig(e))(a.device.studio.handles)
         a.device.studio.apply = (lambda orig: lambda e: (teach() or {}) if isinstance(e, Teach)
+                                 else (delete() or {}) if isinstance(e, Delete)
                                  else orig(e))(a.device.studio.apply)
         t0 = time.monotonic()
         a.device.post(Teach(origin="bench"))
@@ -251,6 +271,48 @@ def main() -> None:
              "the newcomer")
         out["newcomer_sync_s"] = {"samples": args.samples,
                                   "seconds": round(time.monotonic() - t0, 2), "target": 30.0}
+        # 3b. deletes, then compaction once every device acknowledged them (the newcomer
+        # too: a device that stopped would hold compaction back for fleet.horizon_days)
+        group = devs + [new]
+        progress("deletes")
+        for name in CLASSES:
+            doomed += [(name, sid) for sid in sorted(ids(a.device, name))]
+        doomed[:] = doomed[:args.deletes]
+        left = args.samples - len(doomed)
+        t0 = time.monotonic()
+        a.device.post(Delete(origin="bench"))
+        wait(lambda: all(d.count() == left for d in group), 600, "the deletes elsewhere")
+        out["deletes_to_two_others_s"] = round(time.monotonic() - t0, 2)
+        msgs, size = retained_size(broker.port, "edge_classifier/fleet/bench/")
+        out["retained_after_deletes"] = {
+            "deleted": len(doomed), "live": left, "messages": msgs, "bytes": size,
+            "tombstones": len(a.device.fleet.sync.replica.tombs)}
+        t0 = time.monotonic()
+        wait(lambda: not any(d.device.fleet.sync.replica.tombs for d in group), 600,
+             "the compaction")
+        out["compaction_after_deletes_s"] = round(time.monotonic() - t0, 2)
+        wait(lambda: retained_size(broker.port, "edge_classifier/fleet/bench/")[0]
+             <= left + 3 * len(group), 120, "the compacted snapshots")  # + m, d, a of each
+        msgs, size = retained_size(broker.port, "edge_classifier/fleet/bench/")
+        out["retained_after_compaction"] = {"live": left, "messages": msgs, "bytes": size,
+                                            "tombstones": 0}
+        # the digests of a group in step: a quiet window of 4 intervals
+
+        def totals():
+            return [sum(d.device.fleet.stats[k] for d in group)
+                    for k in ("fleet_digests_sent", "fleet_digest_bytes", "fleet_rereads")]
+        sent0, bytes0, rereads0 = totals()
+        t0 = time.monotonic()
+        time.sleep(4 * args.digest_interval)  # a benchmark waits; tests never sleep
+        sent, nbytes, rereads = (x - y for x, y in zip(totals(), (sent0, bytes0, rereads0)))
+        each = nbytes / max(1, sent)
+        out["digests"] = {
+            "bytes_each": round(each), "window_s": round(time.monotonic() - t0, 1),
+            "sent_in_window": sent, "rereads_in_window": rereads,
+            "rereads_during_the_whole_run": totals()[2],
+            "bytes_per_minute_4_devices_at_60s": round(each * len(group)),
+            "bytes_per_minute_4_devices_at_benchmark_interval": round(
+                nbytes * 60 / (time.monotonic() - t0))}
         new.stop()
         # 4. a larger fleet of follow-only subscribers
         progress("followers")

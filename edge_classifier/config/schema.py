@@ -218,6 +218,15 @@ class FleetConfig:
                                                   "with each sample; 0 = none")
     max_message: int = key(256 * 1024, range=(16 * 1024, 4 * 1024 * 1024),
                            help="larger fleet messages (bytes) are neither sent nor accepted")
+    digest_interval: float = key(60.0, range=(1, 3600),
+                                 help="seconds between two digests of this device's samples "
+                                      "and acknowledgements (retained, about 1 KB): a "
+                                      "message lost while connected is repaired within two")
+    horizon_days: float = key(7.0, range=(0.01, 3650),
+                              help="a device silent this long is no longer waited for before "
+                                   "tombstones are compacted; back after half of it, it drops "
+                                   "the samples the group no longer holds instead of sending "
+                                   "them again")
     key: str = _tls_key("", help="the group's shared secret (16 to 1024 characters) that signs "
                                  "every fleet message; never logged; better: key_file")
 

@@ -20,6 +20,11 @@ arrival, and any number of duplicates, gives the same state::
 * **Class names: last-writer-wins registers**, one per class id, stamped ``(hlc, device)``: a
   hybrid logical clock (wall milliseconds, pushed past every stamp seen) with the device id as
   tie-break. ``None`` as the value deletes the class.
+* **Compaction.** Each tombstone remembers who wrote it and when, ``(stamp, origin)`` (the
+  smaller pair wins when two devices remove one key). Once every device that counts has merged
+  a snapshot of ``origin`` stamped after it (:meth:`Replica.compactable`, fed with the devices'
+  acknowledgements), nobody can still hold its key live, so the tombstone and every add of its
+  sample id are dropped together (:meth:`Replica.compact`): a key is never left live by it.
 * **The projection** is a pure function of the state: live classes are grouped by
   :func:`~edge_classifier.core.names.class_key` of their current name (two classes renamed to
   the same name become one local class, shown with the name of the newest write), and each
@@ -37,6 +42,7 @@ from edge_classifier.core.names import class_key, validate_class_name
 
 Stamp = Tuple[int, str]  # (hybrid logical clock, device id)
 Register = Tuple[int, str, Optional[str]]  # (hlc, device, name or None = deleted)
+Tomb = Tuple[int, str]  # (hlc of the removal, device that removed it)
 
 
 def sample_key(sid: str, cid: str) -> str:
@@ -82,7 +88,7 @@ class Replica:
         self.hlc = 0
         self.classes: Dict[str, Register] = {}
         self.samples: Dict[str, Tuple[str, int]] = {}  # key -> (origin device, hlc)
-        self.tombs: Set[str] = set()
+        self.tombs: Dict[str, Tomb] = {}  # key -> (stamp, device that removed it)
 
     # -- the clock -----------------------------------------------------------------------------
     def tick(self) -> int:
@@ -112,7 +118,8 @@ class Replica:
         return key
 
     def remove(self, key: str) -> None:
-        self.tombs.add(key)
+        if key not in self.tombs:
+            self.tombs[key] = (self.tick(), self.device)
 
     def dead_sids(self) -> Set[str]:
         """Sample ids with a tombstone under any class id."""
@@ -148,16 +155,51 @@ class Replica:
         self.samples[key] = (origin, hlc)
         return True
 
-    def merge_tombs(self, tombs: Iterable[str]) -> bool:
-        before = len(self.tombs)
-        self.tombs.update(tombs)
-        return len(self.tombs) != before
+    def merge_tombs(self, tombs) -> bool:
+        """Merge ``{key: (stamp, origin)}`` (or bare keys, stamped ``(0, "")``); the smaller
+        pair is kept, so every device keeps the same one. True if a key was new."""
+        items = tombs.items() if isinstance(tombs, dict) else ((k, (0, "")) for k in tombs)
+        new = False
+        for key, tomb in items:
+            old = self.tombs.get(key)
+            if old is None:
+                self.tombs[key], new = tuple(tomb), True
+            elif tuple(tomb) < old:
+                self.tombs[key] = tuple(tomb)
+        return new
 
     def merge_samples(self, samples: Dict[str, Tuple[str, int]], tombs: Iterable[str]) -> bool:
         changed = False
         for key, (origin, hlc) in samples.items():
             changed |= self.merge_sample(key, origin, hlc)
         return self.merge_tombs(tombs) or changed
+
+    # -- compaction ----------------------------------------------------------------------------
+    def compactable(self, acks: Dict[str, Dict[str, int]]) -> List[str]:
+        """Tombstones every device of ``acks`` has: ``acks[device][origin]`` is the stamp of
+        the newest snapshot of ``origin`` that ``device`` merged, and a snapshot stamped after
+        a tombstone carries it. Empty ``acks`` allows nothing."""
+        if not acks:
+            return []
+        return sorted(k for k, (stamp, origin) in self.tombs.items()
+                      if origin and all(a.get(origin, -1) > stamp for a in acks.values()))
+
+    def compact(self, keys: Iterable[str]) -> List[str]:
+        """Drop tombstones ``keys`` and every add of their sample ids; returns the sample keys
+        dropped (their retained messages are to be cleared)."""
+        sids = set()
+        for key in keys:
+            if self.tombs.pop(key, None) is not None:
+                sids.add(split_key(key)[0])
+        gone = sorted(k for k in self.samples if split_key(k)[0] in sids)
+        for k in gone:
+            del self.samples[k]
+        return gone
+
+    def forget(self, keys: Iterable[str]) -> None:
+        """Drop adds that the group no longer holds (a device back after the horizon)."""
+        for k in keys:
+            self.samples.pop(k, None)
 
     # -- the projection ------------------------------------------------------------------------
     def live_classes(self) -> Dict[str, Register]:
@@ -196,7 +238,7 @@ class Replica:
     def to_json(self) -> dict:
         return {"hlc": self.hlc, "classes": {c: list(r) for c, r in self.classes.items()},
                 "samples": {k: list(v) for k, v in self.samples.items()},
-                "tombs": sorted(self.tombs)}
+                "tombs": {k: list(t) for k, t in sorted(self.tombs.items())}}
 
     def load_json(self, data: dict) -> None:
         """Merge what :meth:`to_json` wrote (entries that do not parse are skipped)."""
@@ -209,7 +251,22 @@ class Replica:
             if valid_key(key) and isinstance(value, list) and len(value) == 2 and \
                     isinstance(value[0], str) and isinstance(value[1], int):
                 self.merge_sample(key, value[0], value[1])
-        self.merge_tombs(k for k in (data.get("tombs") or []) if valid_key(k))
+        tombs = data.get("tombs") or {}
+        if isinstance(tombs, list):  # before compaction: bare keys, removed by now at the latest
+            tombs = {k: [self.hlc, self.device] for k in tombs}
+        self.merge_tombs({k: (t[0], t[1]) for k, t in tombs.items()
+                          if valid_key(k) and parse_tomb(t) is not None})
+
+
+def parse_tomb(t: object) -> Optional[Tomb]:
+    """A tombstone's ``[stamp, origin]`` from JSON, or None."""
+    if not (isinstance(t, (list, tuple)) and len(t) == 2):
+        return None
+    stamp, origin = t
+    if not (isinstance(stamp, int) and not isinstance(stamp, bool) and 0 <= stamp < 1 << 62
+            and isinstance(origin, str) and len(origin) <= 64):
+        return None
+    return stamp, origin
 
 
 def _order(reg: Register) -> Tuple[int, str, bool, str]:

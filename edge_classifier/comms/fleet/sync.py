@@ -57,6 +57,9 @@ class FleetSync:
         self.base: Dict[str, dict] = {}  # folder -> {"name", "cids", "sids"}
         self.peers: Dict[str, dict] = {}  # device -> {"meta": seq, "avail": seq, "online"}
         self.seq = 0
+        self.contact = 0  # hlc when the broker last held everything sent from here
+        self.parts = 1  # parts of the last snapshot sent
+        self.saved_contact = 0
         self.payloads: Dict[str, Tuple[np.ndarray, Optional[bytes]]] = {}
         self.stats = {"received": 0, "applied": 0, "over_limit": 0, "refused_classes": 0,
                       "waiting": 0}
@@ -67,18 +70,26 @@ class FleetSync:
             self.peers = {k: v for k, v in (data.get("peers") or {}).items()
                           if isinstance(k, str) and isinstance(v, dict)}
             self.seq = data["seq"] if isinstance(data.get("seq"), int) else 0
+            self.contact = data["contact"] if isinstance(data.get("contact"), int) else 0
+            self.parts = data["parts"] if isinstance(data.get("parts"), int) else 1
+            self.saved_contact = self.contact
 
     # -- persistence ---------------------------------------------------------------------------
     def save(self) -> None:
+        self.saved_contact = self.contact
         self.state.write_fleet({
             "version": VERSION, "device": self.device, "seq": self.seq,
+            "contact": self.contact, "parts": self.parts,
             "replica": self.replica.to_json(), "peers": self.peers,
             "base": {f: {"name": b["name"], "cids": sorted(b["cids"]), "sids": sorted(b["sids"])}
                      for f, b in self.base.items()}})
 
     def next_seq(self) -> int:
-        """A sequence number larger than every earlier one (also after a lost fleet.json)."""
-        self.seq = max(self.seq + 1, self.replica.tick())
+        """A sequence number larger than every earlier one and every stamp made so far (also
+        after a lost fleet.json): a snapshot's ``seq`` is larger than the stamp of every
+        tombstone it carries, which compaction relies on."""
+        self.replica.observe(self.seq)
+        self.seq = self.replica.tick()
         return self.seq
 
     # -- one round -----------------------------------------------------------------------------
@@ -163,6 +174,21 @@ class FleetSync:
                 merged |= r.merge_classes(b["classes"])
                 merged |= r.merge_tombs(b["tombs"])
         return merged
+
+    def drop(self, forget=(), compact=()) -> Outgoing:
+        """Forget adds the group no longer holds and compact tombstones (see
+        :mod:`.entropy`), then make the store hold the projection; ``clears`` are the sample
+        topics to empty."""
+        out = Outgoing()
+        self.replica.forget(forget)
+        out.clears = self.replica.compact(compact)
+        out.clears += [k for k in compact if k not in out.clears]
+        out.meta = bool(compact)
+        if forget or compact:
+            self.save()
+            out.changed = self.apply(out)
+            self.save()
+        return out
 
     # -- applying the projection ---------------------------------------------------------------
     def apply(self, out: Outgoing) -> bool:

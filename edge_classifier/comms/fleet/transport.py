@@ -11,7 +11,13 @@ broker (paho-mqtt 2.x, imported only in :mod:`~edge_classifier.comms.paho_client
 paho's thread only checks messages (signature, group, sizes: :mod:`.wire`) and queues them;
 every change to the state happens in :meth:`work`, on the loop thread, through the store and
 the StateDir (:mod:`.sync`). A ticker thread posts a FleetWork every ``TICK`` seconds so what
-the user teaches here is sent within that time.
+the user teaches here is sent within that time. Every ``fleet.digest_interval`` a synced
+device publishes its digest, re-reads what its peers' digests show it lacks and compacts the
+tombstones every device has acknowledged (:mod:`.entropy`).
+
+Fault injection for tests: ``transport.drop`` may be set to a function ``(topic, payload) ->
+bool``; a publish for which it returns True is not sent (a message lost on the way), and
+counted in ``stats["fleet_lost_on_purpose"]``.
 """
 
 from __future__ import annotations
@@ -22,14 +28,17 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Deque, Dict, Optional, Set
+from typing import Any, Callable, Deque, Dict, Optional, Set
 
 from edge_classifier.comms import events as ev
+from edge_classifier.comms.fleet.entropy import AntiEntropy
 from edge_classifier.comms.fleet.sync import FleetSync
+from edge_classifier.comms.fleet.upkeep import Upkeep
 from edge_classifier.comms.fleet.wire import SHARDS, Message, Wire
 from edge_classifier.comms.paho_client import load_paho
 from edge_classifier.config.broker import parse_broker_url, read_password_file
 from edge_classifier.config.fleet import read_fleet_key
+from edge_classifier.core.clock import SYSTEM_CLOCK
 from edge_classifier.errors import FleetMessageError
 
 log = logging.getLogger("edge_classifier.fleet")
@@ -56,7 +65,7 @@ def embedding_quantisation(backbone) -> Optional[tuple]:
     return None
 
 
-class FleetTransport:
+class FleetTransport(Upkeep):
     """Shares what this device learns with its group and applies what the group learns."""
 
     name = "fleet"
@@ -70,16 +79,26 @@ class FleetTransport:
         identity = getattr(backbone, "identity", None)
         self.wire = Wire(f.group, read_fleet_key(f), self.device, identity, f.max_message)
         self.wire.thumbnail = f.thumbnail
+        self.clock = clock or SYSTEM_CLOCK
         self.sync = FleetSync(state, store, self.device,
-                              max_samples_per_class=config.head.max_samples_per_class)
+                              max_samples_per_class=config.head.max_samples_per_class,
+                              wall_ms=lambda: int(self.clock.wall() * 1000))
+        self.entropy = AntiEntropy(self.sync, self.device, self.mode, f.digest_interval,
+                                   f.horizon_days * 86400.0)
+        self.drop: Optional[Callable[[str, bytes], bool]] = None  # fault injection (tests)
         self.stats: Dict[str, Any] = {f"fleet_{r}": 0 for r in REASONS}
         self.stats.update(fleet_connected=False, fleet_sent=0, fleet_bytes_sent=0,
-                          fleet_accepted=0, fleet_dropped=0, fleet_republished=0)
+                          fleet_accepted=0, fleet_dropped=0, fleet_republished=0,
+                          fleet_digests_sent=0, fleet_digest_bytes=0, fleet_rereads=0, fleet_compacted=0,
+                          fleet_forgotten=0, fleet_healed=0, fleet_lost_on_purpose=0)
         self._lock = threading.Lock()
         self._inbound: Deque[Message] = collections.deque()
         self._backlog: Deque[str] = collections.deque()  # sample keys still to send
         self._posted = False
         self._seen: Set[str] = set()  # sample keys retained at the broker since connecting
+        self._unconfirmed: Set[str] = set()  # sample keys sent, not yet back from the broker
+        self._own_retained = False  # the broker still held our snapshot when we connected
+        self._synced = False  # received our last hello since connecting
         self._nonce = ""
         self._online: Dict[str, tuple] = {}  # device -> (seq, offline?) of its availability
         self._said: Set[str] = set()
@@ -181,6 +200,8 @@ class FleetTransport:
         self.stats["fleet_connected"] = True
         with self._lock:
             self._seen = set()
+            self._own_retained = False
+            self._synced = False
             self._nonce = secrets.token_hex(8)
         # The samples shard by shard: each shard's retained messages come before our hello on
         # it, and a broker caps what it queues for one client (mosquitto's
@@ -191,9 +212,14 @@ class FleetTransport:
         self._subscribe_shard(client, 0)
         log.info("fleet: connected to %s", self.url)
 
-    def _subscribe_shard(self, client, shard: int) -> None:
+    def _subscribe_shard(self, client, shard: int, again: bool = False) -> None:
+        """Subscribe (again: the broker resends the shard's retained messages) and say hello
+        after them."""
+        if again:
+            with self._lock:
+                self._seen = {k for k in self._seen if k[19] != SHARDS[shard]}
         client.subscribe(self.wire.shard_subscription(shard), qos=1)
-        topic, payload = self.wire.hello(f"{self._nonce}-{shard}")
+        topic, payload = self.wire.hello(f"{self._nonce}-{'r' if again else ''}{shard}")
         client.publish(topic, payload, qos=1)  # comes back after the shard's retained ones
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -214,9 +240,11 @@ class FleetTransport:
             if m.sender != self.device:
                 return
             nonce, _, shard = m.body["nonce"].rpartition("-")
-            if nonce != self._nonce or not shard.isdigit():
+            again = shard.startswith("r")
+            shard = shard[1:] if again else shard
+            if nonce != self._nonce or not shard.isdigit() or int(shard) >= len(SHARDS):
                 return  # an old hello of ours
-            if int(shard) + 1 < len(SHARDS):
+            if not again and int(shard) + 1 < len(SHARDS):
                 self._subscribe_shard(client, int(shard) + 1)
                 return
         if m.kind == "a":
@@ -227,10 +255,15 @@ class FleetTransport:
                     return
                 self._online[m.sender] = key
             return
+        if m.kind == "gone":
+            return  # a snapshot part its sender no longer uses
         with self._lock:
             if m.kind == "s":
-                self._seen.add(message.topic.rsplit("/", 1)[1])
-            if m.sender == self.device and m.kind in ("s", "m"):
+                key = message.topic.rsplit("/", 1)[1]
+                self._seen.add(key)
+                self._unconfirmed.discard(key)
+            if m.sender == self.device and m.kind in ("s", "m", "d"):
+                self._own_retained |= bool(message.retain) and m.kind in ("m", "d")
                 return  # our own, back from the broker
             if len(self._inbound) >= MAX_INBOUND:
                 self.stats["fleet_dropped"] += 1
@@ -268,23 +301,22 @@ class FleetTransport:
             self._posted = False
             batch = [self._inbound.popleft() for _ in range(min(BATCH, len(self._inbound)))]
             more = bool(self._inbound)
-        accepted, heal, synced = [], [], False
-        peers = self.sync.peers
+        accepted, heal, synced, resynced, digests = [], [], False, set(), []
         for m in batch:
             if m.kind == "h":
-                synced |= m.sender == self.device
+                tail = m.body["nonce"].rpartition("-")[2]
+                if tail.startswith("r"):
+                    resynced.add(int(tail[1:]))
+                else:
+                    synced = True
             elif m.kind == "m":
-                last = peers.get(m.sender, {}).get("meta", -1)
-                if m.body["seq"] < last:  # an older snapshot: replayed
-                    self.stats["fleet_replayed"] += 1
-                    self._say_once("replayed", f"fleet: an older snapshot of {m.sender} "
-                                   "dropped: replayed")
-                    continue
-                if m.body["seq"] == last:
-                    continue  # the same retained snapshot again, after a reconnect
-                peers.setdefault(m.sender, {})["meta"] = m.body["seq"]
-                peers[m.sender]["contributed"] = m.body["n"]
-                accepted.append(m)
+                status = self.entropy.note_part(m.sender, m.body)
+                if status == "replayed":  # an older snapshot
+                    self._replayed(f"fleet: an older snapshot of {m.sender} dropped: replayed")
+                elif status == "new":  # not the same retained part again, after a reconnect
+                    accepted.append(m)
+            elif m.kind == "d":
+                digests.append(m)
             elif m.kind == "clear":
                 heal.append(m.body["key"])
             elif m.kind == "s":
@@ -293,22 +325,30 @@ class FleetTransport:
             accepted = []
         self.stats["fleet_accepted"] += len(accepted)
         out = self.sync.sync(accepted)
+        seen = self._upkeep(out, synced, resynced, digests)
         if self.mode != "follow":
             live = self.sync.live_keys()
-            keys = list(out.samples) + [k for k in heal if k in live]
-            if synced:  # the broker's retained store lacks these (a broker restart, a kill)
-                with self._lock:
-                    seen = set(self._seen)
-                missing = sorted(live - seen - set(keys))
+            healed = [k for k in heal if k in live and self._synced]
+            self.stats["fleet_healed"] += len(healed)
+            keys = list(out.samples) + healed
+            if seen is not None:  # the broker's retained store lacks these (a lost message,
+                missing = sorted(k for k in live - seen - set(keys)  # a broker restart)
+                                 if (synced or SHARDS.index(k[19]) in resynced)
+                                 and (self.mode != "publish" or self._newer(k)))
                 self.stats["fleet_republished"] += len(missing)
                 keys += missing
             self._backlog.extend(keys)
             for _ in range(min(SEND_BATCH, len(self._backlog))):
                 self._send_sample(self._backlog.popleft())
+            if out.meta or synced:  # the tombstones before the clears: a receiver that saw
+                self._send_meta()  # a clear first would send the sample again (heal)
             for key in out.clears:
                 self._send(self.wire.sample_topic(key), b"", retain=True)
-            if out.meta or synced:
-                self._send_meta()
+        if self._synced and not self._backlog:
+            with self._lock:
+                confirmed = not self._unconfirmed
+            if confirmed:  # the broker holds everything sent from here
+                self.sync.contact = self.sync.replica.hlc
         if accepted or out.changed or out.samples or out.meta:
             self._contributions = self.sync.replica.contributions()  # for view()
         if more:
@@ -320,22 +360,18 @@ class FleetTransport:
             msg = self.sync.sample_message(self.wire, key, self.quant)
         except FleetMessageError as exc:
             self._say_once("too_large", str(exc))
+            with self._lock:  # never at the broker: the contact stays before it, so a stale
+                self._unconfirmed.add(key)  # resync never takes it for a deleted one
             return
         if msg is not None:
+            with self._lock:
+                self._unconfirmed.add(key)
             self._send(*msg, retain=True)
 
-    def _send_meta(self) -> None:
-        r = self.sync.replica
-        mine = self.sync.replica.contributions().get(self.device, 0)
-        try:
-            topic, payload = self.wire.meta(self.sync.next_seq(), r.classes, r.tombs, mine)
-        except FleetMessageError as exc:
-            self._say_once("meta_too_large", str(exc))
-            return
-        self.sync.save()  # the sequence number is kept before it is used
-        self._send(topic, payload, retain=True)
-
     def _send(self, topic: str, payload: bytes, retain: bool) -> None:
+        if self.drop is not None and self.drop(topic, payload):
+            self.stats["fleet_lost_on_purpose"] += 1
+            return
         self.client.publish(topic, payload, qos=1, retain=retain)
         self.stats["fleet_sent"] += 1
         self.stats["fleet_bytes_sent"] += len(payload) + len(topic)

@@ -12,8 +12,15 @@ Topics, all under ``edge_classifier/fleet/<group>/``:
   deletion of a removed sample (compaction). ``<shard>`` is the sample id's last hex digit:
   a device subscribes to the 16 shards one after the other, so the retained messages the
   broker sends at once stay below what it queues for one client (mosquitto: 1000);
-* ``m/<device>`` — a device's snapshot of the metadata (retained): every class register and
-  tombstone it knows. Snapshots are merged, never replayed: their ``seq`` must grow;
+* ``m/<device>`` and ``m/<device>/<part>`` — a device's snapshot of the metadata (retained):
+  every class register and tombstone it knows, split into as many parts as keep each message
+  under ``fleet.max_message`` (each part signed, all with one ``seq`` and the number of
+  parts; any part is a valid piece of state to merge). Snapshots are merged, never replayed:
+  their ``seq`` must grow;
+* ``d/<device>`` — a device's digest (retained, every ``fleet.digest_interval``): per shard
+  the number of live sample keys and a hash of them, and its acknowledgements (for each
+  device, the ``seq`` of the newest whole snapshot of it merged here) — anti-entropy while
+  connected and the evidence compaction waits for;
 * ``a/<device>`` — availability (retained ``online`` / the last will ``offline``);
 * ``h/<device>`` — hello (not retained): a device that receives its own hello has received
   every retained message of the group before it.
@@ -48,6 +55,8 @@ MAX_DIM = 4096
 MAX_THUMB = 32 * 1024
 MAX_TOMBS = 100_000
 MAX_CLASSES = 4096
+MAX_PARTS = 256  # snapshot parts: 256 x fleet.max_message of tombstones at most
+MAX_DEVICES = 1024  # acknowledgements in one digest
 SHARDS = "0123456789abcdef"
 _DEVICE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -60,7 +69,8 @@ def backbone_digest(identity: Optional[dict]) -> str:
 
 @dataclass(frozen=True)
 class Message:
-    kind: str  # "s" sample, "m" metadata snapshot, "a" availability, "h" hello, "clear"
+    kind: str  # "s" sample, "m" snapshot part, "d" digest, "a" availability, "h" hello,
+    # "clear" (a sample's retained message emptied), "gone" (a snapshot part no longer used)
     sender: str
     body: Dict[str, Any]
     topic: str
@@ -112,7 +122,7 @@ class Wire:
 
     @property
     def metadata_subscriptions(self) -> List[str]:
-        return [self.prefix + k + "/#" for k in ("m", "a", "h")]
+        return [self.prefix + k + "/#" for k in ("m", "d", "a", "h")]
 
     def shard_subscription(self, shard: int) -> str:
         return f"{self.prefix}s/{SHARDS[shard]}/#"
@@ -145,12 +155,51 @@ class Wire:
         topic = self.sample_topic(f"{sid}.{cid}")
         return topic, self._seal(topic, body)
 
-    def meta(self, seq: int, classes: Dict[str, Any], tombs: List[str],
-             contributed: int) -> Tuple[str, bytes]:
-        body = {"k": "m", "seq": seq, "classes": {c: list(r) for c, r in classes.items()},
-                "tombs": sorted(tombs), "n": contributed}
-        topic = self.topic("m", self.device)
+    def meta_topic(self, part: int) -> str:
+        return self.topic("m", self.device) + (f"/{part}" if part else "")
+
+    def meta(self, seq: int, classes: Dict[str, Any], tombs, contributed: int,
+             part: int = 0, parts: int = 1) -> Tuple[str, bytes]:
+        """One snapshot part; ``tombs`` is ``{key: (stamp, origin)}`` (or bare keys)."""
+        if not isinstance(tombs, dict):
+            tombs = {k: (0, "") for k in tombs}
+        grouped: Dict[str, Dict[str, int]] = {}
+        for key, (stamp, origin) in sorted(tombs.items()):
+            grouped.setdefault(origin, {})[key] = stamp
+        body = {"k": "m", "seq": seq, "part": part, "parts": parts,
+                "classes": {c: list(r) for c, r in classes.items()}, "tombs": grouped,
+                "n": contributed}
+        topic = self.meta_topic(part)
         return topic, self._seal(topic, body)
+
+    def meta_parts(self, seq: int, classes: Dict[str, Any], tombs: Dict[str, Tuple[int, str]],
+                   contributed: int) -> List[Tuple[str, bytes]]:
+        """The whole snapshot as signed parts, each under ``max_message`` (FleetMessageError
+        beyond MAX_PARTS)."""
+        items = [("c", c, r, len(c) + 40 + len(r[1]) + len(r[2] or ""))
+                 for c, r in sorted(classes.items())]
+        items += [("t", k, t, len(k) + 24 + len(t[1])) for k, t in sorted(tombs.items())]
+        budget = max(1024, self.max_message * 9 // 10 - 400)
+        chunks: List[list] = [[]]
+        used = 0
+        for item in items:
+            if chunks[-1] and used + item[3] > budget:
+                chunks.append([])
+                used = 0
+            chunks[-1].append(item)
+            used += item[3]
+        if len(chunks) > MAX_PARTS:
+            raise FleetMessageError(f"a fleet snapshot of {len(chunks)} parts is over "
+                                    f"{MAX_PARTS}: raise fleet.max_message")
+        return [self.meta(seq, {c: r for kind, c, r, _ in chunk if kind == "c"},
+                          {k: t for kind, k, t, _ in chunk if kind == "t"}, contributed,
+                          i, len(chunks)) for i, chunk in enumerate(chunks)]
+
+    def digest(self, seq: int, mode: str, acks: Dict[str, int],
+               shards: List[Tuple[int, str]]) -> Tuple[str, bytes]:
+        topic = self.topic("d", self.device)
+        return topic, self._seal(topic, {"k": "d", "seq": seq, "mode": mode, "ack": acks,
+                                         "sh": [list(x) for x in shards]})
 
     def availability(self, seq: int, online: bool) -> Tuple[str, bytes]:
         topic = self.topic("a", self.device)
@@ -170,8 +219,11 @@ class Wire:
         rest = topic[len(self.prefix):].split("/")
         if len(rest) == 3 and rest[0] == "s" and valid_key(rest[2]) and rest[1] == rest[2][19]:
             kind, name = "s", rest[2]
-        elif len(rest) == 2 and rest[0] in ("m", "a", "h"):
+        elif len(rest) == 2 and rest[0] in ("m", "d", "a", "h"):
             kind, name = rest
+        elif len(rest) == 3 and rest[0] == "m" and re.fullmatch(r"[1-9][0-9]{0,2}", rest[2]) \
+                and int(rest[2]) < MAX_PARTS:
+            kind, name = "m", rest[1]
         else:
             raise _reject("malformed", topic)
         if len(payload) > self.max_message:
@@ -179,6 +231,8 @@ class Wire:
         if not payload:
             if kind == "s" and valid_key(name):
                 return Message("clear", "", {"key": name}, topic, 0)
+            if kind == "m" and len(rest) == 3:
+                return Message("gone", "", {}, topic, 0)
             raise _reject("malformed", topic)
         if not payload.startswith(MAGIC) or len(payload) < len(MAGIC) + MAC_BYTES:
             raise _reject("unsigned", topic)
@@ -197,13 +251,15 @@ class Wire:
         sender = body.get("d")
         if not isinstance(sender, str) or not _DEVICE.fullmatch(sender):
             raise _reject("malformed", topic)
-        if kind in ("m", "a", "h") and name != sender:
+        if kind in ("m", "d", "a", "h") and name != sender:
             raise _reject("malformed", topic)
-        if body.get("bb") != self.backbone and kind in ("s", "m"):
+        if body.get("bb") != self.backbone and kind in ("s", "m", "d"):
             raise _reject("other_backbone", topic)
-        check = {"s": self._check_sample, "m": _check_meta, "a": _check_seq,
-                 "h": _check_hello}[kind]
+        check = {"s": self._check_sample, "m": _check_meta, "d": _check_digest,
+                 "a": _check_seq, "h": _check_hello}[kind]
         if not check(body, name):
+            raise _reject("malformed", topic)
+        if kind == "m" and body["part"] != (int(rest[2]) if len(rest) == 3 else 0):
             raise _reject("malformed", topic)
         return Message(kind, sender, body, topic, len(payload))
 
@@ -249,19 +305,44 @@ def _check_hello(b: dict, name: str) -> bool:
     return isinstance(b.get("nonce"), str) and len(b["nonce"]) <= 64
 
 
-def _check_meta(b: dict, name: str) -> bool:
-    classes, tombs = b.get("classes"), b.get("tombs")
-    if not (_check_seq(b, name) and isinstance(classes, dict) and isinstance(tombs, list)
-            and len(classes) <= MAX_CLASSES and len(tombs) <= MAX_TOMBS and _int(b.get("n"))):
+def _check_digest(b: dict, name: str) -> bool:
+    acks, shards = b.get("ack"), b.get("sh")
+    if not (_check_seq(b, name) and b.get("mode") in ("share", "follow", "publish")
+            and isinstance(acks, dict) and len(acks) <= MAX_DEVICES
+            and all(_DEVICE.fullmatch(d) and _int(s) for d, s in acks.items())
+            and isinstance(shards, list) and len(shards) == len(SHARDS)):
         return False
+    for x in shards:
+        if not (isinstance(x, list) and len(x) == 2 and _int(x[0]) and isinstance(x[1], str)
+                and len(x[1]) == 16):
+            return False
+    b["sh"] = [tuple(x) for x in shards]
+    return True
+
+
+def _check_meta(b: dict, name: str) -> bool:
+    classes, grouped = b.get("classes"), b.get("tombs")
+    if not (_check_seq(b, name) and isinstance(classes, dict) and isinstance(grouped, dict)
+            and len(classes) <= MAX_CLASSES and len(grouped) <= MAX_DEVICES
+            and _int(b.get("n")) and _int(b.get("parts")) and 1 <= b["parts"] <= MAX_PARTS
+            and _int(b.get("part")) and b["part"] < b["parts"]):
+        return False
+    tombs: Dict[str, Tuple[int, str]] = {}
+    for origin, keys in grouped.items():
+        if not (isinstance(origin, str) and (origin == "" or _DEVICE.fullmatch(origin))
+                and isinstance(keys, dict) and len(tombs) + len(keys) <= MAX_TOMBS):
+            return False
+        for key, stamp in keys.items():
+            if not (valid_key(key) and _int(stamp)):
+                return False
+            tombs[key] = (stamp, origin)
+    b["tombs"] = tombs
     parsed = {}
     for cid, reg in classes.items():
         r = parse_register(reg)
         if not valid_cid(cid) or r is None:
             return False
         parsed[cid] = r
-    if not all(valid_key(k) for k in tombs):
-        return False
     b["classes"] = parsed
     return True
 
