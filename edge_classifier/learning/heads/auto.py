@@ -82,8 +82,10 @@ class AutoHead:
         self._P = np.zeros((0, 0))
         self._b = np.zeros((0, C))
         self._s = np.zeros(0)
-        self._buf = np.zeros((0, dim), np.float16)  # stored points (grows by doubling)
-        self._n = 0
+        self._buf = np.zeros((0, dim), np.float16)  # stored points (grows by a quarter)
+        self._n = 0  # rows of _buf written so far (removed samples leave holes until it grows)
+        self._rows = np.zeros(0, np.int64)  # row of _buf holding each sample
+        self._P_shared = False  # P is an array the caller passed in (from_state): copy to edit
         self._land = np.zeros(0, np.int64)  # landmark of each sample, -1: none
         self._y = np.zeros(0, np.int64)
         self._alpha = np.zeros((0, C))
@@ -151,7 +153,7 @@ class AutoHead:
     def nbytes(self) -> int:
         """Memory held by the head's arrays."""
         arrays = (self._L, self._Linv, self._P, self._b, self._buf, self._alpha, self._alpha32,
-                  self._land, self._y, self._owner)
+                  self._land, self._y, self._owner, self._rows)
         return int(sum(a.nbytes for a in arrays)) + (0 if self._loo is None else self._loo.nbytes)
 
     # ------------------------------------------------------------------ changes
@@ -178,7 +180,7 @@ class AutoHead:
         Zc = merge_views(X[cand], None if V is None else V[cand], self.power, d)
         self._classes, self._dim = list(names), int(d)
         self._reset(self._dim)
-        self._buf, self._n, self._y = Z16, n, labels.copy()
+        self._buf, self._n, self._rows, self._y = Z16, n, np.arange(n), labels.copy()
         self._land = np.full(n, -1, np.int64)
         rows, Linv, sq = pick_landmarks(Zc, np.arange(cand.size), self.gamma, COPY_RESIDUAL)
         self._L, self._lsq, self._Linv = Zc[rows].astype(np.float32), sq, Linv
@@ -210,12 +212,13 @@ class AutoHead:
             self._reset(self._dim)
         z16 = z.astype(np.float16)
         i = self.n_samples
-        zsq = float(np.einsum("ij,ij->i", z, z, dtype=np.float64)[0])
-        k = kernel_values((self._L @ z[0]).astype(np.float64)[:, None], self._lsq,
-                          np.array([zsq]), self.gamma)[:, 0] if self.n_landmarks else np.zeros(0)
-        phi = self._Linv @ k
-        land = -1
-        if self.n_landmarks < self.landmarks and 1.0 - phi @ phi > COPY_RESIDUAL:
+        land, grow = -1, self.n_landmarks < self.landmarks
+        if grow:  # could become a landmark: its features from the float32 point
+            zsq = float(np.einsum("ij,ij->i", z, z, dtype=np.float64)[0])
+            k = kernel_values((self._L @ z[0]).astype(np.float64)[:, None], self._lsq,
+                              np.array([zsq]), self.gamma)[:, 0] if self.n_landmarks else np.zeros(0)
+            phi = self._Linv @ k
+        if grow and 1.0 - phi @ phi > COPY_RESIDUAL:
             land = self.n_landmarks
             phi = self._grow(z, zsq, k, phi)
             self._owner = np.append(self._owner, i)
@@ -224,11 +227,13 @@ class AutoHead:
                                   "lsq": self._lsq, "gamma": self.gamma, "Linv": self._Linv},
                                  [0])[0][0]
         new_landmark = land >= 0 and self._H.shape[0] != phi.size  # H could not follow
-        if self._n == self._buf.shape[0]:
-            grown = np.zeros((max(16, 2 * self._n), self._dim), np.float16)
-            grown[:self._n] = self._buf[:self._n]
-            self._buf = grown
-        self._buf[self._n] = z16[0]
+        if self._n == self._buf.shape[0]:  # full: a new array, live rows only, 25 % to spare
+            live = self._rows.size
+            grown = np.zeros((live + max(16, live // 4), self._dim), np.float16)
+            grown[:live] = self._buf[self._rows]
+            self._buf, self._n, self._rows = grown, live, np.arange(live)
+        self._buf[self._n] = z16[0]  # a row no snapshot refers to
+        self._rows = np.append(self._rows, self._n)
         self._n += 1
         self._y = np.append(self._y, lab)
         self._land = np.append(self._land, land)
@@ -295,10 +300,9 @@ class AutoHead:
         owner = np.where(self._owner >= 0, self._owner - shift[np.maximum(self._owner, 0)], -1)
         owner[np.isin(self._owner, idx)] = -1
         self._owner = owner
-        self._buf = self._buf[:self._n][keep]
-        self._n = self._buf.shape[0]
+        self._rows = self._rows[keep]  # its row of _buf is left as it is (a snapshot may read it)
         self._y, self._land = self._y[keep], self._land[keep]
-        if self._n == 0:
+        if self._rows.size == 0:
             self._reset(self._dim or 0)
             self._changed()
             return
@@ -324,7 +328,7 @@ class AutoHead:
         lab = int(as_labels([label], 1, len(self._classes))[0])
         cand = np.flatnonzero(self._y == lab)
         if cand.size:
-            d = np.abs(self._buf[cand].astype(np.float32) - z).max(axis=1)
+            d = np.abs(self._buf[self._rows[cand]].astype(np.float32) - z).max(axis=1)
             j = int(np.argmin(d))
             if d[j] <= 1e-6:
                 self.remove(int(cand[j]))
@@ -353,6 +357,8 @@ class AutoHead:
         e = np.zeros(len(self._classes) + 1)
         e[label] = e[-1] = 1.0
         r = e - np.append(self._b.T @ u, self._s @ u)
+        if self._P_shared:
+            self._P, self._P_shared = self._P.copy(), False
         _add_outer(self._P, u, -sign / c)
         b = self._b.copy()
         b[:, label] += sign * phi
@@ -384,7 +390,7 @@ class AutoHead:
     def _geometry(self) -> Dict[str, Any]:
         """What :func:`.autocal.point_features` needs (no copies)."""
         return {"L": self._L, "lsq": self._lsq, "Linv": self._Linv, "gamma": self.gamma,
-                "points": self._buf[:self._n], "land": self._land}
+                "points": self._buf[:self._n], "rows": self._rows, "land": self._land}
 
     # ------------------------------------------------------------------ calibration
     def _snapshot(self) -> Dict[str, Any]:
@@ -393,7 +399,7 @@ class AutoHead:
         and a copy of ``P``, which ``add`` updates in place."""
         return {"L": self._L, "lsq": self._lsq, "owner": self._owner, "Linv": self._Linv,
                 "P": self._P.copy(),  # the one array updated in place
-                "alpha": self._alpha, "points": self._buf[:self._n],
+                "alpha": self._alpha, "points": self._buf[:self._n], "rows": self._rows,
                 "land": self._land, "y": self._y, "n_classes": len(self._classes),
                 "gamma": self.gamma, "lam": self.lam, "temperature": self._temperature,
                 "quantile": self.unknown_quantile, "t0": self.default_temperature,

@@ -1,0 +1,110 @@
+"""The ``auto`` head's cost-saving paths give the same answers as the plain ones: a loaded head
+shares no array it edits with the caller, removals leave holes that no snapshot sees filled, a
+saved solution is used as saved, and the load-time checks still catch every non-finite value.
+
+    pytest -q tests/test_heads_auto_costs.py
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge_classifier.errors import StateError
+from edge_classifier.learning.heads import AutoHead, load_head, make_head
+from edge_classifier.learning.heads.autostate import _all_finite
+from edge_classifier.learning.heads.synthetic import make_task
+
+NAMES = ["c0", "c1", "c2", "c3"]
+
+
+def _task(seed=0, n=25):
+    return make_task(seed, n_classes=4, dim=32, n_train=n, n_test=40)
+
+
+def test_two_heads_loaded_from_the_same_arrays_do_not_share_edits():
+    Xtr, ytr, Xte, _, _ = _task(11, n=30)
+    arrays, meta = make_head("auto", landmarks=40).fit(Xtr, ytr, NAMES).to_state()
+    a, b = load_head(arrays, meta), load_head(arrays, meta)
+    before = b.decision_function(Xte)
+    saved_P = arrays["P"].copy()
+    for i in range(5):
+        a.add(Xte[i], i % 4)  # updates a's P in place: must not be the caller's (or b's) array
+    a.remove(0)
+    np.testing.assert_array_equal(arrays["P"], saved_P)
+    np.testing.assert_array_equal(b.decision_function(Xte), before)
+
+
+def test_a_loaded_head_predicts_with_the_saved_solution_and_edits_like_the_original():
+    Xtr, ytr, Xte, _, _ = _task(12, n=30)
+    head = make_head("auto", landmarks=40).fit(Xtr[:100], ytr[:100], NAMES)
+    for i in range(100, 110):
+        head.add(Xtr[i], int(ytr[i]))  # rank-one updated solution, not a fresh solve
+    arrays, meta = head.to_state()
+    assert "H" in arrays and "GA" in arrays
+    loaded = load_head(arrays, meta)
+    np.testing.assert_array_equal(loaded.decision_function(Xte), head.decision_function(Xte))
+    for h in (head, loaded):
+        h.add(Xtr[110], int(ytr[110]))
+        h.remove(4)
+    np.testing.assert_array_equal(loaded.decision_function(Xte), head.decision_function(Xte))
+
+
+def test_a_state_without_the_saved_solution_is_solved_on_load():
+    Xtr, ytr, Xte, _, _ = _task(13)
+    head = make_head("auto").fit(Xtr, ytr, NAMES)
+    arrays, meta = head.to_state()
+    del arrays["H"], arrays["GA"]  # as an older version saved it
+    np.testing.assert_allclose(load_head(arrays, meta).decision_function(Xte),
+                               head.decision_function(Xte), atol=1e-6)
+
+
+def test_removals_then_additions_equal_a_fresh_fit_of_the_same_samples():
+    Xtr, ytr, Xte, _, _ = _task(14, n=30)  # 120 samples: the point buffer fills and grows
+    head = make_head("auto").fit(Xtr[:60], ytr[:60], NAMES)
+    kept = list(range(60))
+    for i in range(60, 120):
+        head.add(Xtr[i], int(ytr[i]))
+        kept.append(i)
+        if i % 3 == 0:
+            j = (7 * i) % len(kept)
+            head.remove(j)
+            del kept[j]
+    head.refresh()
+    fresh = make_head("auto").fit(Xtr[kept], ytr[kept], NAMES)
+    np.testing.assert_array_equal(head.labels, ytr[kept])
+    np.testing.assert_allclose(head.predict_proba(Xte), fresh.predict_proba(Xte), atol=1e-6)
+    assert head.remove_sample(Xtr[kept[5]], int(ytr[kept[5]])) == 5
+
+
+def test_a_calibration_job_is_not_changed_by_later_removals_and_additions():
+    Xtr, ytr, _, _, _ = _task(15, n=30)
+    head = make_head("auto", landmarks=40).fit(Xtr[:64], ytr[:64], NAMES)
+    twin = make_head("auto", landmarks=40).fit(Xtr[:64], ytr[:64], NAMES)
+    job = head.calibration_job()
+    for i in range(64, 120):  # removals leave holes; additions write rows, then grow the buffer
+        head.remove(0)
+        head.add(Xtr[i], int(ytr[i]))
+    result, expected = job(), twin.calibration_job()()
+    np.testing.assert_array_equal(result["loo"], expected["loo"])
+    assert result["temperature"] == expected["temperature"]
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_the_finite_check_finds_one_bad_value_anywhere(dtype, bad):
+    a = np.random.default_rng(0).normal(size=(300, 257)).astype(dtype)
+    assert _all_finite(a)
+    for where in [(0, 0), (150, 100), (299, 256)]:
+        b = a.copy()
+        b[where] = bad
+        assert not _all_finite(b)
+
+
+def test_a_non_finite_stored_point_is_a_state_error():
+    Xtr, ytr, _, _, _ = _task(16)
+    arrays, meta = make_head("auto").fit(Xtr, ytr, NAMES).to_state()
+    arrays["points"][-1, -1] = np.inf
+    with pytest.raises(StateError):
+        load_head(arrays, meta)
+    assert AutoHead.name == meta["head"]
