@@ -34,7 +34,8 @@ from .calibration import softmax
 from edge_classifier.errors import (EmptyHeadError, InvalidEmbeddingError, InvalidLabelError,
                                     InvalidParameterError, SampleNotFoundError)
 from .linalg import factor_append
-from .nystrom import add_outer as _add_outer, kernel_values, pick_landmarks, rank_update, row_chunks
+from .lowrank import PendingMatrix
+from .nystrom import kernel_values, pick_landmarks, rank_update, row_chunks
 from .openset import fit_open_set, open_set_score
 from .preprocess import as_embeddings, as_labels, check_class_names, merge_views, normalise
 from .autocal import calibrate, point_features
@@ -85,7 +86,6 @@ class AutoHead:
         self._buf = np.zeros((0, dim), np.float16)  # stored points (grows by a quarter)
         self._n = 0  # rows of _buf written so far (removed samples leave holes until it grows)
         self._rows = np.zeros(0, np.int64)  # row of _buf holding each sample
-        self._P_shared = False  # P is an array the caller passed in (from_state): copy to edit
         self._land = np.zeros(0, np.int64)  # landmark of each sample, -1: none
         self._y = np.zeros(0, np.int64)
         self._alpha = np.zeros((0, C))
@@ -98,6 +98,15 @@ class AutoHead:
         self._stale = False
 
     # ------------------------------------------------------------------ properties
+    @property
+    def _P(self) -> np.ndarray:
+        """The system's inverse ``inv(Phi.T Phi + lam*I)`` as an array (pending edits folded)."""
+        return self._Pm.full()
+
+    @_P.setter
+    def _P(self, value: np.ndarray) -> None:
+        self._Pm = PendingMatrix(value)
+
     @property
     def classes(self) -> List[str]:
         return list(self._classes)
@@ -152,9 +161,10 @@ class AutoHead:
 
     def nbytes(self) -> int:
         """Memory held by the head's arrays."""
-        arrays = (self._L, self._Linv, self._P, self._b, self._buf, self._alpha, self._alpha32,
+        arrays = (self._L, self._Linv, self._b, self._buf, self._alpha, self._alpha32,
                   self._land, self._y, self._owner, self._rows)
-        return int(sum(a.nbytes for a in arrays)) + (0 if self._loo is None else self._loo.nbytes)
+        return int(sum(a.nbytes for a in arrays)) + self._Pm.nbytes + \
+            (0 if self._loo is None else self._loo.nbytes)
 
     # ------------------------------------------------------------------ changes
     def fit(self, X, y, class_names: Optional[Sequence[str]] = None, views=None) -> "AutoHead":
@@ -347,20 +357,18 @@ class AutoHead:
             self._solve()
 
     def _rank_one(self, phi: np.ndarray, label: int, sign: float, solve: bool = False) -> None:
-        """Add (sign +1) or remove (-1) one sample's features ``phi`` with ``label``: P in
-        place (Sherman-Morrison), b and s, and the solution through ``H = P [b s]`` and
-        ``G = Linv.T H``, each a rank-one change, O(m^2) in all."""
-        u = self._P @ phi
+        """Add (sign +1) or remove (-1) one sample's features ``phi`` with ``label``: P
+        (Sherman-Morrison, a pending rank-one term), b and s, and the solution through
+        ``H = P [b s]`` and ``G = Linv.T H``, each a rank-one change, O(m^2) in all."""
+        u = self._Pm.matvec(phi)
         c = 1.0 + sign * float(phi @ u)
         if not c > 1e-9:
             raise np.linalg.LinAlgError("removing this sample leaves a singular system")
         e = np.zeros(len(self._classes) + 1)
         e[label] = e[-1] = 1.0
         r = e - np.append(self._b.T @ u, self._s @ u)
-        if self._P_shared:
-            self._P, self._P_shared = self._P.copy(), False
-        _add_outer(self._P, u, -sign / c)
-        b = self._b.copy()
+        self._Pm.add(u, -sign / c)
+        b = self._b.copy()  # a snapshot may hold the old b
         b[:, label] += sign * phi
         self._b, self._s = b, self._s + sign * phi
         if solve or self._H.shape[0] != phi.size:
@@ -376,7 +384,7 @@ class AutoHead:
             C = len(self._classes)
             self._H = self._GA = np.zeros((self.n_landmarks, C + 1))
         else:
-            self._H = self._P @ np.column_stack([self._b, self._s])
+            self._H = self._Pm.matvec(np.column_stack([self._b, self._s]))
             self._GA = self._Linv.T @ self._H
         self._alpha_from_solution()
 
@@ -395,10 +403,9 @@ class AutoHead:
     # ------------------------------------------------------------------ calibration
     def _snapshot(self) -> Dict[str, Any]:
         """The current state for :func:`.autocal.calibrate`: references to arrays that later
-        changes replace rather than edit (appended points land beyond the snapshot's rows),
-        and a copy of ``P``, which ``add`` updates in place."""
+        changes replace rather than edit (appended points land beyond the snapshot's rows,
+        removed ones are left in place); P is not needed (it is rebuilt)."""
         return {"L": self._L, "lsq": self._lsq, "owner": self._owner, "Linv": self._Linv,
-                "P": self._P.copy(),  # the one array updated in place
                 "alpha": self._alpha, "points": self._buf[:self._n], "rows": self._rows,
                 "land": self._land, "y": self._y, "n_classes": len(self._classes),
                 "gamma": self.gamma, "lam": self.lam, "temperature": self._temperature,

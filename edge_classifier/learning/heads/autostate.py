@@ -20,6 +20,7 @@ import numpy as np
 
 from .base import STATE_FORMAT, _positive
 from edge_classifier.errors import StateError
+from .lowrank import PendingMatrix
 from .preprocess import as_labels, check_class_names
 
 __all__ = ["KernelForm", "head_state", "restore_head"]
@@ -78,8 +79,8 @@ def restore_head(cls, arrays: Dict[str, np.ndarray], meta: Dict[str, Any]):
         head._L = _owned(get["L"], np.float32)
         head._lsq = np.einsum("ij,ij->i", head._L, head._L, dtype=np.float64)
         head._owner, head._land, head._y = owner, land, y
-        head._Linv, head._P = _owned(get["Linv"], np.float64), _owned(get["P"], np.float64)
-        head._P_shared = head._P is get["P"]  # add() updates P in place: it copies it first
+        P = _owned(get["P"], np.float64)
+        head._Linv, head._Pm = _owned(get["Linv"], np.float64), PendingMatrix(P, P is get["P"])
         head._b, head._s = _owned(get["b"], np.float64), _owned(get["s"], np.float64)
         head._buf, head._n, head._rows = _owned(get["points"], np.float16), n, np.arange(n)
         head._temperature = _positive(meta["temperature"], "temperature")

@@ -25,7 +25,7 @@ import numpy as np
 
 from .linalg import chol_inv, factor_append
 
-__all__ = ["add_outer", "connected_labels", "pick_landmarks", "features", "kernel_values", "landmark_factor", "rank_update",
+__all__ = ["connected_labels", "pick_landmarks", "features", "kernel_values", "landmark_factor", "rank_update",
            "row_chunks", "system_inverse"]
 
 
@@ -123,13 +123,6 @@ def split_groups(groups: np.ndarray) -> Tuple[np.ndarray, ...]:
         members = np.isin(groups[order], np.flatnonzero(sizes == s))
         out.append(order[members].reshape(-1, int(s)))
     return tuple(out)
-
-
-def add_outer(P: np.ndarray, u: np.ndarray, scale: float, block: int = 128) -> None:
-    """``P += scale * u u.T`` in place, by row blocks (no m x m temporary)."""
-    v = scale * u
-    for start in range(0, P.shape[0], block):
-        P[start:start + block] += u[start:start + block, None] * v[None, :]
 
 
 def pick_landmarks(Z: np.ndarray, cand: np.ndarray, gamma: float, residual: float):
