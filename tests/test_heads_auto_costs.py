@@ -140,3 +140,45 @@ def test_many_edits_without_a_recalibration_fold_and_stay_exact():
     before = head.decision_function(Xte)
     head.refresh()  # rebuilt from the points; 130 updates drift by ~2e-5 (as before the change)
     np.testing.assert_allclose(head.decision_function(Xte), before, atol=1e-4)
+
+
+def test_the_per_frame_normalisation_gives_the_general_paths_values():
+    from edge_classifier.learning.heads.preprocess import as_embeddings, normalise, normalise_one
+    rng = np.random.default_rng(19)
+    for _ in range(20):
+        x = (rng.random((1, 64)) * rng.choice([1e-3, 1.0, 30.0])).astype(np.float32)
+        x[0, rng.integers(0, 64, 5)] = 0.0
+        np.testing.assert_array_equal(normalise_one(x, 0.75, 64), normalise(as_embeddings(x), 0.75))
+    np.testing.assert_array_equal(normalise_one(np.zeros((1, 8), np.float32), 0.75, 8),
+                                  np.zeros((1, 8), np.float32))
+    good = np.ones((1, 8), np.float32)
+    for other in [good.astype(np.float64), good[0], np.ones((2, 8), np.float32), -good,
+                  good * np.nan, good * np.inf]:
+        assert normalise_one(other, 0.75, 8) is None  # the general path decides (and raises)
+    assert normalise_one(good, 0.5, 8) is None and normalise_one(good, 0.75, 9) is None
+
+
+def test_a_frame_scores_as_its_row_in_a_batch_and_follows_every_edit():
+    Xtr, ytr, Xte, _, _ = _task(20)
+    Xtr, Xte = np.abs(Xtr).astype(np.float32), np.abs(Xte).astype(np.float32)  # like a backbone's
+    head = make_head("auto", landmarks=60).fit(Xtr, ytr, NAMES)
+    for edit in ("none", "remove", "add_class", "add"):
+        if edit == "remove":
+            head.remove_many([0, 1, 2])  # orphan landmarks: no longer "known"
+        elif edit == "add_class":
+            head.add_class("c4")  # no samples: probability 0
+        elif edit == "add":
+            head.add(Xte[5], 4)
+        labels, P, score = head.predict_detailed(Xte)
+        fresh = load_head(*head.to_state())  # no cached per-frame constants
+        np.testing.assert_array_equal(fresh.unknown_score(Xte), score)
+        np.testing.assert_array_equal(fresh.predict_proba(Xte), P)
+        for i in (0, 7):
+            li, Pi, si = head.predict_detailed(Xte[i][None])
+            np.testing.assert_allclose(Pi[0], P[i], rtol=1e-6, atol=1e-7)
+            np.testing.assert_allclose(si[0], score[i], rtol=1e-5, atol=1e-6)
+            assert li[0] == labels[i]
+        if edit == "add_class":
+            assert np.all(P[:, 4] == 0.0)
+        if edit == "add":
+            assert P[5, 4] > 0.0

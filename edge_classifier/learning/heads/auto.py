@@ -37,7 +37,8 @@ from .linalg import factor_append
 from .lowrank import PendingMatrix
 from .nystrom import kernel_values, pick_landmarks, rank_update, row_chunks
 from .openset import fit_open_set, open_set_score
-from .preprocess import as_embeddings, as_labels, check_class_names, merge_views, normalise
+from .preprocess import (as_embeddings, as_labels, check_class_names, merge_views, normalise,
+                         normalise_one)
 from .autocal import calibrate, point_features
 from .autostate import KernelForm, head_state, restore_head
 
@@ -443,20 +444,37 @@ class AutoHead:
         """(raw scores Nq x C float32, similarities to the landmarks Nq x m float32)."""
         if self.n_samples == 0:
             raise EmptyHeadError("the head holds no samples: fit() or add() first")
-        Zq = normalise(as_embeddings(X, self._dim, allow_1d=True), self.power)
+        Zq = normalise_one(X, self.power, self._dim)  # a frame: fewer steps, same values
+        if Zq is None:
+            Zq = normalise(as_embeddings(X, self._dim, allow_1d=True), self.power)
         S = Zq @ self._L.T
         sq = np.einsum("ij,ij->i", Zq, Zq)
-        return kernel_values(S, sq, self._lsq, self.gamma) @ self._alpha32, S
+        return kernel_values(S, sq, self._frame_constants()["lsq32"], self.gamma) @ self._alpha32, S
+
+    def _frame_constants(self) -> Dict[str, Any]:
+        """What every query needs and only changes with the samples, computed once per change:
+        the landmarks' squared norms as float32, the classes without samples (None: none)
+        and the live landmarks (None: all live, or none at all)."""
+        key = (self._version, len(self._classes), self.n_landmarks)
+        if getattr(self, "_consts_key", None) != key:
+            empty = self.class_counts == 0
+            live = self._owner >= 0
+            self._consts = {"lsq32": self._lsq.astype(np.float32),
+                            "empty": empty if empty.any() else None,
+                            "live": np.flatnonzero(live) if live.any() and not live.all() else None}
+            self._consts_key = key
+        return self._consts
 
     def _masked(self, F: np.ndarray) -> np.ndarray:
-        return np.where((self.class_counts == 0)[None, :], -np.inf, F)
+        empty = self._frame_constants()["empty"]
+        return F if empty is None else np.where(empty[None, :], -np.inf, F)
 
     def _proba(self, F: np.ndarray) -> np.ndarray:
         return softmax(self._masked(F) / self._temperature)
 
     def _unknown(self, S: np.ndarray, P: np.ndarray) -> np.ndarray:
-        live = self._owner >= 0
-        if S.shape[1] == self.n_landmarks and self.n_orphans and live.any():
+        live = self._frame_constants()["live"]
+        if S.shape[1] == self.n_landmarks and live is not None:
             S = S[:, live]  # a deleted sample is not known (unless no landmark is left alive)
         best = S.max(axis=1) if S.shape[1] else np.full(S.shape[0], -np.inf)
         return open_set_score(1.0 - best, 1.0 - P.max(axis=1), self._open)
