@@ -66,7 +66,7 @@ def _chunk(snap: Dict[str, Any], sl: slice, dtype) -> Tuple[np.ndarray, np.ndarr
     Z = _points(snap, sl).astype(dtype)
     S = Z @ snap["_Lt"]
     sq = np.einsum("ij,ij->i", Z, Z, dtype=np.float64)
-    K = kernel_values(S.copy(), sq, snap["lsq"], snap["gamma"])
+    K = kernel_values(S, sq, snap["lsq"], snap["gamma"])  # a new array: S is kept
     return S, K @ snap["_LinvT"]
 
 
@@ -106,9 +106,8 @@ def calibrate(snap: Dict[str, Any], system_only: bool = False) -> Dict[str, Any]
         S, Phi = _chunk(snap, sl, dtype)
         F[sl] = Phi @ W.astype(dtype)
         h[sl] = np.einsum("ij,ij->i", Phi @ P.astype(dtype), Phi, dtype=np.float64)
-        S = S.astype(np.float64)
         S[(lgroup[None, :] == groups[sl, None]) | (owner < 0)[None, :]] = -np.inf
-        best[sl] = S.max(axis=1) if m else -np.inf
+        best[sl] = S.max(axis=1) if m else -np.inf  # the max of S's own dtype: no copy
     Tc = T - tbar
     loo = Tc - (Tc - F) / np.maximum(1.0 - h, 1e-12)[:, None]
     for same_size in split_groups(groups):  # leave-group-out: Tc_g - inv(I - H_gg) (Tc_g - F_g)

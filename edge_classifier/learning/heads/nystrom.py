@@ -56,8 +56,9 @@ def _factor(A: np.ndarray) -> np.ndarray:
 
 def landmark_factor(K: np.ndarray, jitter: float = 0.0) -> np.ndarray:
     """Lower-triangular ``Linv`` (m x m float64) with ``Linv @ (K + jitter*I) @ Linv.T == I``."""
-    A = np.array(K, dtype=np.float64)
+    A = np.asarray(K, dtype=np.float64)  # read only: no copy of an m x m float64 matrix
     if jitter:
+        A = A.copy()
         A[np.diag_indices_from(A)] += jitter
     return _factor(A) if A.size else np.zeros((0, 0))
 
@@ -132,15 +133,19 @@ def pick_landmarks(Z: np.ndarray, cand: np.ndarray, gamma: float, residual: floa
     C = Z[cand].astype(np.float64)
     sq = np.einsum("ij,ij->i", C, C)
     K = kernel_values(C @ C.T, sq, sq, gamma)
+    del C  # peak memory: each m x m float64 temporary is 8 MB at m = 1,024
     keep = np.ones(cand.size, bool)
-    keep[np.flatnonzero((np.triu(K, 1) > 1.0 - residual / 4).any(axis=0))] = False
+    keep[np.flatnonzero(np.triu(K > 1.0 - residual / 4, 1).any(axis=0))] = False
+
+    def sub(rows):  # K restricted to rows (no copy when that is all of K)
+        return K if rows.size == K.shape[0] else K[np.ix_(rows, rows)]
     try:
         idx = np.flatnonzero(keep)
-        Linv = landmark_factor(K[np.ix_(idx, idx)])
+        Linv = landmark_factor(sub(idx))
         weak = np.diag(Linv) ** -2 < residual  # pivot^2: residual against the earlier ones
         if weak.any():  # drop them: the later pivots only grow without them
             idx = idx[~weak]
-            Linv = landmark_factor(K[np.ix_(idx, idx)])
+            Linv = landmark_factor(sub(idx))
         if not np.all(np.isfinite(Linv)) or np.diag(Linv).max() ** -2 < residual / 100:
             raise np.linalg.LinAlgError("near-singular landmarks")
     except np.linalg.LinAlgError:  # grow one by one, skipping what adds nothing
