@@ -182,3 +182,15 @@ def test_a_frame_scores_as_its_row_in_a_batch_and_follows_every_edit():
             assert np.all(P[:, 4] == 0.0)
         if edit == "add":
             assert P[5, 4] > 0.0
+
+
+def test_kernel_values_by_row_blocks_equal_the_one_expression():
+    from edge_classifier.learning.heads.nystrom import kernel_values
+    rng = np.random.default_rng(21)
+    for dtype in (np.float32, np.float64):
+        Z = rng.normal(size=(700, 16)).astype(dtype)
+        W = rng.normal(size=(90, 16)).astype(dtype)
+        S, a, b = Z @ W.T, np.einsum("ij,ij->i", Z, Z), np.einsum("ij,ij->i", W, W)
+        t = S.dtype.type
+        d2 = np.maximum(a.astype(dtype)[:, None] + b.astype(dtype)[None, :] - t(2) * S, 0)
+        np.testing.assert_array_equal(kernel_values(S, a, b, 0.5), np.exp(d2 * t(-0.5)))

@@ -90,7 +90,8 @@ def calibrate(snap: Dict[str, Any], system_only: bool = False) -> Dict[str, Any]
         r, c = np.nonzero((S > 1.0 - DUPLICATE_DISTANCE) & (owner >= 0)[None, :])
         ea.append(r + sl.start)
         eb.append(node[c])
-    P = system_inverse(None, snap["lam"], gram=G)
+    P = system_inverse(None, snap["lam"], gram=G, overwrite_gram=True)
+    del G
     out: Dict[str, Any] = {"system": (P, b, s), "version": snap["version"]}
     if system_only:
         return out
