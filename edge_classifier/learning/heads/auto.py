@@ -20,9 +20,10 @@ the inverse itself kept as a pending factor (:mod:`.lowrank`, folded in every 64
 recalibration), a removed sample's stored point left as a hole until the buffer next grows;
 removing r samples at once one Woodbury update; a fit O(N*m*D + N*m^2); a query O(m*D)
 whatever N, with what only changes with the samples computed once per change.
-``calibration_job()`` (O(N*m*D)) refits the temperature and the unknown threshold on leave-one-out scores and rebuilds the
-system from scratch (no rounding drift); ``fit`` runs it at once, ``add``/``remove`` leave the
-previous calibration in place and set ``calibration_stale``. Saved heads load without any
+``calibration_job()`` (O(N*m*D)) refits the temperature and the unknown threshold on
+leave-one-out scores and rebuilds the system from scratch (no rounding drift); ``fit`` runs it
+at once, ``add``/``remove`` leave the previous calibration in place and set
+``calibration_stale``. Saved heads load without any
 refit: the system, the weights and the calibration are in the state.
 """
 
