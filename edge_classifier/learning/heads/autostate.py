@@ -32,8 +32,9 @@ def head_state(self) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
     exact32 = np.array_equal(Linv32, self._Linv)  # then float32 loses nothing (half the bytes)
     arrays = {"L": self._L, "owner": self._owner, "Linv": Linv32 if exact32 else self._Linv,
               "P": self._P, "b": self._b, "s": self._s, "H": self._H, "GA": self._GA,
-              "points": self._buf[self._rows], "land": self._land, "y": self._y}
-    arrays = {k: np.array(v) for k, v in arrays.items()}
+              "points": None, "land": self._land, "y": self._y}
+    arrays = {k: np.array(v) for k, v in arrays.items() if v is not None}
+    arrays["points"] = self._buf[self._rows]  # already a new array (one copy of N x D, not two)
     meta = {"format": STATE_FORMAT, "head": self.name, "classes": self.classes,
             "dim": self._dim, "n_samples": self.n_samples, "params": self.params(),
             "temperature": self.temperature, "open": dict(self._open),
