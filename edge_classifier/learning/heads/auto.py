@@ -15,11 +15,15 @@ function in their span (measured on TrashNet with every sample, ~1,770 of them: 
 
 Costs: head memory O(m^2 + m*D) plus the stored points as float16 (2*D bytes a sample: they
 are needed to remove a sample exactly and to recalibrate); adding or removing a sample is a
-rank-one update of the m x m system, O(m^2 + m*D); removing r samples at once one Woodbury
-update; a fit O(N*m*D + N*m^2); a query O(m*D) whatever N. ``calibration_job()`` (O(N*m*D))
-refits the temperature and the unknown threshold on leave-one-out scores and rebuilds the
-system from scratch (no rounding drift); ``fit`` runs it at once, ``add``/``remove`` leave the
-previous calibration in place and set ``calibration_stale``. Saved heads load without any
+rank-one update of the m x m system, O(m^2 + m*D): three matrix-vector products, the update of
+the inverse itself kept as a pending factor (:mod:`.lowrank`, folded in every 64 edits, gone at a
+recalibration), a removed sample's stored point left as a hole until the buffer next grows;
+removing r samples at once one Woodbury update; a fit O(N*m*D + N*m^2); a query O(m*D)
+whatever N, with what only changes with the samples computed once per change.
+``calibration_job()`` (O(N*m*D)) refits the temperature and the unknown threshold on
+leave-one-out scores and rebuilds the system from scratch (no rounding drift); ``fit`` runs it
+at once, ``add``/``remove`` leave the previous calibration in place and set
+``calibration_stale``. Saved heads load without any
 refit: the system, the weights and the calibration are in the state.
 """
 
@@ -34,9 +38,11 @@ from .calibration import softmax
 from edge_classifier.errors import (EmptyHeadError, InvalidEmbeddingError, InvalidLabelError,
                                     InvalidParameterError, SampleNotFoundError)
 from .linalg import factor_append
-from .nystrom import add_outer as _add_outer, kernel_values, pick_landmarks, rank_update, row_chunks
+from .lowrank import PendingMatrix
+from .nystrom import kernel_values, pick_landmarks, rank_update, row_chunks
 from .openset import fit_open_set, open_set_score
-from .preprocess import as_embeddings, as_labels, check_class_names, merge_views, normalise
+from .preprocess import (as_embeddings, as_labels, check_class_names, merge_views, normalise,
+                         normalise_one)
 from .autocal import calibrate, point_features
 from .autostate import KernelForm, head_state, restore_head
 
@@ -82,8 +88,9 @@ class AutoHead:
         self._P = np.zeros((0, 0))
         self._b = np.zeros((0, C))
         self._s = np.zeros(0)
-        self._buf = np.zeros((0, dim), np.float16)  # stored points (grows by doubling)
-        self._n = 0
+        self._buf = np.zeros((0, dim), np.float16)  # stored points (grows by a quarter)
+        self._n = 0  # rows of _buf written so far (removed samples leave holes until it grows)
+        self._rows = np.zeros(0, np.int64)  # row of _buf holding each sample
         self._land = np.zeros(0, np.int64)  # landmark of each sample, -1: none
         self._y = np.zeros(0, np.int64)
         self._alpha = np.zeros((0, C))
@@ -96,6 +103,15 @@ class AutoHead:
         self._stale = False
 
     # ------------------------------------------------------------------ properties
+    @property
+    def _P(self) -> np.ndarray:
+        """The system's inverse ``inv(Phi.T Phi + lam*I)`` as an array (pending edits folded)."""
+        return self._Pm.full()
+
+    @_P.setter
+    def _P(self, value: np.ndarray) -> None:
+        self._Pm = PendingMatrix(value)
+
     @property
     def classes(self) -> List[str]:
         return list(self._classes)
@@ -150,9 +166,10 @@ class AutoHead:
 
     def nbytes(self) -> int:
         """Memory held by the head's arrays."""
-        arrays = (self._L, self._Linv, self._P, self._b, self._buf, self._alpha, self._alpha32,
-                  self._land, self._y, self._owner)
-        return int(sum(a.nbytes for a in arrays)) + (0 if self._loo is None else self._loo.nbytes)
+        arrays = (self._L, self._Linv, self._b, self._buf, self._alpha, self._alpha32,
+                  self._land, self._y, self._owner, self._rows)
+        return int(sum(a.nbytes for a in arrays)) + self._Pm.nbytes + \
+            (0 if self._loo is None else self._loo.nbytes)
 
     # ------------------------------------------------------------------ changes
     def fit(self, X, y, class_names: Optional[Sequence[str]] = None, views=None) -> "AutoHead":
@@ -178,7 +195,7 @@ class AutoHead:
         Zc = merge_views(X[cand], None if V is None else V[cand], self.power, d)
         self._classes, self._dim = list(names), int(d)
         self._reset(self._dim)
-        self._buf, self._n, self._y = Z16, n, labels.copy()
+        self._buf, self._n, self._rows, self._y = Z16, n, np.arange(n), labels.copy()
         self._land = np.full(n, -1, np.int64)
         rows, Linv, sq = pick_landmarks(Zc, np.arange(cand.size), self.gamma, COPY_RESIDUAL)
         self._L, self._lsq, self._Linv = Zc[rows].astype(np.float32), sq, Linv
@@ -210,12 +227,13 @@ class AutoHead:
             self._reset(self._dim)
         z16 = z.astype(np.float16)
         i = self.n_samples
-        zsq = float(np.einsum("ij,ij->i", z, z, dtype=np.float64)[0])
-        k = kernel_values((self._L @ z[0]).astype(np.float64)[:, None], self._lsq,
-                          np.array([zsq]), self.gamma)[:, 0] if self.n_landmarks else np.zeros(0)
-        phi = self._Linv @ k
-        land = -1
-        if self.n_landmarks < self.landmarks and 1.0 - phi @ phi > COPY_RESIDUAL:
+        land, grow = -1, self.n_landmarks < self.landmarks
+        if grow:  # could become a landmark: its features from the float32 point
+            zsq = float(np.einsum("ij,ij->i", z, z, dtype=np.float64)[0])
+            k = kernel_values((self._L @ z[0]).astype(np.float64)[:, None], self._lsq,
+                              np.array([zsq]), self.gamma)[:, 0] if self.n_landmarks else np.zeros(0)
+            phi = self._Linv @ k
+        if grow and 1.0 - phi @ phi > COPY_RESIDUAL:
             land = self.n_landmarks
             phi = self._grow(z, zsq, k, phi)
             self._owner = np.append(self._owner, i)
@@ -224,11 +242,13 @@ class AutoHead:
                                   "lsq": self._lsq, "gamma": self.gamma, "Linv": self._Linv},
                                  [0])[0][0]
         new_landmark = land >= 0 and self._H.shape[0] != phi.size  # H could not follow
-        if self._n == self._buf.shape[0]:
-            grown = np.zeros((max(16, 2 * self._n), self._dim), np.float16)
-            grown[:self._n] = self._buf[:self._n]
-            self._buf = grown
-        self._buf[self._n] = z16[0]
+        if self._n == self._buf.shape[0]:  # full: a new array, live rows only, 25 % to spare
+            live = self._rows.size
+            grown = np.zeros((live + max(16, live // 4), self._dim), np.float16)
+            grown[:live] = self._buf[self._rows]
+            self._buf, self._n, self._rows = grown, live, np.arange(live)
+        self._buf[self._n] = z16[0]  # a row no snapshot refers to
+        self._rows = np.append(self._rows, self._n)
         self._n += 1
         self._y = np.append(self._y, lab)
         self._land = np.append(self._land, land)
@@ -295,10 +315,9 @@ class AutoHead:
         owner = np.where(self._owner >= 0, self._owner - shift[np.maximum(self._owner, 0)], -1)
         owner[np.isin(self._owner, idx)] = -1
         self._owner = owner
-        self._buf = self._buf[:self._n][keep]
-        self._n = self._buf.shape[0]
+        self._rows = self._rows[keep]  # its row of _buf is left as it is (a snapshot may read it)
         self._y, self._land = self._y[keep], self._land[keep]
-        if self._n == 0:
+        if self._rows.size == 0:
             self._reset(self._dim or 0)
             self._changed()
             return
@@ -324,7 +343,7 @@ class AutoHead:
         lab = int(as_labels([label], 1, len(self._classes))[0])
         cand = np.flatnonzero(self._y == lab)
         if cand.size:
-            d = np.abs(self._buf[cand].astype(np.float32) - z).max(axis=1)
+            d = np.abs(self._buf[self._rows[cand]].astype(np.float32) - z).max(axis=1)
             j = int(np.argmin(d))
             if d[j] <= 1e-6:
                 self.remove(int(cand[j]))
@@ -343,18 +362,18 @@ class AutoHead:
             self._solve()
 
     def _rank_one(self, phi: np.ndarray, label: int, sign: float, solve: bool = False) -> None:
-        """Add (sign +1) or remove (-1) one sample's features ``phi`` with ``label``: P in
-        place (Sherman-Morrison), b and s, and the solution through ``H = P [b s]`` and
-        ``G = Linv.T H``, each a rank-one change, O(m^2) in all."""
-        u = self._P @ phi
+        """Add (sign +1) or remove (-1) one sample's features ``phi`` with ``label``: P
+        (Sherman-Morrison, a pending rank-one term), b and s, and the solution through
+        ``H = P [b s]`` and ``G = Linv.T H``, each a rank-one change, O(m^2) in all."""
+        u = self._Pm.matvec(phi)
         c = 1.0 + sign * float(phi @ u)
         if not c > 1e-9:
             raise np.linalg.LinAlgError("removing this sample leaves a singular system")
         e = np.zeros(len(self._classes) + 1)
         e[label] = e[-1] = 1.0
         r = e - np.append(self._b.T @ u, self._s @ u)
-        _add_outer(self._P, u, -sign / c)
-        b = self._b.copy()
+        self._Pm.add(u, -sign / c)
+        b = self._b.copy()  # a snapshot may hold the old b
         b[:, label] += sign * phi
         self._b, self._s = b, self._s + sign * phi
         if solve or self._H.shape[0] != phi.size:
@@ -370,7 +389,7 @@ class AutoHead:
             C = len(self._classes)
             self._H = self._GA = np.zeros((self.n_landmarks, C + 1))
         else:
-            self._H = self._P @ np.column_stack([self._b, self._s])
+            self._H = self._Pm.matvec(np.column_stack([self._b, self._s]))
             self._GA = self._Linv.T @ self._H
         self._alpha_from_solution()
 
@@ -384,16 +403,15 @@ class AutoHead:
     def _geometry(self) -> Dict[str, Any]:
         """What :func:`.autocal.point_features` needs (no copies)."""
         return {"L": self._L, "lsq": self._lsq, "Linv": self._Linv, "gamma": self.gamma,
-                "points": self._buf[:self._n], "land": self._land}
+                "points": self._buf[:self._n], "rows": self._rows, "land": self._land}
 
     # ------------------------------------------------------------------ calibration
     def _snapshot(self) -> Dict[str, Any]:
         """The current state for :func:`.autocal.calibrate`: references to arrays that later
-        changes replace rather than edit (appended points land beyond the snapshot's rows),
-        and a copy of ``P``, which ``add`` updates in place."""
+        changes replace rather than edit (appended points land beyond the snapshot's rows,
+        removed ones are left in place); P is not needed (it is rebuilt)."""
         return {"L": self._L, "lsq": self._lsq, "owner": self._owner, "Linv": self._Linv,
-                "P": self._P.copy(),  # the one array updated in place
-                "alpha": self._alpha, "points": self._buf[:self._n],
+                "alpha": self._alpha, "points": self._buf[:self._n], "rows": self._rows,
                 "land": self._land, "y": self._y, "n_classes": len(self._classes),
                 "gamma": self.gamma, "lam": self.lam, "temperature": self._temperature,
                 "quantile": self.unknown_quantile, "t0": self.default_temperature,
@@ -430,20 +448,37 @@ class AutoHead:
         """(raw scores Nq x C float32, similarities to the landmarks Nq x m float32)."""
         if self.n_samples == 0:
             raise EmptyHeadError("the head holds no samples: fit() or add() first")
-        Zq = normalise(as_embeddings(X, self._dim, allow_1d=True), self.power)
+        Zq = normalise_one(X, self.power, self._dim)  # a frame: fewer steps, same values
+        if Zq is None:
+            Zq = normalise(as_embeddings(X, self._dim, allow_1d=True), self.power)
         S = Zq @ self._L.T
         sq = np.einsum("ij,ij->i", Zq, Zq)
-        return kernel_values(S, sq, self._lsq, self.gamma) @ self._alpha32, S
+        return kernel_values(S, sq, self._frame_constants()["lsq32"], self.gamma) @ self._alpha32, S
+
+    def _frame_constants(self) -> Dict[str, Any]:
+        """What every query needs and only changes with the samples, computed once per change:
+        the landmarks' squared norms as float32, the classes without samples (None: none)
+        and the live landmarks (None: all live, or none at all)."""
+        key = (self._version, len(self._classes), self.n_landmarks)
+        if getattr(self, "_consts_key", None) != key:
+            empty = self.class_counts == 0
+            live = self._owner >= 0
+            self._consts = {"lsq32": self._lsq.astype(np.float32),
+                            "empty": empty if empty.any() else None,
+                            "live": np.flatnonzero(live) if live.any() and not live.all() else None}
+            self._consts_key = key
+        return self._consts
 
     def _masked(self, F: np.ndarray) -> np.ndarray:
-        return np.where((self.class_counts == 0)[None, :], -np.inf, F)
+        empty = self._frame_constants()["empty"]
+        return F if empty is None else np.where(empty[None, :], -np.inf, F)
 
     def _proba(self, F: np.ndarray) -> np.ndarray:
         return softmax(self._masked(F) / self._temperature)
 
     def _unknown(self, S: np.ndarray, P: np.ndarray) -> np.ndarray:
-        live = self._owner >= 0
-        if S.shape[1] == self.n_landmarks and self.n_orphans and live.any():
+        live = self._frame_constants()["live"]
+        if S.shape[1] == self.n_landmarks and live is not None:
             S = S[:, live]  # a deleted sample is not known (unless no landmark is left alive)
         best = S.max(axis=1) if S.shape[1] else np.full(S.shape[0], -np.inf)
         return open_set_score(1.0 - best, 1.0 - P.max(axis=1), self._open)

@@ -39,7 +39,8 @@ MIN_HONEST = 30
 def _points(snap: Dict[str, Any], idx) -> np.ndarray:
     """Stored points (len x D float32) of samples ``idx``: a landmark's own float32 copy."""
     land = snap["land"][idx]
-    Z = snap["points"][idx].astype(np.float32)
+    rows = snap.get("rows")  # row of "points" holding each sample (default: the same index)
+    Z = snap["points"][idx if rows is None else rows[idx]].astype(np.float32)
     is_land = land >= 0
     if np.any(is_land):
         Z[is_land] = snap["L"][land[is_land]]
@@ -65,7 +66,7 @@ def _chunk(snap: Dict[str, Any], sl: slice, dtype) -> Tuple[np.ndarray, np.ndarr
     Z = _points(snap, sl).astype(dtype)
     S = Z @ snap["_Lt"]
     sq = np.einsum("ij,ij->i", Z, Z, dtype=np.float64)
-    K = kernel_values(S.copy(), sq, snap["lsq"], snap["gamma"])
+    K = kernel_values(S, sq, snap["lsq"], snap["gamma"])  # a new array: S is kept
     return S, K @ snap["_LinvT"]
 
 
@@ -89,7 +90,8 @@ def calibrate(snap: Dict[str, Any], system_only: bool = False) -> Dict[str, Any]
         r, c = np.nonzero((S > 1.0 - DUPLICATE_DISTANCE) & (owner >= 0)[None, :])
         ea.append(r + sl.start)
         eb.append(node[c])
-    P = system_inverse(None, snap["lam"], gram=G)
+    P = system_inverse(None, snap["lam"], gram=G, overwrite_gram=True)
+    del G
     out: Dict[str, Any] = {"system": (P, b, s), "version": snap["version"]}
     if system_only:
         return out
@@ -105,9 +107,8 @@ def calibrate(snap: Dict[str, Any], system_only: bool = False) -> Dict[str, Any]
         S, Phi = _chunk(snap, sl, dtype)
         F[sl] = Phi @ W.astype(dtype)
         h[sl] = np.einsum("ij,ij->i", Phi @ P.astype(dtype), Phi, dtype=np.float64)
-        S = S.astype(np.float64)
         S[(lgroup[None, :] == groups[sl, None]) | (owner < 0)[None, :]] = -np.inf
-        best[sl] = S.max(axis=1) if m else -np.inf
+        best[sl] = S.max(axis=1) if m else -np.inf  # the max of S's own dtype: no copy
     Tc = T - tbar
     loo = Tc - (Tc - F) / np.maximum(1.0 - h, 1e-12)[:, None]
     for same_size in split_groups(groups):  # leave-group-out: Tc_g - inv(I - H_gg) (Tc_g - F_g)

@@ -3,9 +3,13 @@
     arrays, meta = head_state(head)            # what AutoHead.to_state returns
     head = restore_head(AutoHead, arrays, meta)  # no fit: the solved system is in the state
 
-The state holds the landmarks, their factor ``Linv``, the system ``P``, ``b``, ``s``, the stored
-points (float16) with their landmark map, the labels, the temperature and the unknown-score
-parameters; loading checks every shape and value and rebuilds only ``alpha`` (O(m^2 C)).
+The state holds the landmarks, their factor ``Linv`` (float32 when that is exact: it is
+computed in float32 above 512 landmarks), the system ``P``, ``b``, ``s``, its solution ``H``,
+``GA``, the stored points (float16) with their landmark map, the labels, the temperature and
+the unknown-score parameters. Loading checks every shape and value with single passes that
+allocate nothing of the arrays' size, copies nothing np.load already gave it, and rebuilds
+only ``alpha`` (O(m C)); a state without ``H``/``GA`` (saved by an older version) is solved
+once (O(m^2 C)).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import numpy as np
 
 from .base import STATE_FORMAT, _positive
 from edge_classifier.errors import StateError
+from .lowrank import PendingMatrix
 from .preprocess import as_labels, check_class_names
 
 __all__ = ["KernelForm", "head_state", "restore_head"]
@@ -23,10 +28,13 @@ __all__ = ["KernelForm", "head_state", "restore_head"]
 
 def head_state(self) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
     """(arrays, metadata) of an :class:`.auto.AutoHead`: everything a prediction needs."""
-    arrays = {"L": self._L, "owner": self._owner, "Linv": self._Linv, "P": self._P,
-              "b": self._b, "s": self._s, "points": self._buf[:self._n], "land": self._land,
-              "y": self._y}
-    arrays = {k: np.array(v) for k, v in arrays.items()}
+    Linv32 = self._Linv.astype(np.float32)
+    exact32 = np.array_equal(Linv32, self._Linv)  # then float32 loses nothing (half the bytes)
+    arrays = {"L": self._L, "owner": self._owner, "Linv": Linv32 if exact32 else self._Linv,
+              "P": self._P, "b": self._b, "s": self._s, "H": self._H, "GA": self._GA,
+              "points": None, "land": self._land, "y": self._y}
+    arrays = {k: np.array(v) for k, v in arrays.items() if v is not None}
+    arrays["points"] = self._buf[self._rows]  # already a new array (one copy of N x D, not two)
     meta = {"format": STATE_FORMAT, "head": self.name, "classes": self.classes,
             "dim": self._dim, "n_samples": self.n_samples, "params": self.params(),
             "temperature": self.temperature, "open": dict(self._open),
@@ -45,11 +53,15 @@ def restore_head(cls, arrays: Dict[str, np.ndarray], meta: Dict[str, Any]):
         n, dim, C = int(meta["n_samples"]), meta["dim"], len(names)
         get = {k: np.asarray(arrays[k]) for k in
                ("L", "owner", "Linv", "P", "b", "s", "points", "land", "y")}
+        solved = "H" in arrays and "GA" in arrays
+        if solved:
+            get["H"], get["GA"] = np.asarray(arrays["H"]), np.asarray(arrays["GA"])
         m = get["L"].shape[0]
         shapes = {"L": (m, dim), "owner": (m,), "Linv": (m, m), "P": (m, m), "b": (m, C),
-                  "s": (m,), "points": (n, dim), "land": (n,), "y": (n,)}
+                  "s": (m,), "points": (n, dim), "land": (n,), "y": (n,),
+                  "H": (m, C + 1), "GA": (m, C + 1)}
         for key, shape in shapes.items():
-            if n and get[key].shape != shape:
+            if n and key in get and get[key].shape != shape:
                 raise StateError(f"saved {key} has shape {get[key].shape}, expected {shape}")
         if n == 0:
             head._classes, head._dim = names, (None if dim is None else int(dim))
@@ -57,20 +69,21 @@ def restore_head(cls, arrays: Dict[str, np.ndarray], meta: Dict[str, Any]):
             head._b = np.zeros((0, C))
             return head
         y = as_labels(get["y"], n, C)
-        for key in ("L", "Linv", "P", "b", "s", "points"):
-            if not np.all(np.isfinite(get[key])):
+        for key in ("L", "Linv", "P", "b", "s", "points") + (("H", "GA") if solved else ()):
+            if not _all_finite(get[key]):
                 raise StateError(f"saved {key} holds NaN or infinity")
         land, owner = get["land"].astype(np.int64), get["owner"].astype(np.int64)
         if land.max() >= m or land.min() < -1 or owner.max() >= n or m > head.landmarks:
             raise StateError("saved landmark indices are out of range")
         head._classes, head._dim = names, int(dim)
         head._reset(head._dim)
-        head._L = get["L"].astype(np.float32)
+        head._L = _owned(get["L"], np.float32)
         head._lsq = np.einsum("ij,ij->i", head._L, head._L, dtype=np.float64)
         head._owner, head._land, head._y = owner, land, y
-        head._Linv, head._P = get["Linv"].astype(np.float64), get["P"].astype(np.float64)
-        head._b, head._s = get["b"].astype(np.float64), get["s"].astype(np.float64)
-        head._buf, head._n = get["points"].astype(np.float16), n
+        P = _owned(get["P"], np.float64)
+        head._Linv, head._Pm = _owned(get["Linv"], np.float64), PendingMatrix(P, P is get["P"])
+        head._b, head._s = _owned(get["b"], np.float64), _owned(get["s"], np.float64)
+        head._buf, head._n, head._rows = _owned(get["points"], np.float16), n, np.arange(n)
         head._temperature = _positive(meta["temperature"], "temperature")
         head._open = {k: float(meta["open"][k]) for k in
                       ("dist_loc", "dist_scale", "doubt_loc", "doubt_scale", "threshold")}
@@ -79,8 +92,35 @@ def restore_head(cls, arrays: Dict[str, np.ndarray], meta: Dict[str, Any]):
         raise
     except (AttributeError, KeyError, TypeError, ValueError, IndexError) as exc:
         raise StateError(f"invalid auto head state: {exc}") from None
-    head._solve()
+    if solved:  # the saved solution: exactly what the saving head predicted with
+        head._H, head._GA = _owned(get["H"], np.float64), _owned(get["GA"], np.float64)
+        head._alpha_from_solution()
+    else:
+        head._solve()
     return head
+
+
+def _owned(a: np.ndarray, dtype) -> np.ndarray:
+    """``a`` as a writable C-contiguous array of ``dtype``: no copy when np.load gave one."""
+    return np.require(a, dtype, ["C", "W"])
+
+
+def _all_finite(a: np.ndarray, chunk: int = 1 << 16) -> bool:
+    """No NaN or infinity in ``a``, without a boolean temporary of its size: a float16 value is
+    not finite when all its exponent bits are set (checked in chunks on its bits); a float32 or
+    float64 array's sum is finite only if every value is (an overflowing sum of finite values
+    would need entries near the dtype's maximum, which no valid state holds)."""
+    if a.dtype == np.float16:
+        bits = np.ascontiguousarray(a).view(np.uint16).ravel()
+        buf = np.empty(min(chunk, bits.size), np.uint16)
+        for start in range(0, bits.size, chunk):
+            part = bits[start:start + chunk]
+            out = np.bitwise_and(part, 0x7C00, out=buf[:part.size])
+            if out.size and out.max() == 0x7C00:
+                return False
+        return True
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.isfinite(np.add.reduce(a, axis=None, dtype=np.float64)))
 
 
 class KernelForm:

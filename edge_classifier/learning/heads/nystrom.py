@@ -25,14 +25,21 @@ import numpy as np
 
 from .linalg import chol_inv, factor_append
 
-__all__ = ["add_outer", "connected_labels", "pick_landmarks", "features", "kernel_values", "landmark_factor", "rank_update",
+__all__ = ["connected_labels", "pick_landmarks", "features", "kernel_values", "landmark_factor", "rank_update",
            "row_chunks", "system_inverse"]
 
 
 def kernel_values(S: np.ndarray, sq_rows: np.ndarray, sq_cols: np.ndarray, gamma: float) -> np.ndarray:
     """RBF values ``exp(-gamma*|a-b|^2)`` (A x B, dtype of S) from inner products S (A x B)."""
     t = S.dtype.type
-    d2 = sq_rows.astype(S.dtype)[:, None] + sq_cols.astype(S.dtype)[None, :] - t(2) * S
+    a, b = sq_rows.astype(S.dtype)[:, None], sq_cols.astype(S.dtype)[None, :]
+    if S.shape[0] <= 256:
+        d2 = a + b - t(2) * S
+    else:  # by row blocks: the same arithmetic without A x B temporaries besides the result
+        d2 = np.empty(S.shape, S.dtype)
+        for start in range(0, S.shape[0], 256):
+            rows = slice(start, start + 256)
+            d2[rows] = a[rows] + b - t(2) * S[rows]
     np.maximum(d2, 0, out=d2)
     d2 *= t(-gamma)
     return np.exp(d2, out=d2)
@@ -56,8 +63,9 @@ def _factor(A: np.ndarray) -> np.ndarray:
 
 def landmark_factor(K: np.ndarray, jitter: float = 0.0) -> np.ndarray:
     """Lower-triangular ``Linv`` (m x m float64) with ``Linv @ (K + jitter*I) @ Linv.T == I``."""
-    A = np.array(K, dtype=np.float64)
+    A = np.asarray(K, dtype=np.float64)  # read only: no copy of an m x m float64 matrix
     if jitter:
+        A = A.copy()
         A[np.diag_indices_from(A)] += jitter
     return _factor(A) if A.size else np.zeros((0, 0))
 
@@ -69,9 +77,14 @@ def features(S: np.ndarray, sq_rows: np.ndarray, sq_land: np.ndarray, gamma: flo
     return K @ Linv.T
 
 
-def system_inverse(Phi: np.ndarray, lam: float, gram: "np.ndarray | None" = None) -> np.ndarray:
-    """``inv(Phi.T @ Phi + lam*I)`` (m x m float64); ``gram`` may pass ``Phi.T @ Phi``."""
-    A = (Phi.T @ Phi) if gram is None else np.array(gram, dtype=np.float64)
+def system_inverse(Phi: np.ndarray, lam: float, gram: "np.ndarray | None" = None,
+                   overwrite_gram: bool = False) -> np.ndarray:
+    """``inv(Phi.T @ Phi + lam*I)`` (m x m float64); ``gram`` may pass ``Phi.T @ Phi`` (a
+    float64 ``gram`` is used as the work array with ``overwrite_gram``: 8 MB less at m = 1,024)."""
+    if gram is None:
+        A = Phi.T @ Phi
+    else:
+        A = np.asarray(gram, dtype=np.float64) if overwrite_gram else np.array(gram, dtype=np.float64)
     A[np.diag_indices_from(A)] += lam
     M = _factor(A)
     return M.T @ M
@@ -125,13 +138,6 @@ def split_groups(groups: np.ndarray) -> Tuple[np.ndarray, ...]:
     return tuple(out)
 
 
-def add_outer(P: np.ndarray, u: np.ndarray, scale: float, block: int = 128) -> None:
-    """``P += scale * u u.T`` in place, by row blocks (no m x m temporary)."""
-    v = scale * u
-    for start in range(0, P.shape[0], block):
-        P[start:start + block] += u[start:start + block, None] * v[None, :]
-
-
 def pick_landmarks(Z: np.ndarray, cand: np.ndarray, gamma: float, residual: float):
     """(rows of Z, ``Linv``, squared norms) of the landmarks taken from candidate rows
     ``cand`` in order, skipping any whose kernel residual against the earlier ones is below
@@ -139,15 +145,19 @@ def pick_landmarks(Z: np.ndarray, cand: np.ndarray, gamma: float, residual: floa
     C = Z[cand].astype(np.float64)
     sq = np.einsum("ij,ij->i", C, C)
     K = kernel_values(C @ C.T, sq, sq, gamma)
+    del C  # peak memory: each m x m float64 temporary is 8 MB at m = 1,024
     keep = np.ones(cand.size, bool)
-    keep[np.flatnonzero((np.triu(K, 1) > 1.0 - residual / 4).any(axis=0))] = False
+    keep[np.flatnonzero(np.triu(K > 1.0 - residual / 4, 1).any(axis=0))] = False
+
+    def sub(rows):  # K restricted to rows (no copy when that is all of K)
+        return K if rows.size == K.shape[0] else K[np.ix_(rows, rows)]
     try:
         idx = np.flatnonzero(keep)
-        Linv = landmark_factor(K[np.ix_(idx, idx)])
+        Linv = landmark_factor(sub(idx))
         weak = np.diag(Linv) ** -2 < residual  # pivot^2: residual against the earlier ones
         if weak.any():  # drop them: the later pivots only grow without them
             idx = idx[~weak]
-            Linv = landmark_factor(K[np.ix_(idx, idx)])
+            Linv = landmark_factor(sub(idx))
         if not np.all(np.isfinite(Linv)) or np.diag(Linv).max() ** -2 < residual / 100:
             raise np.linalg.LinAlgError("near-singular landmarks")
     except np.linalg.LinAlgError:  # grow one by one, skipping what adds nothing
