@@ -156,7 +156,9 @@ def kill_train_mid_import(photos, state, env, after_lines) -> bool:
 def check_imported(state, photos, backbone):
     """After a kill: no file stored twice, nothing half-written."""
     store = SampleStore(state, backbone=backbone.identity)
-    assert store.problems == []
+    # A kill between making a class's folder and listing it: the folder is adopted, as above.
+    assert [p for p in store.problems if not p.endswith("was not in the class list; adopted")] \
+        == []
     for cls in ("pcat", "powl", "pfood"):
         if cls in store.classes:
             assert len(store.sample_ids(cls)) <= 30
