@@ -133,8 +133,10 @@ class Backbone:
                 raise InvalidModelError(f"{source}: {len(self.labels)} labels for {n} scores")
         self.embedding_dim = int(np.prod(self._embedding_out["shape"][1:]))
         self._direct_input = self._pixels_are_input()
-        #: The frame resize of :meth:`prepare`: TFLite's (None: Pillow's); see backbone/resize.py
-        self.resample = make_resample(num_threads)
+        #: The frame resize of :meth:`prepare`: TFLite's (None: Pillow's); see backbone/resize.py.
+        #: On one thread: a second thread pool's workers, spinning after each resize, took
+        #: cores from the model's own (bench_backbone: ratio 0.93-0.94 with 2, 0.94-0.96 with 1).
+        self.resample = make_resample(1)
 
     # -- construction helpers ------------------------------------------------------------------
     @classmethod
