@@ -181,6 +181,28 @@ def test_unsure_frames_are_kept_rate_limited_and_bounded(studio):
     assert s.device.stats()["inbox"] == 2
 
 
+def test_the_event_stream_starts_with_the_inbox_kept_before_it_opened(studio):
+    """The page used to fetch /api/inbox beside the stream: an answer from before a frame was
+    kept could arrive after the stream's inbox event and empty the page's inbox for good (the
+    next frame is kept only after web.inbox_interval of the device's clock). The stream now
+    starts with the inbox, in order."""
+    config = web_config()
+    s = studio(config=config.replace(smoothing=SmoothingConfig(frames=2, threshold=0.99)),
+               teach=TAUGHT, first="sunflower.bmp")
+    s.wait(lambda: s.client.get("/api/inbox")[1]["items"], "a frame in the inbox")
+    kept = [i["id"] for i in s.client.get("/api/inbox")[1]["items"]]
+    with urllib.request.urlopen(s.url + "api/events", timeout=TIMEOUT) as stream:
+        events = []
+        while len(events) < 2 or events[-1][1] is None:
+            line = stream.readline().decode()
+            if line.startswith("event: "):
+                events.append([line.split(": ", 1)[1].strip(), None])
+            elif line.startswith("data: "):
+                events[-1][1] = json.loads(line[6:])
+    assert [kind for kind, _ in events] == ["status", "inbox"]
+    assert [i["id"] for i in events[1][1]["items"]] == kept
+
+
 def test_an_inbox_frame_filed_into_a_class_becomes_a_sample(studio):
     config = web_config()
     s = studio(config=config.replace(smoothing=SmoothingConfig(frames=2, threshold=0.99)),

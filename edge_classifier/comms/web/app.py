@@ -6,8 +6,9 @@
 
     GET  /                     the studio page (static/index.html)     /login: the login page
     GET  /static/<file>        its CSS and JavaScript (a fixed list of files of the package)
-    GET  /api/events           Server-Sent Events: status, prediction (<= 5/s, the newest),
-                               catalogue, inbox, stats (every 2 s), state, upload (progress)
+    GET  /api/events           Server-Sent Events: status and the inbox at once, then
+                               prediction (<= 5/s, the newest), catalogue, inbox, stats
+                               (every 2 s), state, upload (progress)
     GET  /api/stream.mjpeg     the camera's frames, multipart JPEG, sent with the predictions
                                (at most 5/s and web.stream_fps), encoded once for all watchers,
                                off the device loop's thread, only while someone watches
@@ -130,6 +131,8 @@ async def events(request: web.Request, transport) -> web.StreamResponse:
     seen = dict(transport.versions)
     try:
         await response.write(_event("status", api.status(transport)))
+        if transport.inbox is not None:  # in the stream, so no later answer can be older
+            await response.write(_event("inbox", api.inbox_list(transport)))
         while not transport.closing.is_set():
             changed = transport.changed
             for kind, version in list(transport.versions.items()):

@@ -338,9 +338,8 @@ function start() {
     await api("POST", "/api/logout");
     location.href = "/login";
   });
-  fetch("/api/inbox", {credentials: "same-origin"}).then((r) => r.json()).then(showInbox)
-    .catch(() => {});
-  connect();
+  connect();  // the stream starts with the status and the inbox: nothing fetched beside it
+  // could arrive after a newer inbox event and undo it
   loadInsight();
 }
 
