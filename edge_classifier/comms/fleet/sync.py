@@ -102,8 +102,7 @@ class FleetSync:
         if local or merged:
             self.save()
         if merged or self.payloads or local:
-            out.changed = self.apply(out)
-            self.save()
+            self._apply_and_save(out)
         return out
 
     def ingest_local(self, out: Outgoing) -> bool:
@@ -186,9 +185,13 @@ class FleetSync:
         out.meta = bool(compact)
         if forget or compact:
             self.save()
-            out.changed = self.apply(out)
-            self.save()
+            self._apply_and_save(out)
         return out
+
+    def _apply_and_save(self, out: Outgoing) -> None:
+        """Make the store hold the projection (``out.changed``), then save the replica."""
+        out.changed = self.apply(out)
+        self.save()
 
     # -- applying the projection ---------------------------------------------------------------
     def apply(self, out: Outgoing) -> bool:
