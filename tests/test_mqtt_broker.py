@@ -344,3 +344,27 @@ def test_a_client_certificate_is_presented(tmp_path, pki, publishers):
         publishers(mqtt_config(server, discovery=False, tls_ca=ca, client_id="no-cert")).start()
         record = log.wait_for("closed the connection before accepting it", level=40)
         assert "certificate required" in record.getMessage()  # the broker insists on one
+
+
+def test_retained_scores_change_at_most_once_a_second_with_one_label(broker, publishers):
+    """At one prediction per frame the scores topic (Home Assistant's attributes, which its
+    recorder stores on every change) must not follow every frame: with the same label new
+    scores go out once a second; a new label takes its scores at once; the newest scores are
+    what a reconnect sends."""
+    clock = FakeClock()
+    with Observer(broker, f"{BASE}/scores", STATS) as seen:
+        pub = publishers(mqtt_config(broker, discovery=False, prediction_interval=0.0),
+                         clock=clock).start()
+        assert pub.wait_for(lambda s: s["connected"], TIMEOUT)
+        for step in range(8):  # 8 frames in 0.875 s, one label
+            pub.publish_prediction({"label": "apple",
+                                    "scores": {"apple": 0.5 + step / 100, "pear": 0.5 - step / 100}})
+            clock.advance(0.125)
+        pub.publish_prediction({"label": "apple", "scores": {"apple": 0.7, "pear": 0.3}})  # t=1.0
+        pub.publish_prediction({"label": "pear", "scores": {"apple": 0.2, "pear": 0.8}})
+        pub.publish_prediction({"label": "pear", "scores": {"apple": 0.1, "pear": 0.9}})
+        pub.publish_stats({"end": True})
+        seen.wait_for(STATS)
+        sent = [json.loads(m.payload)["apple"] for m in seen.matching(f"{BASE}/scores")]
+        assert sent == [0.5, 0.7, 0.2]
+        assert pub.stats["rate_limited"] == 0  # every prediction itself went out

@@ -112,11 +112,13 @@ def test_predictions_are_rate_limited_by_the_injected_clock():
 
 
 def test_the_retained_scores_are_sent_only_when_they_change():
-    pub, stream = publisher(discovery=False)
+    clock = FakeClock()
+    pub, stream = publisher(clock, discovery=False, prediction_interval=0.0)
     other = dict(PREDICTION, scores={k: 1 - v for k, v in PREDICTION["scores"].items()})
     with pub:
         for payload in (PREDICTION, PREDICTION, other, other, PREDICTION):
             assert pub.publish_prediction(payload) is True
+            clock.advance(1.0)  # one label: new scores go out at most once a second
     assert topics(stream).count(f"{BASE}/prediction") == 5
     sent = [json.loads(line)["payload"] for line in stream.getvalue().splitlines()
             if json.loads(line)["topic"] == f"{BASE}/scores"]

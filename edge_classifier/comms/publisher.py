@@ -18,6 +18,8 @@ from edge_classifier.comms.discovery import (AVAILABLE, MAX_DISCOVERY_BYTES, NOT
                                              DiscoveryTracker, Topics, to_json)
 from edge_classifier.errors import MqttFatalError, PublisherClosedError
 
+SCORES_INTERVAL = 1.0  # seconds: the retained scores change at most this often with one label
+
 
 class Publisher:
     """What the device loop publishes through (:mod:`edge_classifier.comms.mqtt` has the transports).
@@ -59,6 +61,8 @@ class Publisher:
         self._label: Optional[str] = None
         self._scores: Optional[bytes] = None
         self._scores_sent: Optional[bytes] = None  # the retained scores the broker holds
+        self._scores_sent_at: Optional[float] = None  # when (by the clock), and with which label
+        self._scores_label: Optional[str] = None
         self._snapshot: Optional[bytes] = None  # waiting to be sent
         self._last_prediction: Optional[float] = None
         self._queue: collections.deque = collections.deque(maxlen=config.mqtt.max_queued)
@@ -188,7 +192,10 @@ class Publisher:
     def publish_prediction(self, payload: Dict[str, Any]) -> bool:
         """Publish a prediction (and its scores) unless one went out less than
         ``mqtt.prediction_interval`` ago by the clock; True when it was published. The
-        retained scores go out only when they differ from what the broker already holds."""
+        retained scores go out only when they differ from what the broker already holds, at
+        once when the label changed and otherwise at most once per :data:`SCORES_INTERVAL`
+        (they are Home Assistant attributes, which its recorder stores on every change; the
+        newest ones also go out on every connect)."""
         now = self._clock.now()
         with self._lock:
             last = self._last_prediction
@@ -201,12 +208,17 @@ class Publisher:
         body = to_json(payload)
         scores = payload.get("scores")
         scores_body = to_json(scores) if isinstance(scores, dict) else None
+        label = payload.get("label")
         with self._lock:
             self._scores = scores_body or self._scores
+            sent_at = self._scores_sent_at
             send_scores = self._ready and scores_body is not None and \
-                scores_body != self._scores_sent
+                scores_body != self._scores_sent and (
+                    sent_at is None or label != self._scores_label or
+                    now - sent_at >= SCORES_INTERVAL or now < sent_at)
             if send_scores:
-                self._scores_sent = scores_body
+                self._scores_sent, self._scores_sent_at = scores_body, now
+                self._scores_label = label
         self._emit(self.topics.prediction, body)
         if send_scores:
             self._transmit(self.topics.scores, scores_body, self._qos, True)
