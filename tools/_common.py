@@ -75,11 +75,15 @@ def bare_interpreter(backbone, threads):
 
 def alternate(run_a, run_b, rounds: int, frames: int):
     """Seconds per frame of ``run_a`` and ``run_b``, measured in alternating rounds (after a
-    warm-up) so that machine noise hits both alike."""
+    warm-up) so that machine noise hits both alike, and the median over the rounds of each
+    round's ratio a/b: a burst of noise from another tenant of a shared machine moves the totals
+    but hardly the median."""
+    import statistics
     import time
     run_a(3)
     run_b(3)
     t_a = t_b = 0.0
+    ratios = []
     for _ in range(rounds):
         t0 = time.perf_counter()
         run_a(frames)
@@ -88,8 +92,9 @@ def alternate(run_a, run_b, rounds: int, frames: int):
         t2 = time.perf_counter()
         t_a += t1 - t0
         t_b += t2 - t1
+        ratios.append((t1 - t0) / (t2 - t1))
     n = rounds * frames
-    return t_a / n, t_b / n
+    return t_a / n, t_b / n, statistics.median(ratios)
 
 
 def mosquitto_broker(folder: Path):
