@@ -5,7 +5,8 @@ For N = 250 ... 10,000 samples (TrashNet embeddings; beyond its 2,527 photos, co
 multiplicative noise, so every sample is distinct) and each head, in a fresh process: the
 time to fit all N, to add one sample and to remove one (median of 20; for ``auto`` the
 recalibration that follows an edit runs in the Learner's background thread and is reported
-as ``recal``), to load the saved head from its .npz bytes (median of 5), to predict one frame
+as ``recal``), to load the saved head from its .npz bytes (median of 5; ``load_file_ms``: the
+state's whole path from ``head.npz`` on disk, read, CRC-32 and checks), to predict one frame
 (median of 200, in a tight loop, and ``after_invoke_ms``: median of 100 predictions each right
 after a real backbone invoke, as in the device loop, where the invoke evicts the head's arrays
 from the caches), the head's own array memory, and the process's peak RSS over the same
@@ -27,7 +28,9 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 from _common import dataset_arguments, decoded_frames, load_views
@@ -35,6 +38,8 @@ from _common import dataset_arguments, decoded_frames, load_views
 from edge_classifier.backbone.model import Backbone
 from edge_classifier.core import blas
 from edge_classifier.learning.heads import load_head, make_head
+from edge_classifier.learning.npzfile import read_npz
+from edge_classifier.learning.state import StateDir
 
 SIZES = (250, 500, 1000, 2000, 5000, 10000)
 
@@ -112,13 +117,19 @@ def measure(name, views, y, names, n, model=None):
     arrays, meta = head.to_state()
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    loads = []
+    loads, file_loads = [], []
     for _ in range(5):
-        buf.seek(0)
         t0 = time.perf_counter()
-        with np.load(buf) as npz:
-            load_head(dict(npz), json.loads(json.dumps(meta)))
+        load_head(read_npz(buf)[0], json.loads(json.dumps(meta)))
         loads.append(time.perf_counter() - t0)
+    with tempfile.TemporaryDirectory() as tmp:  # the state's whole path: file, CRC, checks
+        with StateDir(Path(tmp) / "state") as state:
+            state.save_head(arrays, {"edge_classifier": {"head": name}, "head_meta": meta})
+            for _ in range(5):
+                t0 = time.perf_counter()
+                saved_arrays, saved_meta = state.load_head_files()
+                load_head(saved_arrays, saved_meta["head_meta"])
+                file_loads.append(time.perf_counter() - t0)
     frame = V[0, 0][None]
     head.predict_detailed(frame)
     preds = []
@@ -130,7 +141,8 @@ def measure(name, views, y, names, n, model=None):
     cold = after_invoke(head, frame, Backbone.from_name(model))
     return {"head": name, "n": n, "fit_s": round(fit_s, 3), "add_ms": _median_ms(adds),
             "remove_ms": _median_ms(removes), "recal_s": round(recal[0], 3) if recal else None,
-            "load_ms": _median_ms(loads), "predict_ms": _median_ms(preds),
+            "load_ms": _median_ms(loads), "load_file_ms": _median_ms(file_loads),
+            "predict_ms": _median_ms(preds),
             "after_invoke_ms": _median_ms(cold),
             "head_mb": round(head_bytes(head) / 1e6, 1), "saved_mb": round(len(buf.getvalue()) / 1e6, 1),
             "rss_over_mib": rss_over,
@@ -168,7 +180,7 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps({"benchmark": "heads", "rows": rows, "notes": notes}, indent=2))
         return 0
-    cols = ["n", "head", "fit_s", "add_ms", "remove_ms", "recal_s", "load_ms", "predict_ms",
+    cols = ["n", "head", "fit_s", "add_ms", "remove_ms", "recal_s", "load_ms", "load_file_ms", "predict_ms",
             "after_invoke_ms", "head_mb", "saved_mb", "rss_over_mib", "views_f32_mb"]
     print("  ".join(c.rjust(12) for c in cols))
     for r in rows:
