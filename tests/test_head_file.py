@@ -95,22 +95,22 @@ def test_a_head_saved_with_the_former_sha256_digest_still_loads(tmp_path):
 
 
 @pytest.mark.parametrize("damage, message", [
-    (lambda d: npz_bytes(compression=zipfile.ZIP_DEFLATED), "compressed"),
-    (lambda d: d[:len(d) // 2], "corrupt"),  # truncated: no central directory
-    (lambda d: d[:-1], "corrupt"),
-    (lambda d: b"not a zip at all" * 100, "corrupt"),
-    (lambda d: _patched_header(d, b"'descr': '<f8'", b"'descr': '|O' "), "corrupt"),
-    (lambda d: _patched_header(d, b"'shape': (3, 3)", b"'shape': (3, 4)"), "corrupt"),
-    (lambda d: _patched_header(d, b"'shape': (3, 3)", b"'shape': (999,)"), "corrupt"),
-    (lambda d: d.replace(b"\x93NUMPY", b"\x93NOPEY", 1), "corrupt"),
-    (lambda d: _overlapping(), "corrupt"),
+    (lambda d: npz_bytes(compression=zipfile.ZIP_DEFLATED), "is compressed"),
+    (lambda d: d[:len(d) // 2], "not a zip archive"),  # truncated: no central directory
+    (lambda d: d[:-1], "not a zip archive"),
+    (lambda d: b"not a zip at all" * 100, "not a zip archive"),
+    (lambda d: _patched_header(d, b"'descr': '<f8'", b"'descr': '|O' "), "holds Python objects"),
+    (lambda d: _patched_header(d, b"'shape': (3, 3)", b"'shape': (3, 4)"), "does not match"),
+    (lambda d: _patched_header(d, b"'shape': (3, 3)", b"'shape': (999,)"), "does not match"),
+    (lambda d: d.replace(b"\x93NUMPY", b"\x93NOPEY", 1), "is not an .npy array"),
+    (lambda d: _overlapping(), "overlaps"),
 ])
 def test_hostile_or_broken_archives_are_refused_in_one_line(tmp_path, damage, message):
     root = saved(tmp_path, {"P": np.eye(3)})
     (root / "head.npz").write_bytes(damage((root / "head.npz").read_bytes()))
-    with pytest.raises(HeadLoadError, match=message) as info:
+    with pytest.raises(HeadLoadError, match="corrupt or incomplete") as info:
         StateDir(root, write=False).load_head_files()
-    assert "\n" not in str(info.value)
+    assert message in str(info.value) and "\n" not in str(info.value)
 
 
 def _patched_header(data: bytes, old: bytes, new: bytes) -> bytes:

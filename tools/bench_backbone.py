@@ -7,8 +7,8 @@ does only set_tensor / invoke / get_tensor on frames already at the model's inpu
 package side does everything a frame costs in production: preprocessing (crop and resize),
 invoke and dequantisation. Rounds alternate between the two so machine noise hits both alike.
 Prints one JSON object: the ratio (target >= 0.95) of the totals and the median of the rounds'
-ratios (less moved by bursts of noise on a shared machine), the bare invoke and the package's overhead
-per frame in ms. ``--frame-size model`` feeds frames at the model's input size, as the camera's
+ratios (less moved by bursts of noise on a shared machine), the bare invoke and the package's
+overhead per frame in ms. ``--frame-size model`` feeds frames at the model's input size, as the camera's
 ISP delivers them (see PicameraSource): no resize is left.
 
     python tools/bench_backbone.py [--model NAME] [--rounds 6] [--frames 20] [--threads N]

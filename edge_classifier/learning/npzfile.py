@@ -45,7 +45,7 @@ def read_npz(f: BinaryIO) -> Tuple[Dict[str, np.ndarray], int]:
         with zipfile.ZipFile(f) as archive:  # reads the central directory only
             infos = sorted(archive.infolist(), key=lambda i: i.header_offset)
     except zipfile.BadZipFile as exc:
-        raise ValueError(f"not a zip archive ({exc})") from None
+        raise ValueError(f"not a zip archive: {exc}") from None
     reader = _Reader(f, size)
     arrays: Dict[str, np.ndarray] = {}
     for info in infos:

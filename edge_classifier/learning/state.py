@@ -370,8 +370,7 @@ def _load_arrays(path: Path, legacy: bool = False) -> Tuple[Dict[str, np.ndarray
         if not legacy:
             return arrays, _crc32(crc)
         f.seek(0)
-        return arrays, hashlib.file_digest(f, "sha256").hexdigest() \
-            if hasattr(hashlib, "file_digest") else hashlib.sha256(f.read()).hexdigest()
+        return arrays, hashlib.sha256(f.read()).hexdigest()
 
 
 def _crc32(crc: int) -> str:
