@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_classifier.errors import StateError
+from edge_classifier.errors import InvalidEmbeddingError, StateError
 from edge_classifier.learning.heads import AutoHead, load_head, make_head
 from edge_classifier.learning.heads.autostate import _all_finite
 from edge_classifier.learning.heads.synthetic import make_task
@@ -142,20 +142,30 @@ def test_many_edits_without_a_recalibration_fold_and_stay_exact():
     np.testing.assert_allclose(head.decision_function(Xte), before, atol=1e-4)
 
 
-def test_the_per_frame_normalisation_gives_the_general_paths_values():
-    from edge_classifier.learning.heads.preprocess import as_embeddings, normalise, normalise_one
+def test_the_fused_frame_path_gives_the_general_paths_values_and_refuses_odd_frames():
+    Xtr, ytr, Xte, _, _ = _task(20)
+    Xtr, Xte = np.abs(Xtr).astype(np.float32), np.abs(Xte).astype(np.float32)
+    head = make_head("auto", landmarks=60, gamma=50.0).fit(Xtr, ytr, NAMES)  # exp(2g) > float32 max
     rng = np.random.default_rng(19)
-    for _ in range(20):
-        x = (rng.random((1, 64)) * rng.choice([1e-3, 1.0, 30.0])).astype(np.float32)
-        x[0, rng.integers(0, 64, 5)] = 0.0
-        np.testing.assert_array_equal(normalise_one(x, 0.75, 64), normalise(as_embeddings(x), 0.75))
-    np.testing.assert_array_equal(normalise_one(np.zeros((1, 8), np.float32), 0.75, 8),
-                                  np.zeros((1, 8), np.float32))
-    good = np.ones((1, 8), np.float32)
-    for other in [good.astype(np.float64), good[0], np.ones((2, 8), np.float32), -good,
-                  good * np.nan, good * np.inf]:
-        assert normalise_one(other, 0.75, 8) is None  # the general path decides (and raises)
-    assert normalise_one(good, 0.5, 8) is None and normalise_one(good, 0.75, 9) is None
+    for i in range(10):
+        x = Xte[i][None] * np.float32(rng.choice([1e-3, 1.0, 30.0]))
+        x[0, rng.integers(0, x.shape[1], 5)] = 0.0
+        F, S = head._query_frame(x)
+        F64, S64 = head._query(np.vstack([x, x]))  # two rows: the general path
+        np.testing.assert_allclose(S[0], S64[0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(F[0], F64[0], rtol=1e-4, atol=1e-6)
+        assert np.all(np.isfinite(F))
+    zero = np.zeros((1, Xte.shape[1]), np.float32)  # |z|^2 = 0: the point's own factor
+    np.testing.assert_allclose(head._query_frame(zero)[0][0], head._query(np.vstack([zero, zero]))[0][0],
+                               rtol=1e-4, atol=1e-7)
+    good = Xte[:1]
+    for odd in (good.astype(np.float64), good[0], np.vstack([good, good]), -good, good * np.nan,
+                good + np.inf, np.full_like(good, 3e38), good[:, :-1]):
+        assert head._query_frame(odd) is None  # the general path decides, and raises
+    with pytest.raises(InvalidEmbeddingError):
+        head.predict_detailed(good * np.nan)
+    labels, P, score = head.predict_detailed(np.full_like(good, 3e38))  # finite: normalised
+    assert np.all(np.isfinite(P)) and np.isfinite(score[0])
 
 
 def test_a_frame_scores_as_its_row_in_a_batch_and_follows_every_edit():

@@ -130,24 +130,3 @@ def merge_views(X: np.ndarray, views, power: float, dim: Optional[int] = None) -
     total = Z + normalise(flat, power).reshape(V.shape).sum(axis=1)
     return normalise(total, 1.0)
 
-
-def normalise_one(X, power: float, dim: Optional[int]) -> Optional[np.ndarray]:
-    """``normalise(as_embeddings(X, dim), power)`` for the per-frame case, in fewer steps:
-    X a 1xD float32 array of finite non-negative values (what the backbone gives) and power
-    0.75; returns None for anything else (the caller takes the general path, which also
-    raises the errors). Same arithmetic as :func:`normalise`, so the same values.
-
-        Z = normalise_one(frame_embedding[None], 0.75, 1024)
-    """
-    if type(X) is not np.ndarray or X.dtype != np.float32 or X.ndim != 2 or X.shape[0] != 1 \
-            or power != 0.75 or (dim is not None and X.shape[1] != dim) or X.shape[1] == 0:
-        return None
-    with np.errstate(over="ignore", invalid="ignore"):
-        if not np.isfinite(np.add.reduce(X, axis=None)) or not X.min() >= 0.0:
-            return None  # not finite, or negative values: the general path decides
-    P = np.sqrt(X)
-    P *= np.sqrt(P)
-    norm = np.float32(np.sqrt(np.einsum("ij,ij->i", P, P, dtype=np.float64)[0]))
-    if norm > 0:
-        P *= np.float32(1.0) / norm
-    return P
