@@ -60,6 +60,9 @@ def test_a_saved_head_loads_back_exactly(tmp_path):
     root = saved(tmp_path)
     arrays, meta = StateDir(root, write=False).load_head_files()
     assert meta["edge_classifier"] == META["edge_classifier"] and "arrays_crc32" in meta
+    # written straight into the file, its CRC-32 read back from it: the whole file's
+    assert meta["arrays_crc32"] == f"{zlib.crc32((root / 'head.npz').read_bytes()):08x}"
+    assert not [p for p in root.iterdir() if p.name.startswith(".")]  # no temporary left
     for name, value in ARRAYS.items():
         assert np.array_equal(arrays[name], value)
 

@@ -35,6 +35,32 @@ def test_two_heads_loaded_from_the_same_arrays_do_not_share_edits():
     np.testing.assert_array_equal(b.decision_function(Xte), before)
 
 
+def test_saved_points_share_the_heads_buffer_without_holes_and_no_edit_crosses_over():
+    Xtr, ytr, Xte, _, _ = _task(14, n=30)
+    head = make_head("auto", landmarks=40).fit(Xtr[:80], ytr[:80], NAMES)
+    arrays, meta = head.to_state()
+    assert np.shares_memory(arrays["points"], head._buf)  # no 2*N*D-byte copy for a save
+    frozen = {k: v.copy() for k, v in arrays.items()}
+    loaded = load_head(arrays, meta)
+    reference = load_head(frozen, meta)
+    for i in range(80, 120):  # past the buffer's spare rows: it grows, rows below stay
+        head.add(Xtr[i], int(ytr[i]))
+    head.remove_many([0, 5, 9])
+    head.refresh()
+    np.testing.assert_array_equal(arrays["points"], frozen["points"])
+    np.testing.assert_array_equal(loaded.decision_function(Xte), reference.decision_function(Xte))
+    expect = head.decision_function(Xte)
+    for h in (loaded, reference):
+        h.add(Xte[0], 1)
+        h.remove(3)
+        h.refresh()
+    np.testing.assert_array_equal(loaded.decision_function(Xte), reference.decision_function(Xte))
+    np.testing.assert_array_equal(head.decision_function(Xte), expect)
+    holes, _ = head.to_state()  # removed samples left holes: a compact copy
+    assert not np.shares_memory(holes["points"], head._buf)
+    assert holes["points"].shape[0] == head.n_samples
+
+
 def test_a_loaded_head_predicts_with_the_saved_solution_and_edits_like_the_original():
     Xtr, ytr, Xte, _, _ = _task(12, n=30)
     head = make_head("auto", landmarks=40).fit(Xtr[:100], ytr[:100], NAMES)

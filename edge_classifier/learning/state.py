@@ -41,7 +41,6 @@ import contextlib
 import errno
 import fcntl
 import hashlib
-import io
 import json
 import os
 import zipfile
@@ -266,13 +265,14 @@ class StateDir:
     def save_head(self, arrays: Dict[str, np.ndarray], meta: dict) -> None:
         """Write the head atomically: arrays first, then the metadata that names them."""
         self._require_write("the head")
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)
-        data = buf.getbuffer()
         meta = {k: v for k, v in meta.items() if k != LEGACY_DIGEST}
-        meta[ARRAYS_DIGEST] = _crc32(zlib.crc32(data))
         with storage_errors("the head"):
-            atomic.write_bytes(self.root / HEAD_ARRAYS, data)
+            # Straight into the file, then its CRC-32 read back from it: no copy of the whole
+            # archive in memory (38 MB at 10,000 samples, on top of the head itself).
+            with atomic.atomic_writer(self.root / HEAD_ARRAYS, "wb") as f:
+                np.savez(f, **arrays)
+                f.flush()
+                meta[ARRAYS_DIGEST] = _crc32(_fd_crc32(f.fileno()))
             atomic.write_text(self.root / HEAD_META, json.dumps(meta))
 
     def remove_head(self) -> None:
@@ -371,6 +371,17 @@ def _load_arrays(path: Path, legacy: bool = False) -> Tuple[Dict[str, np.ndarray
             return arrays, _crc32(crc)
         f.seek(0)
         return arrays, hashlib.sha256(f.read()).hexdigest()
+
+
+def _fd_crc32(fd: int, chunk: int = 1 << 20) -> int:
+    """CRC-32 of the whole file open at ``fd`` (read back with ``pread``, a chunk at a time)."""
+    crc, offset = 0, 0
+    while True:
+        data = os.pread(fd, chunk, offset)
+        if not data:
+            return crc
+        crc = zlib.crc32(data, crc)
+        offset += len(data)
 
 
 def _crc32(crc: int) -> str:

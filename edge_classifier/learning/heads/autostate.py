@@ -34,7 +34,11 @@ def head_state(self) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
               "P": self._P, "b": self._b, "s": self._s, "H": self._H, "GA": self._GA,
               "points": None, "land": self._land, "y": self._y}
     arrays = {k: np.array(v) for k, v in arrays.items() if v is not None}
-    arrays["points"] = self._buf[self._rows]  # already a new array (one copy of N x D, not two)
+    rows = self._rows  # sorted: rows of _buf still live
+    if rows.size and rows[-1] == rows.size - 1:  # no holes: the live rows as they are, no copy
+        arrays["points"] = self._buf[:rows.size]  # (rows below _n are never written again)
+    else:
+        arrays["points"] = self._buf[rows]  # a new, compact array (one copy of N x D, not two)
     meta = {"format": STATE_FORMAT, "head": self.name, "classes": self.classes,
             "dim": self._dim, "n_samples": self.n_samples, "params": self.params(),
             "temperature": self.temperature, "open": dict(self._open),
