@@ -74,7 +74,8 @@ def calibrate(snap: Dict[str, Any], system_only: bool = False) -> Dict[str, Any]
     y, C, L = snap["y"], snap["n_classes"], snap["L"]
     n, m = y.size, L.shape[0]
     dtype = np.float64 if n <= 512 else np.float32  # as the kernel head's factor
-    snap = dict(snap, _Lt=L.T.astype(dtype), _LinvT=snap["Linv"].T.astype(dtype))
+    # L.T as a view where L has the dtype already (BLAS takes it transposed: no m x D copy)
+    snap = dict(snap, _Lt=L.T.astype(dtype, copy=False), _LinvT=snap["Linv"].T.astype(dtype))
     T = np.zeros((n, C))
     T[np.arange(n), y] = 1.0
     G, b, s = np.zeros((m, m)), np.zeros((m, C)), np.zeros(m)
@@ -103,10 +104,11 @@ def calibrate(snap: Dict[str, Any], system_only: bool = False) -> Dict[str, Any]
     F = np.empty((n, C))
     h = np.empty(n)
     best = np.empty(n)
+    Pd, Wd = P.astype(dtype, copy=False), W.astype(dtype, copy=False)  # once, not per chunk
     for sl in row_chunks(n):
         S, Phi = _chunk(snap, sl, dtype)
-        F[sl] = Phi @ W.astype(dtype)
-        h[sl] = np.einsum("ij,ij->i", Phi @ P.astype(dtype), Phi, dtype=np.float64)
+        F[sl] = Phi @ Wd
+        h[sl] = np.einsum("ij,ij->i", Phi @ Pd, Phi, dtype=np.float64)
         S[(lgroup[None, :] == groups[sl, None]) | (owner < 0)[None, :]] = -np.inf
         best[sl] = S.max(axis=1) if m else -np.inf  # the max of S's own dtype: no copy
     Tc = T - tbar
