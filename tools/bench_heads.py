@@ -9,8 +9,9 @@ as ``recal``), to load the saved head from its .npz bytes (median of 5; ``load_f
 state's whole path from ``head.npz`` on disk, read, CRC-32 and checks), to predict one frame
 (median of 200, in a tight loop, and ``after_invoke_ms``: median of 100 predictions each right
 after a real backbone invoke, as in the device loop, where the invoke evicts the head's arrays
-from the caches), the head's own array memory, and the process's peak RSS over the same
-process before the head was built (the embeddings themselves are loaded before that)::
+from the caches), the head's own array memory, and the process's peak RSS over the same process just before
+the head was built (the peak is reset there, Linux ``clear_refs``, so what generating the
+embeddings took does not hide the head's own peak)::
 
     python tools/bench_heads.py [--sizes 250,500,1000,2000,5000,10000] [--heads auto,kernel]
                                 [--kernel-max 5000] [--json]
@@ -22,6 +23,7 @@ The exact kernel head is skipped above ``--kernel-max`` samples (its N x N facto
 from __future__ import annotations
 
 import argparse
+import gc
 import io
 import json
 import resource
@@ -44,8 +46,32 @@ from edge_classifier.learning.state import StateDir
 SIZES = (250, 500, 1000, 2000, 5000, 10000)
 
 
-def _rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+def _status_mib(key: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024.0
+    raise KeyError(key)
+
+
+def _peak_base() -> float:
+    """Reset the process's peak RSS to its current RSS (Linux ``clear_refs``) and return it:
+    the peak measured after this is the head's own, not that of generating the samples
+    (which, at 10,000, is higher than anything the head does). Without ``/proc``, the peak
+    so far (then only a peak above it shows)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _status_mib("VmRSS")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _peak_mib() -> float:
+    try:
+        return _status_mib("VmHWM")
+    except (OSError, KeyError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def head_bytes(head) -> int:
@@ -92,7 +118,8 @@ def measure(name, views, y, names, n, model=None):
     rng = np.random.default_rng(0)
     order = rng.permutation(len(y))
     V, labels = samples(views[order], y[order], n + 20, rng)
-    base = _rss_mib()
+    gc.collect()
+    base = _peak_base()
     head = make_head(name)
     X, extra = V[:n, 0], (V[:n, 1:] if V.shape[1] > 1 else None)
     t0 = time.perf_counter()
@@ -114,14 +141,6 @@ def measure(name, views, y, names, n, model=None):
         t0 = time.perf_counter()
         head.refresh()
         recal.append(time.perf_counter() - t0)
-    arrays, meta = head.to_state()
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    loads, file_loads = [], []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        load_head(read_npz(buf)[0], json.loads(json.dumps(meta)))
-        loads.append(time.perf_counter() - t0)
     frame = V[0, 0][None]
     head.predict_detailed(frame)
     preds = []
@@ -129,16 +148,30 @@ def measure(name, views, y, names, n, model=None):
         t0 = time.perf_counter()
         head.predict_detailed(frame)
         preds.append(time.perf_counter() - t0)
-    rss_over = round(_rss_mib() - base, 1)  # before the backbone below adds its own
-    with tempfile.TemporaryDirectory() as tmp:  # the state's whole path: file, CRC, checks
+    rss_over = round(_peak_mib() - base, 1)  # the head's life on a device: fit, edits, recal
+    tmp = tempfile.TemporaryDirectory()
+    state = StateDir(Path(tmp.name) / "state")
+    gc.collect()
+    save_base = _peak_base()
+    t0 = time.perf_counter()  # the device's periodic save: what it adds to the peak, and takes
+    arrays, meta = head.to_state()
+    state.save_head(arrays, {"edge_classifier": {"head": name}, "head_meta": meta})
+    save_ms = (time.perf_counter() - t0) * 1000
+    save_peak = round(_peak_mib() - save_base, 1)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    loads, file_loads = [], []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        load_head(read_npz(buf)[0], json.loads(json.dumps(meta)))
+        loads.append(time.perf_counter() - t0)
+    with tmp, state:  # the state's whole path: file, CRC, checks
         # (after rss_over: the copies it loads are not the head's memory)
-        with StateDir(Path(tmp) / "state") as state:
-            state.save_head(arrays, {"edge_classifier": {"head": name}, "head_meta": meta})
-            for _ in range(5):
-                t0 = time.perf_counter()
-                saved_arrays, saved_meta = state.load_head_files()
-                load_head(saved_arrays, saved_meta["head_meta"])
-                file_loads.append(time.perf_counter() - t0)
+        for _ in range(5):
+            t0 = time.perf_counter()
+            saved_arrays, saved_meta = state.load_head_files()
+            load_head(saved_arrays, saved_meta["head_meta"])
+            file_loads.append(time.perf_counter() - t0)
     cold = after_invoke(head, frame, Backbone.from_name(model))
     return {"head": name, "n": n, "fit_s": round(fit_s, 3), "add_ms": _median_ms(adds),
             "remove_ms": _median_ms(removes), "recal_s": round(recal[0], 3) if recal else None,
@@ -146,7 +179,7 @@ def measure(name, views, y, names, n, model=None):
             "predict_ms": _median_ms(preds),
             "after_invoke_ms": _median_ms(cold),
             "head_mb": round(head_bytes(head) / 1e6, 1), "saved_mb": round(len(buf.getvalue()) / 1e6, 1),
-            "rss_over_mib": rss_over,
+            "rss_over_mib": rss_over, "save_ms": round(save_ms, 1), "save_peak_mib": save_peak,
             "views_f32_mb": round(n * V.shape[1] * V.shape[2] * 4 / 1e6, 1)}
 
 
@@ -182,7 +215,7 @@ def main(argv=None) -> int:
         print(json.dumps({"benchmark": "heads", "rows": rows, "notes": notes}, indent=2))
         return 0
     cols = ["n", "head", "fit_s", "add_ms", "remove_ms", "recal_s", "load_ms", "load_file_ms", "predict_ms",
-            "after_invoke_ms", "head_mb", "saved_mb", "rss_over_mib", "views_f32_mb"]
+            "after_invoke_ms", "head_mb", "saved_mb", "rss_over_mib", "save_ms", "save_peak_mib", "views_f32_mb"]
     print("  ".join(c.rjust(12) for c in cols))
     for r in rows:
         print("  ".join(str(r[c]).rjust(12) for c in cols))
