@@ -111,6 +111,9 @@ def main(argv=None) -> int:
     parser.add_argument("--watcher", choices=("chromium", "stream"), default="chromium",
                         help="--web: who watches: headless Chromium on this machine, or a "
                              "client that only reads the streams (a browser elsewhere)")
+    parser.add_argument("--no-overlap", action="store_true",
+                        help="finish each frame (head, smoothing, publishing) before the next "
+                             "invoke, instead of beside it as Device.run does")
     args = parser.parse_args(argv)
     threads = args.threads or os.cpu_count() or 1
     backbone = Backbone.from_name(None, num_threads=threads)
@@ -120,6 +123,7 @@ def main(argv=None) -> int:
     broker = broker.start() if broker.available else None
     url = broker.url if broker else ""
     out = {"benchmark": "loop", "model": backbone.name, "threads": threads,
+           "overlap": not args.no_overlap,
            "publishing": "mosquitto on 127.0.0.1" if broker else "standard output (/dev/null)"}
     saved_stdout = sys.stdout
     try:
@@ -151,12 +155,13 @@ def main(argv=None) -> int:
             out["watcher"] = args.watcher
         run_bare = bare_interpreter(backbone, threads)
 
-        def run_loop(n):
+        def run_loop(n):  # what Device.run does, frame by frame
             for _ in range(n):
                 device.apply_events()
                 at = time.time()
-                device.step(device.source.read())
+                device.step(device.source.read(), overlap=not args.no_overlap)
                 read_at[device.counters.frames] = at
+            device.settle()  # the round's last frame is finished within the round
 
         if watcher is not None:
             for _ in range(3000):  # frames until the page shows them

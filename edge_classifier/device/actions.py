@@ -40,6 +40,7 @@ class DeviceActions:
                 event = self.events.get_nowait()
             except queue.Empty:
                 return
+            self.settle()  # the frame in flight is finished before an event changes anything
             self.counters.events += 1
             try:
                 self._apply(event)

@@ -115,8 +115,8 @@ def run_demo(state_dir: str, mirror: Optional[str] = None, broker: Optional[str]
     shown: List[Tuple[str, str, str, float]] = []
     original_step = device.step
 
-    def step(frame: np.ndarray) -> None:
-        original_step(frame)
+    def step(frame: np.ndarray, overlap: bool = False) -> None:
+        original_step(frame)  # finished at once: the state it shows is this frame's
         index = source.frames_read - 1
         if index == len(frames) and web:
             log.info("demo: the studio is at %s; Ctrl-C to stop", device.web.url)

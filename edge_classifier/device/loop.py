@@ -34,6 +34,7 @@ from edge_classifier.device.gpio import ButtonPanel, make_pin_factory
 from edge_classifier.device.keyboard import KeyboardControl
 from edge_classifier.device.sdnotify import Notifier, watchdog_interval
 from edge_classifier.device.actions import DeviceActions
+from edge_classifier.device.overlap import Overlap
 from edge_classifier.errors import EndOfStream, NoFrameYet, StoreError
 from edge_classifier.frames.sources import make_source
 from edge_classifier.learning.augment import Augmentation
@@ -79,6 +80,11 @@ class Device(DeviceActions):
         self._dropped_in_request = 0  # samples the class limit dropped for the pending capture
         self._last_captured: Optional[str] = None
         self._frame: Optional[np.ndarray] = None
+        self._shown: Optional[str] = None  # the state the panel's LEDs show
+        # run() finishes each frame (head, smoother, outputs) on a worker while the next
+        # frame's invoke runs (device/overlap.py); step() called alone finishes it at once.
+        self.overlap = True
+        self._after: Optional[Overlap] = None
         self._closers = []
         try:
             self._build(backbone, source, publisher, pin_factory, notifier, keyboard_stream,
@@ -192,8 +198,9 @@ class Device(DeviceActions):
                     break
                 except NoFrameYet:  # a browser camera not streaming: events still apply
                     continue
-                self.step(frame)
+                self.step(frame, overlap=self.overlap)
                 if on_started is not None and self.counters.frames == 1:
+                    self.settle()
                     on_started()
                 now = self.clock.now()
                 if self.watchdog_every is None or now - last_ping >= self.watchdog_every:
@@ -203,32 +210,61 @@ class Device(DeviceActions):
                     self.bus.raise_if_failed()  # a transport that gave up ends the run
                     last_health = now
                 if now - last_stats >= self.config.mqtt.stats_interval:
+                    self.settle()
                     self.bus.publish_stats(self.stats())
                     last_stats = now
                 if self.learner.dirty and now - last_save >= HEAD_SAVE_INTERVAL:
+                    self.settle()
                     self._save_head()
                     last_save = now
                 if frames is not None and self.counters.frames >= frames:
                     break
+            self.settle()  # the last frame's error, if any, ends the run like any other
         finally:
             self.shutdown()
 
-    def step(self, frame: np.ndarray) -> None:
-        """One frame: pending capture, prediction, smoothing, publishing."""
+    def step(self, frame: np.ndarray, overlap: bool = False) -> None:
+        """One frame: pending capture, prediction, smoothing, publishing. With ``overlap``
+        the second half — head, smoother, outputs — is handed to the frame worker and the
+        call returns after the invoke, so the next frame's invoke runs beside it;
+        :meth:`settle` waits for it (events, captures and the head's save do)."""
         c = self.counters
         c.frames += 1
         self._frame = frame
         if self.panel is not None:
             self.panel.tick()  # hold repeats, blinks ending, delete arming: on self.clock
-        captured = self._capture(frame) if self._pending else None
+            self._show_state()
+        captured = None
+        if self._pending:
+            self.settle()  # the capture changes the head: the frame before must be done
+            captured = self._capture(frame)
         t0 = self.clock.now()
         # A captured frame was just embedded (its first view): predict from that, not again.
         embedding = captured if captured is not None else \
             self.backbone.run_prepared(self.backbone.prepare(frame)).embedding
+        if overlap:
+            if self._after is None:
+                self._after = Overlap(self._finish_frame)
+            self._after.submit(c.frames, embedding, t0)
+            return
+        self.settle()
+        self._finish_frame(c.frames, embedding, t0)
+        if self.panel is not None:
+            self._show_state()
+
+    def settle(self) -> None:
+        """Wait for the frame the worker is finishing (see :meth:`step`); then nothing but
+        this thread touches the head, the smoother or the outputs. Raises that frame's
+        error, if it had one."""
+        if self._after is not None:
+            self._after.settle()
+
+    def _finish_frame(self, number: int, embedding: np.ndarray, t0: float) -> None:
+        c = self.counters
         prediction = self.learner.predict_embedding(embedding)
         self.last_prediction = prediction
         dt = self.clock.now() - t0
-        c.infer_ms = dt * 1000 if c.frames == 1 else 0.9 * c.infer_ms + 100 * dt
+        c.infer_ms = dt * 1000 if number == 1 else 0.9 * c.infer_ms + 100 * dt
         previous = c.last.get("frame_time")
         now = self.clock.now()
         if previous is not None and now > previous:
@@ -238,11 +274,17 @@ class Device(DeviceActions):
         if state != self.state:
             self.state = state
             self.bus.publish_state(state)
-            if self.panel is not None:
-                self.panel.show_prediction(state)
         self.bus.publish_prediction(dict(
             prediction.as_dict(), state=state, timestamp=round(self.clock.wall(), 3),
-            frame=c.frames, model=self.backbone.name, head=self.learner.head_name))
+            frame=number, model=self.backbone.name, head=self.learner.head_name))
+
+    def _show_state(self) -> None:
+        """The panel's LEDs follow the published state, on the loop thread (gpiozero's
+        devices and the panel's blinks are not shared with the frame worker)."""
+        state = self.state
+        if state != self._shown:
+            self._shown = state
+            self.panel.show_prediction(state)
 
     def stats(self) -> dict:
         c, p = self.counters, self.bus.stats
@@ -271,12 +313,20 @@ class Device(DeviceActions):
         if getattr(self, "_shut", False):
             return
         self._shut = True
+        try:
+            self.settle()
+        except Exception:  # noqa: BLE001 - on the way out: the state is still saved
+            log.exception("the last frame failed")
+        if self._after is not None:
+            self._after.close()
         self.notifier.stopping()
         if self.learner.dirty:
             self._save_head()
         self.bus.stop()  # never raises: a transport's failure is logged
 
     def close(self) -> None:
+        if self._after is not None:
+            self._after.close()
         for closer in reversed(self._closers):
             try:
                 closer()
