@@ -254,8 +254,13 @@ def test_a_device_back_after_the_horizon_resurrects_nothing_and_keeps_what_the_g
     # the broker has the compacted snapshot (else "two" would merge the tombstone: no test)
     assert run(a, until=lambda: body(retained(broker)[PREFIX + "m/one"])["tombs"] == {})
     b.open().start()
+    known = dict(b.fleet.sync.replica.samples)  # what "two" remembers of the group
     assert run(a, b, until=lambda: a.sids() == b.sids() == {s2, s3, s4})
-    assert b.fleet.stats["fleet_forgotten"] == 1
+    # "two" dropped s1 itself, knowing it was away (one rare failure, 1 of 20 suites, had
+    # the right end state with 0 here: the message says which way s1 went instead)
+    assert b.fleet.stats["fleet_forgotten"] == 1, dict(
+        stats=b.fleet.stats, s1_known=[k for k in known if k.startswith(s1)],
+        tombs=list(b.fleet.sync.replica.tombs))
     assert run(a, b, advance=INTERVAL, until=lambda: b.fleet.stats["fleet_digests_sent"] >= 2)
     assert a.sids() == b.sids() == {s2, s3, s4}
     assert not any(s1 in t for t in retained(broker))
