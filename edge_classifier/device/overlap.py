@@ -1,7 +1,7 @@
 """The second half of a frame — head, smoother, publishing — on a thread of its own, while the
 loop thread reads the next frame and runs the backbone on it (the invoke releases the GIL)::
 
-    after = Overlap(device.finish_frame)     # one worker, one frame in flight
+    after = Overlap(finish)                  # one worker, one frame in flight
     after.submit(frame_no, embedding, t0)    # waits until the frame before is finished
     after.settle()                           # before anything else touches head or outputs
 
@@ -20,6 +20,8 @@ from typing import Callable, Optional
 
 
 class Overlap:
+    """One worker thread calling ``finish(*args)`` for each frame handed over, in order."""
+
     def __init__(self, finish: Callable[..., None], name: str = "frame-finish"):
         self._finish = finish
         self._cv = threading.Condition(threading.Lock())
