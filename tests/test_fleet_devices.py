@@ -270,8 +270,13 @@ def test_forged_and_replayed_messages_are_rejected(fleet, broker, tmp_path):
         wait_online(seen, a, b)
         teach(seen, a, "bird", 1)
         assert wait_until(lambda: same((a, b), lambda s: len(s.get("bird", [])) == 1), LONG)
-        metas = [m for m in seen.messages if m.topic == f"{ROOT}/g1/m/devA"]
-        old_meta = metas[-1]
+        # devA's snapshot naming "bird" (it goes out after the sample, which carries the
+        # class too: the sample can reach devB before the snapshot reaches this observer)
+        def snapshot_with_bird():
+            return [m for m in list(seen.messages)
+                    if m.topic == f"{ROOT}/g1/m/devA" and b'"bird"' in m.payload]
+        assert wait_until(snapshot_with_bird, LONG)
+        old_meta = snapshot_with_bird()[-1]
         a.command(seen, "delete_class", **{"class": "bird"})
         assert wait_until(lambda: same((a, b), lambda s: "bird" not in s), LONG)
         # an attacker without the key, then one replaying devA's older snapshot
