@@ -15,6 +15,7 @@ from mosquitto import BASE
 
 from edge_classifier.comms.events import Capture
 from edge_classifier.device.overlap import Overlap
+from edge_classifier.frames.sources import ReplaySource
 
 
 def test_frames_finish_in_order_and_the_next_waits_for_the_one_in_flight():
@@ -115,7 +116,6 @@ class PostingSource:
 
 def test_a_capture_waits_for_the_frame_in_flight_and_the_next_frame_uses_it(
         device_factory, capsys, sample):
-    from edge_classifier.frames.sources import ReplaySource
     posting = PostingSource(ReplaySource([sample("bird.bmp"), sample("cat.bmp")]), 5,
                             Capture(class_name="cat", origin="test"))
     device = device_factory(make_config(), source=posting)
