@@ -138,3 +138,83 @@ def test_an_empty_frame_is_an_image_error_not_a_crash(shape):
                           timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("refused:") == 2 and "empty" in proc.stdout
+
+
+# -- the resize as the model's first op (Backbone.run_frame, the device loop's path) ----------
+
+@pytest.mark.parametrize("mode", ["crop", "squash"])
+@pytest.mark.parametrize("size", [(240, 320), (320, 240), (300, 300), (100, 80), (447, 300)])
+def test_a_stream_frame_gives_exactly_what_run_gives(backbones, photo, mode, size):
+    backbone = backbones(resize=mode)
+    frames = [pillow_resample(photo[:, k:k + 240], size) for k in (0, 40, 80)]
+    for frame in frames:
+        fused, plain = backbone.run_frame(frame), backbone.run(frame)
+        np.testing.assert_array_equal(fused.embedding, plain.embedding)
+        assert fused.scores is None
+    assert backbone._stream[0] == frames[0].shape and backbone._stream[1] is not None
+    assert not np.array_equal(backbone.run_frame(frames[0]).embedding,
+                              backbone.run_frame(frames[2]).embedding)
+
+
+def test_a_classifier_stream_frame_gives_its_scores_and_embedding(backbones, photo):
+    backbone = backbones("mobilenet_v2_1.0_224_quant")
+    fused, plain = backbone.run_frame(photo), backbone.run(photo)
+    assert backbone._stream[1] is not None
+    np.testing.assert_array_equal(fused.embedding, plain.embedding)
+    np.testing.assert_array_equal(fused.scores, plain.scores)
+    assert backbone.top_k(fused.scores, 1) == backbone.top_k(plain.scores, 1)
+
+
+def test_frames_that_need_no_tflite_resize_are_run_as_before(backbones, photo):
+    backbone = backbones()
+    at_size = np.ascontiguousarray(photo[8:232, 48:272])
+    big = pillow_resample(photo, (480, 640))  # 2x: Pillow's antialiased resize
+    for frame in (at_size, big, at_size):
+        np.testing.assert_array_equal(backbone.run_frame(frame).embedding,
+                                      backbone.run(frame).embedding)
+        assert backbone._stream == (frame.shape, None)
+
+
+def test_a_stream_whose_size_changes_stays_right(backbones, photo):
+    backbone = backbones()
+    frames = [photo, pillow_resample(photo, (200, 260)), photo[:, :300], photo]
+    for frame in frames * 2:
+        np.testing.assert_array_equal(backbone.run_frame(frame).embedding,
+                                      backbone.run(frame).embedding)
+    view = photo[5:235, 7:311]
+    assert not view.flags.c_contiguous
+    np.testing.assert_array_equal(backbone.run_frame(view).embedding,
+                                  backbone.run_frame(np.ascontiguousarray(view)).embedding)
+
+
+@pytest.mark.parametrize("frame", [np.zeros((0, 10, 3), np.uint8), np.zeros((10, 0, 3), np.uint8),
+                                   np.zeros((240, 320), np.uint8),
+                                   np.zeros((240, 320, 3), np.float32)])
+def test_a_bad_stream_frame_is_refused_like_run_refuses_it(backbones, frame):
+    from edge_classifier.errors import ImageError
+    backbone = backbones()
+    with pytest.raises(ImageError) as fused:
+        backbone.run_frame(frame)
+    with pytest.raises(ImageError) as plain:
+        backbone.run(frame)
+    assert str(fused.value) == str(plain.value)
+
+
+def test_without_the_tflite_resize_a_stream_frame_is_run_as_before(backbones, photo):
+    import copy
+    backbone = copy.copy(backbones())
+    backbone.resample, backbone._stream = None, None  # as on tflite-runtime alone
+    np.testing.assert_array_equal(backbone.run_frame(photo).embedding,
+                                  backbone.run(photo).embedding)
+    assert backbone._stream == (photo.shape, None)
+
+
+def test_with_resize_puts_the_resize_first_and_keeps_the_outputs(backbones):
+    from edge_classifier.backbone.resize import with_resize
+    backbone = backbones("mobilenet_v2_1.0_224_quant")
+    interpreter = make_interpreter(with_resize(backbone._content, (240, 320)), 1, "fused")
+    detail = interpreter.get_input_details()[0]
+    assert list(detail["shape"]) == [1, 240, 320, 3] and detail["dtype"] == np.uint8
+    assert detail["quantization"] == backbone._input["quantization"]
+    old = [list(d["shape"]) for d in backbone._interpreter.get_output_details()]
+    assert [list(d["shape"]) for d in interpreter.get_output_details()] == old

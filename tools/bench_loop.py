@@ -18,8 +18,8 @@
 
 Prints one JSON object: the ratio of the totals and the median of the rounds' ratios (less
 moved by bursts of noise on a shared machine), the bare invoke and the loop's overhead per frame in ms,
-and ``stage_ms``: each stage of a step timed on its own (preprocess, invoke, head, smoothing,
-publish, the rest). ``--frame-size model`` replays frames at the model's input size, as the
+and ``stage_ms``: each stage of a step timed on its own (invoke — with the frame resize, its
+first op, see Backbone.run_frame —, head, smoothing, publish, the rest). ``--frame-size model`` replays frames at the model's input size, as the
 camera's ISP delivers them (no resize left). Needs mosquitto on the PATH (else publishes to
 /dev/null, and says so).
 
@@ -72,13 +72,11 @@ def stage_ms(device, frames, n: int) -> dict:
     import time
     backbone, learner, smoother, bus = (device.backbone, device.learner, device.smoother,
                                         device.bus)
-    total = dict.fromkeys(("preprocess", "invoke", "head", "smoothing", "publish", "step"), 0.0)
+    total = dict.fromkeys(("invoke", "head", "smoothing", "publish", "step"), 0.0)
     for i in range(n):
         frame = frames[i % len(frames)]
-        t0 = time.perf_counter()
-        pixels = backbone.prepare(frame)
         t1 = time.perf_counter()
-        embedding = backbone.run_prepared(pixels).embedding
+        embedding = backbone.run_frame(frame).embedding  # the resize is its first op
         t2 = time.perf_counter()
         p = learner.predict_embedding(embedding)
         t3 = time.perf_counter()
@@ -89,7 +87,7 @@ def stage_ms(device, frames, n: int) -> dict:
         t5 = time.perf_counter()
         device.step(frame)
         t6 = time.perf_counter()
-        for name, dt in zip(total, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5)):
+        for name, dt in zip(total, (t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5)):
             total[name] += dt
     ms = {k: round(v / n * 1000, 3) for k, v in total.items()}
     ms["rest"] = round(ms["step"] - sum(v for k, v in ms.items() if k != "step"), 3)

@@ -127,6 +127,9 @@ class GraphEditor:
             index = self.op("DEQUANTIZE", [index], name, array.shape, version=3)
         return index
 
+    def tensor_name(self, index: int) -> str:
+        return _name(self.graph.tensors[index].name)
+
     def shape(self, index: int) -> List[int]:
         return [int(d) for d in self.graph.tensors[index].shape]
 

@@ -20,6 +20,10 @@ the samples, so those go to Pillow's antialiased bilinear resize, which weighs e
 costs little beside decoding a photo). Which one runs depends only on the sizes, so a picture is
 prepared the same way whenever it is used.
 
+For the frames of a stream, :func:`with_resize` puts the same op first in a copy of the image
+model itself (:meth:`~edge_classifier.backbone.model.Backbone.run_frame`, the device loop's
+path), so the model's threads run it inside the invoke, with the same result.
+
 :func:`make_resample` returns None where the schema is missing (``tflite-runtime`` alone, on
 32-bit Pi OS); :func:`~edge_classifier.frames.images.preprocess` then uses Pillow's bilinear
 resize, which gives nearly the same pixels (mean difference ~0.3 of 255 on a photo).
@@ -35,10 +39,10 @@ import numpy as np
 
 from edge_classifier.backbone.export import GraphEditor
 from edge_classifier.backbone.runtime import make_interpreter
-from edge_classifier.errors import EdgeClassifierError
+from edge_classifier.errors import EdgeClassifierError, ExportError
 from edge_classifier.frames.images import pillow_resample
 
-__all__ = ["TfliteResize", "make_resample", "resize_model"]
+__all__ = ["TfliteResize", "make_resample", "resize_model", "with_resize"]
 
 _log = logging.getLogger(__name__)
 _UINT8 = 3  # schema TensorType.UINT8
@@ -59,6 +63,38 @@ def resize_model(in_size: Tuple[int, int], out_size: Tuple[int, int]) -> bytes:
     editor.graph.tensors[pixels].type = _UINT8
     editor.graph.tensors[pixels].quantization = same
     return editor.finish({"pixels": pixels}, {})
+
+
+def with_resize(content: bytes, in_size: Tuple[int, int], source: str = "model") -> bytes:
+    """The image model ``content`` with the frame resize as its first op: its input becomes
+    uint8 1xHxWx3 ``in_size`` (heights first), resized (bilinear, half-pixel centres: the op
+    of :func:`resize_model`) to the model's own input, which must be uint8. The outputs stay
+    the same, in the same order. The model's threads then resize inside its invoke, with no
+    second interpreter, thread pool or copy (:meth:`Backbone.run_frame
+    <edge_classifier.backbone.model.Backbone.run_frame>`)."""
+    editor = GraphEditor(content, source)
+    g = editor.graph
+    if len(g.inputs) != 1 or g.tensors[g.inputs[0]].type != _UINT8:
+        raise ExportError(f"{source}: the frame resize needs one uint8 image input")
+    pixels = g.inputs[0]
+    shape = editor.shape(pixels)
+    if len(shape) != 4 or shape[0] != 1 or shape[3] != 3:
+        raise ExportError(f"{source}: input shape {shape} is not 1xHxWx3")
+    quantization = g.tensors[pixels].quantization  # resize keeps the scale: same values
+    frame = editor.tensor("frame", [1, int(in_size[0]), int(in_size[1]), 3], _UINT8,
+                          quantization=quantization)
+    size = editor.constant("frame/size", np.array(shape[1:3], np.int32))
+    editor.op("RESIZE_BILINEAR", [frame, size], "frame/resized", shape, version=3,
+              halfPixelCenters=True)
+    op = g.operators.pop()
+    op.outputs = [pixels]  # the resize writes the model's old input, so its first op reads it
+    g.operators.insert(0, op)
+    g.inputs = [frame]
+    names = {}
+    for k, index in enumerate(g.outputs):
+        name = editor.tensor_name(index) or f"output_{k}"
+        names[name if name not in names else f"{name}_{k}"] = index
+    return editor.finish(names, {})
 
 
 class TfliteResize:
@@ -87,13 +123,19 @@ class TfliteResize:
             entry[3] = in_size
         return entry
 
+    @staticmethod
+    def resizes(in_size: Tuple[int, int], out_size: Tuple[int, int]) -> bool:
+        """True when this resize (not Pillow's) takes ``in_size`` to ``out_size``: a
+        reduction of less than 2x (bilinear reads 2x2 pixels) or an enlargement."""
+        return in_size[0] < 2 * out_size[0] and in_size[1] < 2 * out_size[1]
+
     def __call__(self, region: np.ndarray, out_size: Tuple[int, int]) -> np.ndarray:
         out_size = (int(out_size[0]), int(out_size[1]))
         if region.ndim != 3 or region.shape[2] != 3 or region.dtype != np.uint8 or \
                 min(region.shape[:2]) < 1 or min(out_size) < 1:
             # The runtime would read out of bounds (an empty frame crashes the process).
             raise ValueError(f"cannot resize a {region.dtype} {region.shape} frame to {out_size}")
-        if region.shape[0] >= 2 * out_size[0] or region.shape[1] >= 2 * out_size[1]:
+        if not self.resizes(region.shape[:2], out_size):
             return pillow_resample(region, out_size)  # a big reduction: antialiased
         with self._lock:
             interpreter, inp, out, _ = self._interpreter(region.shape[:2], out_size)

@@ -241,7 +241,7 @@ class Device(DeviceActions):
         t0 = self.clock.now()
         # A captured frame was just embedded (its first view): predict from that, not again.
         embedding = captured if captured is not None else \
-            self.backbone.run_prepared(self.backbone.prepare(frame)).embedding
+            self.backbone.run_frame(frame).embedding
         if overlap:
             if self._after is None:
                 self._after = Overlap(self._finish_frame)

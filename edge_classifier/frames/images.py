@@ -244,6 +244,20 @@ def pillow_resample(region: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
     return np.asarray(image.resize((int(size[1]), int(size[0])), Image.BILINEAR), dtype=np.uint8)
 
 
+def resize_box(frame_size: Tuple[int, int], size: Tuple[int, int],
+               mode: str = "crop") -> Tuple[int, int, int, int]:
+    """(top, left, height, width) of the part of a frame of ``frame_size`` (height, width)
+    that :func:`preprocess` resizes to ``size``: the largest centred box with the output's
+    aspect ratio for ``"crop"``, the whole frame for ``"squash"``."""
+    in_h, in_w = int(frame_size[0]), int(frame_size[1])
+    if mode != "crop":
+        return 0, 0, in_h, in_w
+    out_h, out_w = int(size[0]), int(size[1])
+    scale = min(in_w / out_w, in_h / out_h)
+    crop_w, crop_h = max(1, round(out_w * scale)), max(1, round(out_h * scale))
+    return (in_h - crop_h) // 2, (in_w - crop_w) // 2, crop_h, crop_w
+
+
 def preprocess(rgb: np.ndarray, size: Tuple[int, int], mode: str = "crop",
                resample: Optional[Resample] = None) -> np.ndarray:
     """Resize an HxWx3 uint8 RGB frame to the model's ``size`` (height, width).
@@ -268,12 +282,8 @@ def preprocess(rgb: np.ndarray, size: Tuple[int, int], mode: str = "crop",
         view = frame.view()
         view.flags.writeable = False  # no copy, and the caller's frame stays the caller's
         return view
-    if mode == "crop":
-        # Largest box with the output's aspect ratio, centred.
-        scale = min(in_w / out_w, in_h / out_h)
-        crop_w, crop_h = max(1, round(out_w * scale)), max(1, round(out_h * scale))
-        left, top = (in_w - crop_w) // 2, (in_h - crop_h) // 2
-        frame = frame[top:top + crop_h, left:left + crop_w]
+    top, left, crop_h, crop_w = resize_box((in_h, in_w), (out_h, out_w), mode)
+    frame = frame[top:top + crop_h, left:left + crop_w]
     out = (resample or pillow_resample)(frame, (out_h, out_w))
     if out.shape != (out_h, out_w, 3) or out.dtype != np.uint8:  # a resample's contract
         raise ImageError(f"the resize gave {out.dtype} {out.shape}, not {out_h}x{out_w}x3 uint8")
