@@ -142,9 +142,16 @@ def test_an_empty_frame_is_an_image_error_not_a_crash(shape):
 
 # -- the resize as the model's first op (Backbone.run_frame, the device loop's path) ----------
 
+@pytest.fixture
+def at_once(monkeypatch):
+    """run_frame builds its model on the first frame of a shape (not the 30th in a row)."""
+    from edge_classifier.backbone import model
+    monkeypatch.setattr(model, "STREAM_AFTER", 1)
+
+
 @pytest.mark.parametrize("mode", ["crop", "squash"])
 @pytest.mark.parametrize("size", [(240, 320), (320, 240), (300, 300), (100, 80), (447, 300)])
-def test_a_stream_frame_gives_exactly_what_run_gives(backbones, photo, mode, size):
+def test_a_stream_frame_gives_exactly_what_run_gives(at_once, backbones, photo, mode, size):
     backbone = backbones(resize=mode)
     frames = [pillow_resample(photo[:, k:k + 240], size) for k in (0, 40, 80)]
     for frame in frames:
@@ -156,7 +163,7 @@ def test_a_stream_frame_gives_exactly_what_run_gives(backbones, photo, mode, siz
                               backbone.run_frame(frames[2]).embedding)
 
 
-def test_a_classifier_stream_frame_gives_its_scores_and_embedding(backbones, photo):
+def test_a_classifier_stream_frame_gives_its_scores_and_embedding(at_once, backbones, photo):
     backbone = backbones("mobilenet_v2_1.0_224_quant")
     fused, plain = backbone.run_frame(photo), backbone.run(photo)
     assert backbone._stream[1] is not None
@@ -165,7 +172,7 @@ def test_a_classifier_stream_frame_gives_its_scores_and_embedding(backbones, pho
     assert backbone.top_k(fused.scores, 1) == backbone.top_k(plain.scores, 1)
 
 
-def test_frames_that_need_no_tflite_resize_are_run_as_before(backbones, photo):
+def test_frames_that_need_no_tflite_resize_are_run_as_before(at_once, backbones, photo):
     backbone = backbones()
     at_size = np.ascontiguousarray(photo[8:232, 48:272])
     big = pillow_resample(photo, (480, 640))  # 2x: Pillow's antialiased resize
@@ -175,7 +182,7 @@ def test_frames_that_need_no_tflite_resize_are_run_as_before(backbones, photo):
         assert backbone._stream == (frame.shape, None)
 
 
-def test_a_stream_whose_size_changes_stays_right(backbones, photo):
+def test_a_stream_whose_size_changes_stays_right(at_once, backbones, photo):
     backbone = backbones()
     frames = [photo, pillow_resample(photo, (200, 260)), photo[:, :300], photo]
     for frame in frames * 2:
@@ -190,7 +197,7 @@ def test_a_stream_whose_size_changes_stays_right(backbones, photo):
 @pytest.mark.parametrize("frame", [np.zeros((0, 10, 3), np.uint8), np.zeros((10, 0, 3), np.uint8),
                                    np.zeros((240, 320), np.uint8),
                                    np.zeros((240, 320, 3), np.float32)])
-def test_a_bad_stream_frame_is_refused_like_run_refuses_it(backbones, frame):
+def test_a_bad_stream_frame_is_refused_like_run_refuses_it(at_once, backbones, frame):
     from edge_classifier.errors import ImageError
     backbone = backbones()
     with pytest.raises(ImageError) as fused:
@@ -200,7 +207,7 @@ def test_a_bad_stream_frame_is_refused_like_run_refuses_it(backbones, frame):
     assert str(fused.value) == str(plain.value)
 
 
-def test_without_the_tflite_resize_a_stream_frame_is_run_as_before(backbones, photo):
+def test_without_the_tflite_resize_a_stream_frame_is_run_as_before(at_once, backbones, photo):
     import copy
     backbone = copy.copy(backbones())
     backbone.resample, backbone._stream = None, None  # as on tflite-runtime alone
@@ -218,3 +225,62 @@ def test_with_resize_puts_the_resize_first_and_keeps_the_outputs(backbones):
     assert detail["quantization"] == backbone._input["quantization"]
     old = [list(d["shape"]) for d in backbone._interpreter.get_output_details()]
     assert [list(d["shape"]) for d in interpreter.get_output_details()] == old
+
+
+def test_the_model_is_built_for_a_stream_not_for_photos_of_many_sizes(backbones, photo):
+    """A replay of a folder gives frames of many sizes: building a model for each would stall
+    every frame ~0.1 s. Only STREAM_AFTER frames of one shape in a row build one, and a
+    frame of another shape then leaves it in place."""
+    import copy
+    from edge_classifier.backbone.model import STREAM_AFTER
+    backbone = copy.copy(backbones())
+    backbone._stream, backbone._seen = None, (None, 0)
+    a, b = photo, np.ascontiguousarray(photo[:, :300])
+    for i in range(3 * STREAM_AFTER):
+        backbone.run_frame(b if i % 2 else a)  # ends on b
+    assert backbone._stream is None
+    for _ in range(STREAM_AFTER - 1):
+        backbone.run_frame(a)
+    assert backbone._stream is None
+    backbone.run_frame(a)
+    stream = backbone._stream[1]
+    assert backbone._stream[0] == a.shape and stream is not None
+    np.testing.assert_array_equal(backbone.run_frame(b).embedding, backbone.run(b).embedding)
+    assert backbone._stream[1] is stream  # a one-off frame of another size: run(), kept
+    np.testing.assert_array_equal(backbone.run_frame(a).embedding, backbone.run(a).embedding)
+    for _ in range(STREAM_AFTER):
+        backbone.run_frame(b)  # the stream's size changed for good: a model for the new one
+    assert backbone._stream[0] == b.shape and backbone._stream[1] is not stream
+
+
+def test_the_device_loop_gives_the_predictions_run_gives(at_once, device_factory, capsys,
+                                                         tmp_path, photo):
+    """Device.run on 320x240 replay frames (resized by the model's first op) publishes what
+    the learner predicts from Backbone.run on the same frames."""
+    import json
+
+    from devicekit import make_config
+    from mosquitto import BASE
+    from PIL import Image
+
+    from edge_classifier.frames.sources import ReplaySource
+    paths = []
+    for k, frame in enumerate((photo, np.ascontiguousarray(photo[:, ::-1]),
+                               np.ascontiguousarray(photo[::-1]))):
+        paths.append(tmp_path / f"frame{k}.png")
+        Image.fromarray(frame).save(paths[-1])
+    device = device_factory(make_config(), source=ReplaySource(paths))
+    frames = [device.source.read() for _ in range(3)]
+    assert {f.shape for f in frames} == {(240, 320, 3)}
+    device.learner.capture("bird", frames[0])
+    device.learner.capture("cat", frames[1])
+    expected = [device.learner.predict(f) for f in frames]
+    capsys.readouterr()
+    device.run(frames=6)
+    lines = (json.loads(raw) for raw in capsys.readouterr().out.splitlines())
+    got = [line["payload"] for line in lines if line["topic"] == f"{BASE}/prediction"]
+    assert device.backbone._stream[1] is not None  # the loop ran the model with the resize
+    assert [p["frame"] for p in got] == list(range(1, 7))
+    for p, e in zip(got, expected * 2):
+        assert p["label"] == e.label
+        assert p["confidence"] == pytest.approx(e.confidence, abs=1e-6)

@@ -35,6 +35,10 @@ from edge_classifier.frames.region import Crop, check_crop
 
 _log = logging.getLogger(__name__)
 
+#: Frames of one shape in a row before run_frame builds the model that resizes them itself
+#: (~0.1 s, paid back after ~250 frames of 0.44 ms saved; a camera's stream never changes).
+STREAM_AFTER = 30
+
 # MobileNet's training normalisation: pixels mapped to [-1, 1].
 PIXEL_MEAN = 127.5
 PIXEL_STD = 127.5
@@ -164,8 +168,10 @@ class Backbone:
         #: On one thread: a second thread pool's workers, spinning after each resize, took
         #: cores from the model's own (bench_backbone: ratio 0.93-0.94 with 2, 0.94-0.96 with 1).
         self.resample = make_resample(1)
-        #: run_frame's model for the last frame shape: (shape, _Stream or None).
+        #: run_frame's model: (frame shape, _Stream or None where none can be built), and
+        #: (shape, how many frames in a row had it) of the frames that did not fit it.
         self._stream: Optional[Tuple[tuple, Optional[_Stream]]] = None
+        self._seen: Tuple[Optional[tuple], int] = (None, 0)
 
     # -- construction helpers ------------------------------------------------------------------
     @classmethod
@@ -277,9 +283,9 @@ class Backbone:
         """:meth:`run` for the frames of a stream (the device's loop: one size, frame after
         frame), with the same result. Where :meth:`prepare` would resize with TFLite's resize
         (see :mod:`~edge_classifier.backbone.resize`), the resize is the first op of a copy of
-        the model (:func:`~edge_classifier.backbone.resize.with_resize`, built on the first
-        frame of each shape, ~0.1 s), so the model's own threads resize inside its invoke:
-        no second invoke or copy per frame (the resize adds 0.3 ms to the invoke, against
+        the model (:func:`~edge_classifier.backbone.resize.with_resize`, built once frames of
+        one shape came :data:`STREAM_AFTER` times in a row, ~0.1 s), so the model's own
+        threads resize inside its invoke: no second invoke or copy per frame (the resize adds 0.3 ms to the invoke, against
         0.74 ms in an interpreter of its own, on the 2-core test machine). The copy is a
         second interpreter of the model, ~10 MB of memory, built only for frames that need a
         CPU resize (never for a Pi camera's stream at the model's size). Any other frame goes
@@ -295,12 +301,20 @@ class Backbone:
         return BackboneResult(stream.read(stream.embedding), scores)
 
     def _stream_for(self, frame) -> Optional["_Stream"]:
+        """The model for this frame's shape, built once that shape came STREAM_AFTER times in
+        a row (photos of many sizes, as a replay of a folder gives, never build one: each
+        would cost ~0.1 s); a frame of another shape goes to run() and leaves it in place."""
         if type(frame) is not np.ndarray or frame.dtype != np.uint8 or frame.ndim != 3 or \
                 frame.shape[2] != 3 or min(frame.shape[:2]) < 1:
             return None  # run() says what is wrong with it
         shape = frame.shape
-        if self._stream is None or self._stream[0] != shape:
-            self._stream = (shape, self._build_stream(shape[:2]))
+        if self._stream is not None and self._stream[0] == shape:
+            return self._stream[1]
+        seen, count = self._seen
+        self._seen = (shape, count + 1 if seen == shape else 1)
+        if self._seen[1] < STREAM_AFTER:
+            return None
+        self._stream = (shape, self._build_stream(shape[:2]))
         return self._stream[1]
 
     def _build_stream(self, frame_size) -> Optional["_Stream"]:
@@ -335,7 +349,7 @@ class Backbone:
 
     def close(self) -> None:
         self._interpreter = None
-        self._stream = None
+        self._stream, self._seen = None, (None, 0)
 
     def __enter__(self) -> "Backbone":
         return self
