@@ -177,3 +177,24 @@ def test_a_closed_stream_counts_drops_instead_of_raising():
     stream.close()
     pub.publish_result({"ok": True})
     assert pub.stats["dropped"] == 1 and "standard output" in pub.stats["last_error"]
+
+
+def test_a_flickering_label_under_a_steady_state_sends_the_scores_once_a_second():
+    """The device's payloads carry the smoothed ``state``: the scores are its attributes, so
+    a raw label that changes every frame (an object between two classes) does not send them
+    every frame; a change of the state does, at once."""
+    clock = FakeClock()
+    pub, stream = publisher(clock, discovery=False, prediction_interval=0.0)
+    with pub:
+        for frame in range(16):  # 2 s at 8 frames a second, the raw label flipping each frame
+            label = ("apple", "pear")[frame % 2]
+            pub.publish_prediction(dict(PREDICTION, label=label, state="apple",
+                                        scores={"apple": 0.5 + frame / 100,
+                                                "pear": 0.5 - frame / 100}))
+            clock.advance(0.125)
+        pub.publish_prediction(dict(PREDICTION, label="pear", state="pear",
+                                    scores={"apple": 0.1, "pear": 0.9}))
+    assert topics(stream).count(f"{BASE}/prediction") == 17
+    sent = [json.loads(line)["payload"]["apple"] for line in stream.getvalue().splitlines()
+            if json.loads(line)["topic"] == f"{BASE}/scores"]
+    assert sent == [0.5, 0.58, 0.1]  # t = 0, 1 s, and the new state at once

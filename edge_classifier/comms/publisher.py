@@ -18,7 +18,7 @@ from edge_classifier.comms.discovery import (AVAILABLE, MAX_DISCOVERY_BYTES, NOT
                                              DiscoveryTracker, Topics, to_json)
 from edge_classifier.errors import MqttFatalError, PublisherClosedError
 
-SCORES_INTERVAL = 1.0  # seconds: the retained scores change at most this often with one label
+SCORES_INTERVAL = 1.0  # seconds: the retained scores change at most this often with one state
 
 
 class Publisher:
@@ -193,9 +193,12 @@ class Publisher:
         """Publish a prediction (and its scores) unless one went out less than
         ``mqtt.prediction_interval`` ago by the clock; True when it was published. The
         retained scores go out only when they differ from what the broker already holds, at
-        once when the label changed and otherwise at most once per :data:`SCORES_INTERVAL`
+        once when the state changed and otherwise at most once per :data:`SCORES_INTERVAL`
         (they are Home Assistant attributes, which its recorder stores on every change; the
-        newest ones also go out on every connect)."""
+        newest ones also go out on every connect). The state is the payload's ``state`` (the
+        smoothed label, the sensor's state the scores are attributes of) where it has one,
+        else its ``label``: a raw label flickering between two classes under a steady state
+        does not send the scores on every frame."""
         now = self._clock.now()
         with self._lock:
             last = self._last_prediction
@@ -208,7 +211,7 @@ class Publisher:
         body = to_json(payload)
         scores = payload.get("scores")
         scores_body = to_json(scores) if isinstance(scores, dict) else None
-        label = payload.get("label")
+        label = payload.get("state", payload.get("label"))
         with self._lock:
             self._scores = scores_body or self._scores
             sent_at = self._scores_sent_at
