@@ -144,9 +144,11 @@ def test_an_empty_frame_is_an_image_error_not_a_crash(shape):
 
 @pytest.fixture
 def at_once(monkeypatch):
-    """run_frame builds its model on the first frame of a shape (not the 30th in a row)."""
+    """run_frame builds its model on the first frame of a shape (not the 30th in a row), at
+    once (not in a thread of its own)."""
     from edge_classifier.backbone import model
     monkeypatch.setattr(model, "STREAM_AFTER", 1)
+    monkeypatch.setattr(model, "BUILD_IN_BACKGROUND", False)
 
 
 @pytest.mark.parametrize("mode", ["crop", "squash"])
@@ -210,7 +212,7 @@ def test_a_bad_stream_frame_is_refused_like_run_refuses_it(at_once, backbones, f
 def test_without_the_tflite_resize_a_stream_frame_is_run_as_before(at_once, backbones, photo):
     import copy
     backbone = copy.copy(backbones())
-    backbone.resample, backbone._stream = None, None  # as on tflite-runtime alone
+    backbone.resample, backbone._stream, backbone._build = None, None, None  # tflite-runtime
     np.testing.assert_array_equal(backbone.run_frame(photo).embedding,
                                   backbone.run(photo).embedding)
     assert backbone._stream == (photo.shape, None)
@@ -227,14 +229,17 @@ def test_with_resize_puts_the_resize_first_and_keeps_the_outputs(backbones):
     assert [list(d["shape"]) for d in interpreter.get_output_details()] == old
 
 
-def test_the_model_is_built_for_a_stream_not_for_photos_of_many_sizes(backbones, photo):
+def test_the_model_is_built_for_a_stream_not_for_photos_of_many_sizes(monkeypatch, backbones,
+                                                                      photo):
     """A replay of a folder gives frames of many sizes: building a model for each would stall
     every frame ~0.1 s. Only STREAM_AFTER frames of one shape in a row build one, and a
     frame of another shape then leaves it in place."""
     import copy
     from edge_classifier.backbone.model import STREAM_AFTER
+    from edge_classifier.backbone import model
+    monkeypatch.setattr(model, "BUILD_IN_BACKGROUND", False)
     backbone = copy.copy(backbones())
-    backbone._stream, backbone._seen = None, (None, 0)
+    backbone._stream, backbone._seen, backbone._build = None, (None, 0), None
     a, b = photo, np.ascontiguousarray(photo[:, :300])
     for i in range(3 * STREAM_AFTER):
         backbone.run_frame(b if i % 2 else a)  # ends on b
@@ -284,3 +289,45 @@ def test_the_device_loop_gives_the_predictions_run_gives(at_once, device_factory
     for p, e in zip(got, expected * 2):
         assert p["label"] == e.label
         assert p["confidence"] == pytest.approx(e.confidence, abs=1e-6)
+
+
+def test_the_model_is_built_beside_the_frames_which_run_meanwhile(monkeypatch, backbones, photo):
+    """The build (~0.1 s here, longer on a Pi Zero) runs in a thread of its own: the frames
+    go to run() until it is there, then to it; a build that fails leaves them with run()."""
+    import copy
+
+    from edge_classifier.backbone import model
+    monkeypatch.setattr(model, "STREAM_AFTER", 1)
+    gate, real = threading.Event(), model.with_resize
+
+    def held(*args):
+        assert gate.wait(60)
+        return real(*args)
+    monkeypatch.setattr(model, "with_resize", held)
+    backbone = copy.copy(backbones())
+    backbone._stream, backbone._seen, backbone._build = None, (None, 0), None
+    expected = backbone.run(photo).embedding
+    for _ in range(3):  # the build is held: every frame is run as before, none waits for it
+        np.testing.assert_array_equal(backbone.run_frame(photo).embedding, expected)
+    build = backbone._build
+    assert backbone._stream is None and build is not None and not build.done.is_set()
+    gate.set()
+    assert build.done.wait(60)
+    np.testing.assert_array_equal(backbone.run_frame(photo).embedding, expected)
+    assert backbone._build is None and backbone._stream[1] is build.result is not None
+
+    failing = threading.Event()
+
+    def broken(*args):
+        assert failing.wait(60)
+        raise MemoryError("no room for a second interpreter")
+    monkeypatch.setattr(model, "with_resize", broken)
+    other = np.ascontiguousarray(photo[:, :300])
+    backbone.run_frame(other)
+    build = backbone._build
+    assert build is not None and build.shape == other.shape
+    failing.set()
+    assert build.done.wait(60) and build.result is None
+    np.testing.assert_array_equal(backbone.run_frame(other).embedding,
+                                  backbone.run(other).embedding)
+    assert backbone._stream == (other.shape, None)  # run() serves that shape from now on

@@ -19,9 +19,10 @@ import copy
 import hashlib
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -38,6 +39,8 @@ _log = logging.getLogger(__name__)
 #: Frames of one shape in a row before run_frame builds the model that resizes them itself
 #: (~0.1 s, paid back after ~250 frames of 0.44 ms saved; a camera's stream never changes).
 STREAM_AFTER = 30
+#: Build that model in a thread of its own (tests turn it off to build it at once).
+BUILD_IN_BACKGROUND = True
 
 # MobileNet's training normalisation: pixels mapped to [-1, 1].
 PIXEL_MEAN = 127.5
@@ -91,6 +94,29 @@ class _Stream:
 
     def read(self, detail) -> np.ndarray:
         return read_output(self.interpreter, detail)
+
+
+class _Build:
+    """run_frame's model for frames of ``shape``, built by ``work`` in a daemon thread of its
+    own (at once, in the caller's, when :data:`BUILD_IN_BACKGROUND` is off); ``done`` is set
+    when ``result`` is there (None: it could not be built, and run() serves that shape)."""
+
+    def __init__(self, shape: tuple, work: Callable[[], Optional[_Stream]]):
+        self.shape, self.result = shape, None
+        self.done = threading.Event()
+        if BUILD_IN_BACKGROUND:
+            threading.Thread(target=self._run, args=(work,), name="backbone-stream",
+                             daemon=True).start()
+        else:
+            self._run(work)
+
+    def _run(self, work) -> None:
+        try:
+            self.result = work()
+        except Exception:  # noqa: BLE001 - a model that can't be built: run() serves the frames
+            _log.exception("cannot build the model that resizes the frames itself")
+        finally:
+            self.done.set()
 
 
 def read_labels(path: "os.PathLike[str] | str") -> List[str]:
@@ -172,6 +198,7 @@ class Backbone:
         #: (shape, how many frames in a row had it) of the frames that did not fit it.
         self._stream: Optional[Tuple[tuple, Optional[_Stream]]] = None
         self._seen: Tuple[Optional[tuple], int] = (None, 0)
+        self._build: Optional[_Build] = None  # the model being built for another shape
 
     # -- construction helpers ------------------------------------------------------------------
     @classmethod
@@ -285,11 +312,12 @@ class Backbone:
         (see :mod:`~edge_classifier.backbone.resize`), the resize is the first op of a copy of
         the model (:func:`~edge_classifier.backbone.resize.with_resize`, built once frames of
         one shape came :data:`STREAM_AFTER` times in a row, ~0.1 s), so the model's own
-        threads resize inside its invoke: no second invoke or copy per frame (the resize adds 0.3 ms to the invoke, against
-        0.74 ms in an interpreter of its own, on the 2-core test machine). The copy is a
-        second interpreter of the model, ~10 MB of memory, built only for frames that need a
-        CPU resize (never for a Pi camera's stream at the model's size). Any other frame goes
-        to :meth:`run`."""
+        threads resize inside its invoke: no second invoke or copy per frame (the resize adds
+        0.3 ms to the invoke, against 0.74 ms in an interpreter of its own, on the 2-core test
+        machine). The copy is built in a thread of its own while the frames go to :meth:`run`
+        (on a Pi Zero it takes several times as long), and is a second interpreter of the
+        model, ~10 MB of memory, built only for frames that need a CPU resize (never for a Pi
+        camera's stream at the model's size). Any other frame goes to :meth:`run`."""
         stream = self._stream_for(frame)
         if stream is None:
             return self.run(frame)
@@ -310,31 +338,47 @@ class Backbone:
         shape = frame.shape
         if self._stream is not None and self._stream[0] == shape:
             return self._stream[1]
-        seen, count = self._seen
-        self._seen = (shape, count + 1 if seen == shape else 1)
-        if self._seen[1] < STREAM_AFTER:
+        build = self._build
+        if build is None or build.shape != shape:
+            seen, count = self._seen
+            self._seen = (shape, count + 1 if seen == shape else 1)
+            if self._seen[1] < STREAM_AFTER:
+                return None
+            work = self._stream_work(shape[:2])
+            if work is None:
+                self._stream = (shape, None)
+                return None
+            build = self._build = _Build(shape, work)  # in a thread: run() meanwhile
+        if not build.done.is_set():
             return None
-        self._stream = (shape, self._build_stream(shape[:2]))
-        return self._stream[1]
+        self._stream, self._build = (shape, build.result), None
+        return build.result
 
-    def _build_stream(self, frame_size) -> Optional["_Stream"]:
+    def _stream_work(self, frame_size) -> Optional[Callable[[], Optional["_Stream"]]]:
+        """What builds run_frame's model for frames of ``frame_size`` (a callable that any
+        thread may run: it touches nothing of this backbone's), or None where none applies."""
         if not self._direct_input or not isinstance(self.resample, TfliteResize) or \
                 self._interpreter is None:
             return None
         box = resize_box(frame_size, self.input_size, self.resize)
         if box[2:] == self.input_size or not self.resample.resizes(box[2:], self.input_size):
             return None  # used as it is, or a reduction Pillow's antialiased resize makes
-        try:
-            content = with_resize(self._content, box[2:], str(self.path))
-            interpreter = runtime.make_interpreter(content, self._num_threads, str(self.path))
-        except (EdgeClassifierError, ImportError, RuntimeError, ValueError) as exc:
-            _log.debug("resizing frames before the invoke: %s", exc)
-            return None
+        content, threads, source = self._content, self._num_threads, str(self.path)
         old = [d["index"] for d in self._interpreter.get_output_details()]
-        new = interpreter.get_output_details()
-        scores = None if self._scores_out is None else new[old.index(self._scores_out["index"])]
-        return _Stream(interpreter, interpreter.get_input_details()[0]["index"],
-                       new[old.index(self._embedding_out["index"])], scores, box)
+        wanted = (old.index(self._embedding_out["index"]),
+                  None if self._scores_out is None else old.index(self._scores_out["index"]))
+
+        def work() -> Optional[_Stream]:
+            try:
+                interpreter = runtime.make_interpreter(with_resize(content, box[2:], source),
+                                                       threads, source)
+            except (EdgeClassifierError, ImportError, RuntimeError, ValueError) as exc:
+                _log.debug("resizing frames before the invoke: %s", exc)
+                return None
+            new = interpreter.get_output_details()
+            return _Stream(interpreter, interpreter.get_input_details()[0]["index"],
+                           new[wanted[0]], None if wanted[1] is None else new[wanted[1]], box)
+        return work
 
     def embed(self, rgb: np.ndarray) -> np.ndarray:
         return self.run(rgb).embedding
@@ -349,7 +393,7 @@ class Backbone:
 
     def close(self) -> None:
         self._interpreter = None
-        self._stream, self._seen = None, (None, 0)
+        self._stream, self._seen, self._build = None, (None, 0), None
 
     def __enter__(self) -> "Backbone":
         return self
