@@ -253,6 +253,10 @@ def test_the_model_is_built_for_a_stream_not_for_photos_of_many_sizes(monkeypatc
     np.testing.assert_array_equal(backbone.run_frame(b).embedding, backbone.run(b).embedding)
     assert backbone._stream[1] is stream  # a one-off frame of another size: run(), kept
     np.testing.assert_array_equal(backbone.run_frame(a).embedding, backbone.run(a).embedding)
+    for _ in range(2 * STREAM_AFTER):  # odd frames between the stream's: never in a row
+        backbone.run_frame(b)
+        backbone.run_frame(a)
+    assert backbone._stream[1] is stream
     for _ in range(STREAM_AFTER):
         backbone.run_frame(b)  # the stream's size changed for good: a model for the new one
     assert backbone._stream[0] == b.shape and backbone._stream[1] is not stream

@@ -337,9 +337,13 @@ class Backbone:
             return None  # run() says what is wrong with it
         shape = frame.shape
         if self._stream is not None and self._stream[0] == shape:
+            if self._seen[1]:
+                self._seen = (None, 0)  # another shape's frames are counted in a row
             return self._stream[1]
         build = self._build
-        if build is None or build.shape != shape:
+        if build is not None and build.shape == shape:
+            self._seen = (None, 0)
+        else:
             seen, count = self._seen
             self._seen = (shape, count + 1 if seen == shape else 1)
             if self._seen[1] < STREAM_AFTER:
