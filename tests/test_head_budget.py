@@ -91,7 +91,7 @@ def test_saved_head_loads_without_any_fit(monkeypatch):
     def no_fit(*args, **kwargs):
         raise AssertionError("loading refitted the head")
     monkeypatch.setattr(autocal, "calibrate", no_fit)
-    monkeypatch.setattr(AutoHead, "fit", no_fit)
+    monkeypatch.setattr(AutoHead, "_fit_merged", no_fit)  # fit and fit_rows
     with np.load(buf) as npz:
         loaded = load_head(dict(npz), json.loads(json.dumps(meta)))
     np.testing.assert_array_equal(loaded.predict_proba(Xte), head.predict_proba(Xte))
@@ -212,7 +212,7 @@ def test_learner_recalibrates_and_refits_in_the_background(tmp_path, backbones, 
         assert learner.head.n_samples == 6
         learner.wait_background()
         learner.save()
-    monkeypatch.setattr(AutoHead, "fit", lambda *a, **k: pytest.fail("refitted"))
+    monkeypatch.setattr(AutoHead, "_fit_merged", lambda *a, **k: pytest.fail("refitted"))
     with StateDir(tmp_path / "state") as state:
         again = Learner(backbones(), state)
         assert again.problems == [] and again.head.n_samples == 6
@@ -306,3 +306,48 @@ def test_unknown_scores_stay_finite_when_every_landmark_sample_is_gone():
     assert head.n_orphans == head.n_landmarks
     with np.errstate(all="raise"):
         assert np.all(np.isfinite(head.unknown_score(Xte)))
+
+
+def test_fit_rows_is_fit_on_the_stacked_matrix_bit_for_bit():
+    from edge_classifier.learning.compact import ViewRows, compact
+    Xtr, ytr, _, _, _ = _task(7, n=80)  # 320 samples, beyond a budget of 100 landmarks
+    rng = np.random.default_rng(7)
+    q = np.round(np.abs(Xtr) / 0.02) * 0.02  # quantised, as a backbone's: compact form
+    views = np.stack([q, q[:, ::-1]], axis=1).astype(np.float32)
+    items = [compact(v) for v in views]
+    items[5] = np.concatenate([views[5], rng.random((1, views.shape[2]), np.float32)])  # 3 views
+    rows = ViewRows(items)
+    assert rows.shape == (320, 2, 32)  # cut to the fewest views, as samples_matrix cuts
+    np.testing.assert_array_equal(rows.take(np.array([5, 0])), views[[5, 0]])
+    a = make_head("auto", landmarks=100).fit(views[:, 0], ytr, NAMES, views=views[:, 1:])
+    b = make_head("auto", landmarks=100).fit_rows(rows, ytr, NAMES)
+    (sa, ma), (sb, mb) = a.to_state(), b.to_state()
+    assert sa.keys() == sb.keys() and ma == mb
+    for key in sa:
+        np.testing.assert_array_equal(sa[key], sb[key], err_msg=key)
+    with pytest.raises(Exception, match="no samples"):
+        make_head("auto").fit_rows(ViewRows([]), [], NAMES)
+
+
+def test_the_learner_fits_and_refits_from_the_store_without_its_float32_matrix(
+        tmp_path, backbones, frames, monkeypatch):
+    """The store's samples_matrix is every sample as float32 (82 MB at 10,000), beside the head
+    being built: the auto head is fitted from the store's compact rows instead, same head."""
+    from edge_classifier.learning.learner import Learner
+    from edge_classifier.learning.state import StateDir
+    from edge_classifier.learning.store import SampleStore
+    with StateDir(tmp_path / "state") as state:
+        learner = Learner(backbones(), state)
+        for name, crops in frames.items():
+            for crop in crops:
+                learner.capture(name, crop)
+        views, y, names = learner.store.samples_matrix()
+        expected = make_head("auto").fit(views[:, 0], y, names, views=views[:, 1:])
+        monkeypatch.setattr(SampleStore, "samples_matrix",
+                            lambda self: pytest.fail("the whole float32 matrix was built"))
+        learner.fit()
+        np.testing.assert_array_equal(learner.head.to_state()[0]["P"], expected.to_state()[0]["P"])
+        learner.store.delete_class("food")
+        learner.changed()  # a refit in the background, from the store's rows
+        learner.wait_background()
+        assert learner.head.classes == ["cat", "bird"] and learner.head.n_samples == 8

@@ -30,6 +30,7 @@ from edge_classifier.core import blas
 from edge_classifier.core.names import UNKNOWN
 from edge_classifier.errors import HeadError, HeadLoadError, StoreError
 from edge_classifier.learning.augment import Augmentation, embed_views
+from edge_classifier.learning.compact import ViewRows
 from edge_classifier.learning.heads import load_head, make_head
 from edge_classifier.learning.limits import over_limit
 from edge_classifier.learning.state import StateDir
@@ -116,19 +117,21 @@ class Learner:
     # -- fitting -------------------------------------------------------------------------------
     def fit(self) -> None:
         """Fit the head on every stored sample (classes without samples are left out)."""
+        head = make_head(self.head_name)
         if self.multilabel:
             views, y, names = self.store.multilabel_matrix()
+        elif hasattr(head, "fit_rows"):  # read from the store a few samples at a time
+            views, y, names = self.store.sample_rows()
         else:
             views, y, names = self.store.samples_matrix()
         if len(y) == 0:
             self.head = None
             self._rows = []
             return
-        head = make_head(self.head_name)
         t0 = time.perf_counter()
         # Classes without samples are kept by the head (never predicted) so labels stay aligned.
         with blas.threads(None):  # every core for the fit (the device runs BLAS on one)
-            head.fit(views[:, 0], y, names, views=views[:, 1:] if views.shape[1] > 1 else None)
+            _fit(head, views, y, names)
         self.last_fit_ms = (time.perf_counter() - t0) * 1000
         self.head = head
         self._rows = self._store_rows()
@@ -319,16 +322,13 @@ class Learner:
         for label, name in enumerate(classes):
             for sid in self.store.sample_ids(name):
                 rows.append(sid)
-                blocks.append(self.store.views(name, sid))
+                blocks.append(self.store.stored_views(name, sid))  # no copy: read as it fits
                 labels.append(label)
         head_name = self.head_name
 
         def refit():
-            v = min(b.shape[0] for b in blocks)
-            views = np.stack([b[:v] for b in blocks]).astype(np.float32)
             head = make_head(head_name)
-            head.fit(views[:, 0], np.asarray(labels), classes,
-                     views=views[:, 1:] if v > 1 else None)
+            _fit(head, ViewRows(blocks), np.asarray(labels), classes)
             return head, rows
         self._job = _Background("refit", refit)
 
@@ -391,6 +391,17 @@ class Learner:
 
     def predict(self, rgb: np.ndarray) -> Prediction:
         return self.predict_embedding(self.backbone.embed(rgb))
+
+
+def _fit(head, views, y, names) -> None:
+    """``head.fit`` on NxVxD views: an array, or a :class:`ViewRows` (read in chunks by a head
+    that can, expanded here for one that cannot)."""
+    if isinstance(views, ViewRows):
+        if hasattr(head, "fit_rows"):
+            head.fit_rows(views, y, names)
+            return
+        views = views.take(slice(None))
+    head.fit(views[:, 0], y, names, views=views[:, 1:] if views.shape[1] > 1 else None)
 
 
 class _Background:

@@ -29,7 +29,7 @@ from edge_classifier.core import atomic
 from edge_classifier.core.names import class_key, validate_class_name
 from edge_classifier.errors import (ClassLimitError, ReadOnlyStoreError, StoreError,
                                     UnknownClassError)
-from edge_classifier.learning.compact import compact, expand as _expand
+from edge_classifier.learning.compact import ViewRows, compact, expand as _expand
 from edge_classifier.learning.store_disk import (META, SAMPLES, TRASH_PREFIX, check_backbone,
                                                  clean_leftovers, holds_samples, jpeg_thumbnail,
                                                  load_class_folder, meta_text, names_from_folders,
@@ -250,6 +250,24 @@ class SampleStore:
         v = min(b.shape[0] for b in blocks)
         return (np.stack([_expand(b)[:v] for b in blocks]).astype(np.float32),
                 np.asarray(labels, dtype=np.int64), self.classes)
+
+    def sample_rows(self) -> Tuple[ViewRows, np.ndarray, List[str]]:
+        """:meth:`samples_matrix` without the matrix: the samples as a
+        :class:`~edge_classifier.learning.compact.ViewRows` over their in-memory form (read a few
+        rows at a time), the labels and the class names."""
+        items, labels = [], []
+        for label, name in enumerate(self._classes):
+            items.extend(self._samples[name].values())
+            labels.extend([label] * len(self._samples[name]))
+        return ViewRows(items), np.asarray(labels, dtype=np.int64), self.classes
+
+    def stored_views(self, name: str, sample_id: str):
+        """A sample's views in their in-memory form (never changed in place: safe to keep
+        for a :class:`~edge_classifier.learning.compact.ViewRows` in another thread)."""
+        try:
+            return self._get(name)[sample_id]
+        except KeyError:
+            raise UnknownClassError(f"class {name!r} has no sample {sample_id!r}") from None
 
     def multilabel_matrix(self) -> Tuple[np.ndarray, np.ndarray, List[str]]:
         """(NxVxD views, NxC 0/1 labels, class names): one row per sample id, a multi-label

@@ -186,12 +186,37 @@ class AutoHead:
         V = None if views is None else np.asarray(views)
         if V is not None and (V.ndim not in (2, 3) or V.shape[0] != n):
             merge_views(X[:1], V, self.power, d)  # raises the shape error
+        return self._fit_merged(
+            lambda rows: merge_views(X[rows], None if V is None else V[rows], self.power, d),
+            n, d, labels, names)
+
+    def fit_rows(self, rows, y, class_names: Sequence[str]) -> "AutoHead":
+        """:meth:`fit` on samples read a few at a time: ``rows`` is a
+        :class:`~edge_classifier.learning.compact.ViewRows` (``len``, ``dim``, ``take(rows)`` ->
+        len x V x D float32, the sample itself first). The same head as ``fit`` on the stacked
+        matrix, bit for bit, without that matrix (what the device fits from its store)."""
+        n, d = len(rows), int(rows.dim)
+        if n == 0:
+            raise EmptyHeadError("cannot fit a head on no samples")
+        names = check_class_names(class_names)
+        labels = as_labels(y, n, len(names))
+
+        def merged(which):
+            V = rows.take(which)
+            X = as_embeddings(V[:, 0], d)
+            return merge_views(X, V[:, 1:] if V.shape[1] > 1 else None, self.power, d)
+        return self._fit_merged(merged, n, d, labels, names)
+
+    def _fit_merged(self, merged: Callable[[Any], np.ndarray], n: int, d: int,
+                    labels: np.ndarray, names: List[str]) -> "AutoHead":
+        """Fit on n samples whose merged points (len x D float32) ``merged(rows)`` gives for a
+        slice or an index array of rows."""
         Z16 = np.empty((n, d), np.float16)  # in chunks: no N x D float32 temporaries
         for sl in row_chunks(n):
-            Z16[sl] = merge_views(X[sl], None if V is None else V[sl], self.power, d)
+            Z16[sl] = merged(sl)
         cand = np.arange(n) if n <= self.landmarks else \
             np.unique(np.linspace(0, n - 1, self.landmarks).round().astype(np.int64))
-        Zc = merge_views(X[cand], None if V is None else V[cand], self.power, d)
+        Zc = merged(cand)
         self._classes, self._dim = list(names), int(d)
         self._reset(self._dim)
         self._buf, self._n, self._rows, self._y = Z16, n, np.arange(n), labels.copy()
