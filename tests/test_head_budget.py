@@ -351,3 +351,27 @@ def test_the_learner_fits_and_refits_from_the_store_without_its_float32_matrix(
         learner.changed()  # a refit in the background, from the store's rows
         learner.wait_background()
         assert learner.head.classes == ["cat", "bird"] and learner.head.n_samples == 8
+
+
+def test_leave_one_out_beyond_the_budget_equals_refitting_without_the_sample_or_its_group():
+    """The calibration's held-out scores (float32 above 512 samples) against a direct refit of
+    the same landmark system without each checked sample (or its whole capture group)."""
+    from edge_classifier.learning.heads.autocal import point_features
+    Xtr, ytr, _, _, _ = _task(8, n=150)  # 600 samples: the float32 path
+    X = np.abs(Xtr).astype(np.float32)
+    X[[7, 13, 31]] = X[[6, 12, 30]]  # capture groups of two (6, 12 and 30 are landmarks)
+    head = make_head("auto", landmarks=100).fit(X, ytr, NAMES)
+    n, C = ytr.size, len(NAMES)
+    Phi = point_features(head._geometry(), np.arange(n))[0]
+    Tc = np.eye(C)[ytr] - np.bincount(ytr, minlength=C) / n
+    groups = head.capture_groups
+    assert groups[6] == groups[7] and groups[12] == groups[13] and groups[30] == groups[31]
+    checked = 0
+    for i in [0, 5, 7, 12, 99, 300, 598]:
+        out = np.flatnonzero(groups == groups[i])
+        keep = np.setdiff1d(np.arange(n), out)
+        A = Phi[keep].T @ Phi[keep] + head.lam * np.eye(Phi.shape[1])
+        direct = Phi[out] @ np.linalg.solve(A, Phi[keep].T @ Tc[keep])
+        np.testing.assert_allclose(head._loo[out], direct, atol=2e-3, err_msg=f"sample {i}")
+        checked += out.size
+    assert checked >= 9

@@ -61,12 +61,18 @@ def point_features(snap: Dict[str, Any], idx) -> Tuple[np.ndarray, np.ndarray, n
     return kernel_values(S, sq, snap["lsq"], snap["gamma"]) @ snap["Linv"].T, Z, sq
 
 
-def _chunk(snap: Dict[str, Any], sl: slice, dtype) -> Tuple[np.ndarray, np.ndarray]:
-    """(similarities to the landmarks, features) of the samples in slice ``sl``."""
+def _kernel_chunk(snap: Dict[str, Any], sl, dtype) -> Tuple[np.ndarray, np.ndarray]:
+    """(similarities to the landmarks, kernel values) of the samples ``sl`` (a slice or an
+    index array)."""
     Z = _points(snap, sl).astype(dtype)
     S = Z @ snap["_Lt"]
     sq = np.einsum("ij,ij->i", Z, Z, dtype=np.float64)
-    K = kernel_values(S, sq, snap["lsq"], snap["gamma"])  # a new array: S is kept
+    return S, kernel_values(S, sq, snap["lsq"], snap["gamma"])  # a new array: S is kept
+
+
+def _chunk(snap: Dict[str, Any], sl: slice, dtype) -> Tuple[np.ndarray, np.ndarray]:
+    """(similarities to the landmarks, features) of the samples in slice ``sl``."""
+    S, K = _kernel_chunk(snap, sl, dtype)
     return S, K @ snap["_LinvT"]
 
 
@@ -91,7 +97,7 @@ def calibrate(snap: Dict[str, Any], system_only: bool = False) -> Dict[str, Any]
         r, c = np.nonzero((S > 1.0 - DUPLICATE_DISTANCE) & (owner >= 0)[None, :])
         ea.append(r + sl.start)
         eb.append(node[c])
-    P = system_inverse(None, snap["lam"], gram=G, overwrite_gram=True)
+    P, M = system_inverse(None, snap["lam"], gram=G, overwrite_gram=True, with_factor=True)
     del G
     out: Dict[str, Any] = {"system": (P, b, s), "version": snap["version"]}
     if system_only:
@@ -104,11 +110,17 @@ def calibrate(snap: Dict[str, Any], system_only: bool = False) -> Dict[str, Any]
     F = np.empty((n, C))
     h = np.empty(n)
     best = np.empty(n)
-    Pd, Wd = P.astype(dtype, copy=False), W.astype(dtype, copy=False)  # once, not per chunk
+    # From the kernel values k of a chunk in one product each (no features): scores
+    # F = phi W = k (Linv.T W), hat diagonal h = phi P phi = |R k|^2 with R = M Linv (P = M.T M).
+    R = (M @ snap["Linv"]).astype(dtype, copy=False)  # kept for the capture groups below
+    del M
+    Wk = (snap["Linv"].T @ W).astype(dtype, copy=False)
     for sl in row_chunks(n):
-        S, Phi = _chunk(snap, sl, dtype)
-        F[sl] = Phi @ Wd
-        h[sl] = np.einsum("ij,ij->i", Phi @ Pd, Phi, dtype=np.float64)
+        S, K = _kernel_chunk(snap, sl, dtype)
+        F[sl] = K @ Wk
+        U = K @ R.T
+        h[sl] = np.einsum("ij,ij->i", U, U, dtype=np.float64)
+        del K, U
         S[(lgroup[None, :] == groups[sl, None]) | (owner < 0)[None, :]] = -np.inf
         best[sl] = S.max(axis=1) if m else -np.inf  # the max of S's own dtype: no copy
     Tc = T - tbar
@@ -117,8 +129,9 @@ def calibrate(snap: Dict[str, Any], system_only: bool = False) -> Dict[str, Any]
         step = max(1, 256 // same_size.shape[1])  # ~256 samples at a time: bounded temporaries
         for start in range(0, same_size.shape[0], step):
             idx = same_size[start:start + step]
-            Phi_g = point_features(snap, idx.ravel())[0].reshape(idx.shape + (m,))
-            H = Phi_g @ P @ Phi_g.transpose(0, 2, 1)
+            # H_gg = Phi_g P Phi_g.T = U U.T with U = K_g R.T: one product for the whole batch
+            U = (_kernel_chunk(snap, idx.ravel(), dtype)[1] @ R.T).reshape(idx.shape + (m,))
+            H = (U @ U.transpose(0, 2, 1)).astype(np.float64)
             eye = np.eye(idx.shape[1])
             loo[idx] = Tc[idx] - np.linalg.solve(eye * (1.0 + 1e-12) - H, Tc[idx] - F[idx])
     out["loo"], out["groups"] = loo, groups

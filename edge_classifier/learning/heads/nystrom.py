@@ -78,16 +78,17 @@ def features(S: np.ndarray, sq_rows: np.ndarray, sq_land: np.ndarray, gamma: flo
 
 
 def system_inverse(Phi: np.ndarray, lam: float, gram: "np.ndarray | None" = None,
-                   overwrite_gram: bool = False) -> np.ndarray:
+                   overwrite_gram: bool = False, with_factor: bool = False):
     """``inv(Phi.T @ Phi + lam*I)`` (m x m float64); ``gram`` may pass ``Phi.T @ Phi`` (a
-    float64 ``gram`` is used as the work array with ``overwrite_gram``: 8 MB less at m = 1,024)."""
+    float64 ``gram`` is used as the work array with ``overwrite_gram``: 8 MB less at m = 1,024).
+    ``with_factor``: (that inverse P, its lower-triangular factor M with ``M.T @ M == P``)."""
     if gram is None:
         A = Phi.T @ Phi
     else:
         A = np.asarray(gram, dtype=np.float64) if overwrite_gram else np.array(gram, dtype=np.float64)
     A[np.diag_indices_from(A)] += lam
     M = _factor(A)
-    return M.T @ M
+    return (M.T @ M, M) if with_factor else M.T @ M
 
 
 def rank_update(P: np.ndarray, rows: np.ndarray, sign: float) -> np.ndarray:
