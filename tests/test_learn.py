@@ -233,3 +233,44 @@ def test_export_round_trip(dataset, tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["bird", "cat", "food"]
     code, out, _ = run(capsys, "train", tmp_path / "out", "--state", tmp_path / "again", "-q")
     assert code == 0 and "18 samples added" in out
+
+
+def test_predict_reads_no_sample_when_the_saved_head_matches(dataset, tmp_path, capsys, sample,
+                                                             monkeypatch):
+    """A read-only store lists the samples at open and reads one only when it is needed: with
+    a saved head that matches, predict reads none (it took seconds at 10,000 samples)."""
+    from edge_classifier.learning import store_disk
+    state = tmp_path / "state"
+    run(capsys, "train", dataset / "train", "--state", state, "-q")
+    code, expected, _ = run(capsys, "predict", sample("cat.bmp"), "--state", state, "--json")
+    assert code == 0
+    real = store_disk.load_views
+    monkeypatch.setattr(store_disk, "load_views",
+                        lambda path: pytest.fail(f"predict read {path.name}"))
+    code, out, err = run(capsys, "predict", sample("cat.bmp"), "--state", state, "--json")
+    assert code == 0 and err == "" and json.loads(out) == json.loads(expected)
+    # without a saved head the samples are read after all, and the head is fitted from them
+    monkeypatch.setattr(store_disk, "load_views", real)
+    (state / HEAD_META).unlink()
+    code, out, err = run(capsys, "predict", sample("cat.bmp"), "--state", state, "--json")
+    assert code == 0 and json.loads(out)["results"][0]["label"] == \
+        json.loads(expected)["results"][0]["label"]
+
+
+def test_a_damaged_sample_found_by_a_reader_is_skipped_and_kept_on_disk(dataset, tmp_path,
+                                                                         capsys, sample):
+    from edge_classifier.learning.state import StateDir
+    state = tmp_path / "state"
+    run(capsys, "train", dataset / "train", "--state", state, "-q")
+    victim = sorted(state.glob("samples/*/*.npy"))[0]
+    victim.write_bytes(victim.read_bytes()[:200])  # truncated after its header
+    (state / HEAD_META).unlink()  # the reader must fit: every sample is read
+    code, out, err = run(capsys, "predict", sample("cat.bmp"), "--state", state, "--json")
+    assert code == 0, err
+    assert f"{victim.name}: unreadable sample skipped" in err and "header says" in err
+    assert victim.exists() and len(victim.read_bytes()) == 200  # a reader changes nothing
+    store = StateDir(state, write=False).open_store()
+    assert len(store) == 18  # listed: not read yet
+    views, y, _ = store.samples_matrix()
+    assert views.shape[0] == y.size == len(store) == 17
+    assert any(victim.name in p for p in store.problems)

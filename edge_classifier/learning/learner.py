@@ -124,6 +124,7 @@ class Learner:
             views, y, names = self.store.sample_rows()
         else:
             views, y, names = self.store.samples_matrix()
+        self._store_problems()
         if len(y) == 0:
             self.head = None
             self._rows = []
@@ -136,6 +137,13 @@ class Learner:
         self.head = head
         self._rows = self._store_rows()
         self._dirty = True
+
+    def _store_problems(self) -> None:
+        """Add what the store found since it was opened (a read-only store reads its samples
+        when they are first needed, and says there which it could not read)."""
+        for p in self.store.problems:
+            if p not in self.problems:
+                self.problems.append(p)
 
     def load_or_fit(self) -> None:
         """Use the saved head if it matches the samples, else fit a new one. A head that

@@ -32,8 +32,9 @@ from edge_classifier.errors import (ClassLimitError, ReadOnlyStoreError, StoreEr
 from edge_classifier.learning.compact import ViewRows, compact, expand as _expand
 from edge_classifier.learning.store_disk import (META, SAMPLES, TRASH_PREFIX, check_backbone,
                                                  clean_leftovers, holds_samples, jpeg_thumbnail,
-                                                 load_class_folder, meta_text, names_from_folders,
-                                                 new_id, read_meta, safe_folder, storage_errors,
+                                                 list_class_folder, load_class_folder, meta_text,
+                                                 names_from_folders, new_id, read_meta,
+                                                 read_sample, safe_folder, storage_errors,
                                                  unlisted_folders)
 
 __all__ = ["CLASS_CEILING", "META", "SampleStore", "read_meta", "storage_errors"]
@@ -46,7 +47,10 @@ class SampleStore:
     :param backbone: the backbone's ``identity``; opening a store filled by another backbone
         raises :class:`StoreError` (its embeddings would be meaningless).
     :param thumbnail_size: short side of stored thumbnails in pixels (0: no thumbnails).
-    :param readonly: read what is there; create, clean up and write nothing.
+    :param readonly: read what is there; create, clean up and write nothing. A read-only
+        store lists the samples at open and reads each when it is first needed (``predict``
+        with a saved head that matches needs none); one found unreadable then is left out and
+        said so in ``problems``, as a writer says it at open.
     :param max_classes: most classes the store may hold (None: :data:`CLASS_CEILING`).
     :param head: the head name the state is taught with, remembered in ``store.json``.
 
@@ -163,9 +167,33 @@ class SampleStore:
             clean_leftovers(self.root)
         dim = self.backbone.get("embedding_dim") if self.backbone else None
         for name, folder in self._classes.items():
+            if self.readonly:  # listed now, read when first needed (predict needs none)
+                self._samples[name] = list_class_folder(samples_dir / folder, name,
+                                                        self.problems)
+                continue
             loaded, dim = load_class_folder(samples_dir / folder, name, dim, self.readonly,
                                             self.problems)
             self._samples[name] = OrderedDict((sid, compact(v)) for sid, v in loaded.items())
+
+    def _read(self, name: str) -> "OrderedDict[str, np.ndarray]":
+        """The samples of class ``name`` with every sample read (a read-only store lists them
+        at open and reads them here, once; one that cannot be read is dropped from the store's
+        list, not the disk, and said so in ``problems``)."""
+        samples = self._samples[name]
+        unread = [sid for sid, v in samples.items() if v is None]
+        if unread:
+            dim = self.backbone.get("embedding_dim") if self.backbone else None
+            folder = self.root / SAMPLES / self._classes[name]
+            for sid in unread:
+                try:
+                    samples[sid] = compact(read_sample(folder / f"{sid}.npy", dim))
+                except FileNotFoundError:  # deleted since it was listed (by the state's owner)
+                    del samples[sid]
+                except (ValueError, OSError, EOFError, MemoryError) as exc:
+                    self.problems.append(f"{folder / f'{sid}.npy'}: unreadable sample skipped "
+                                         f"({exc})")
+                    del samples[sid]
+        return samples
 
     def _write_meta(self) -> None:
         self._require_writable("the class list")
@@ -224,8 +252,16 @@ class SampleStore:
         return list(self._get(name))
 
     def views(self, name: str, sample_id: str) -> np.ndarray:
+        return _expand(self.stored_views(name, sample_id))
+
+    def _item(self, name: str, sample_id: str):
+        samples = self._get(name)
         try:
-            return _expand(self._get(name)[sample_id])
+            item = samples[sample_id]
+            if item is None:
+                self._read(self._find(name))
+                item = samples[sample_id]
+            return item
         except KeyError:
             raise UnknownClassError(f"class {name!r} has no sample {sample_id!r}") from None
 
@@ -241,7 +277,7 @@ class SampleStore:
         itself. Samples with more views than the fewest are cut to that many."""
         blocks, labels = [], []
         for label, name in enumerate(self._classes):
-            for v in self._samples[name].values():
+            for v in self._read(name).values():
                 blocks.append(v)
                 labels.append(label)
         if not blocks:
@@ -257,17 +293,14 @@ class SampleStore:
         rows at a time), the labels and the class names."""
         items, labels = [], []
         for label, name in enumerate(self._classes):
-            items.extend(self._samples[name].values())
+            items.extend(self._read(name).values())
             labels.extend([label] * len(self._samples[name]))
         return ViewRows(items), np.asarray(labels, dtype=np.int64), self.classes
 
     def stored_views(self, name: str, sample_id: str):
         """A sample's views in their in-memory form (never changed in place: safe to keep
         for a :class:`~edge_classifier.learning.compact.ViewRows` in another thread)."""
-        try:
-            return self._get(name)[sample_id]
-        except KeyError:
-            raise UnknownClassError(f"class {name!r} has no sample {sample_id!r}") from None
+        return self._item(name, sample_id)
 
     def multilabel_matrix(self) -> Tuple[np.ndarray, np.ndarray, List[str]]:
         """(NxVxD views, NxC 0/1 labels, class names): one row per sample id, a multi-label
@@ -275,7 +308,7 @@ class SampleStore:
         rows: Dict[str, np.ndarray] = {}
         labels: Dict[str, List[int]] = {}
         for label, name in enumerate(self._classes):
-            for sid, v in self._samples[name].items():
+            for sid, v in self._read(name).items():
                 rows.setdefault(sid, v)
                 labels.setdefault(sid, []).append(label)
         ids = sorted(rows)

@@ -284,6 +284,44 @@ def load_class_folder(path: Path, name: str, dim: Optional[int], readonly: bool,
     return loaded, dim
 
 
+def list_class_folder(path: Path, name: str,
+                      problems: List[str]) -> "OrderedDict[str, None]":
+    """The sample ids of one class folder, in :func:`load_class_folder`'s order, without reading
+    them (a read-only store reads a sample when it is first needed): regular ``.npy`` files
+    only, symbolic links and FIFOs skipped and reported as :func:`load_class_folder` does."""
+    listed: "OrderedDict[str, None]" = OrderedDict()
+    if path.is_symlink():
+        problems.append(f"{path}: a symbolic link, not a class folder; class {name!r} is read "
+                        "as empty")
+        return listed
+    try:
+        entries = sorted((e for e in os.scandir(path) if e.name.endswith(".npy")),
+                         key=lambda e: e.name)
+    except OSError:  # missing or not a folder: no samples
+        return listed
+    for entry in entries:
+        npy = path / entry.name
+        try:
+            if entry.is_symlink():
+                problems.append(f"{npy}: a symbolic link; skipped")
+                continue
+            if not entry.is_file(follow_symlinks=False):
+                raise OSError(errno.EINVAL, "not a regular file (a FIFO, device or folder)")
+        except OSError as exc:
+            problems.append(f"{npy}: unreadable sample skipped ({exc.strerror or exc})")
+            continue
+        listed[npy.stem] = None
+    return listed
+
+
+def read_sample(path: Path, dim: Optional[int]) -> np.ndarray:
+    """One sample's views, as :func:`load_class_folder` checks them (ValueError, OSError)."""
+    views = load_views(path)
+    if dim and views.shape[1] != dim:
+        raise ValueError(f"{views.shape[1]}-d, expected {dim}-d")
+    return views
+
+
 def names_from_folders(samples_dir: Path, classes: "OrderedDict[str, str]", readonly: bool,
                        problems: List[str]) -> "Tuple[OrderedDict[str, str], bool]":
     """The class list (name -> folder) with each listed folder named by its own ``name`` file,
