@@ -202,3 +202,59 @@ def test_export_folders(store, tmp_path):
     store.add_sample("b", views(2))  # no thumbnail: nothing to export
     assert store.export_folders(tmp_path / "out") == 1
     assert len(list((tmp_path / "out" / "a").glob("*.jpg"))) == 1
+
+
+@pytest.mark.parametrize("array", [
+    np.arange(2 * 1024, dtype=np.float32).reshape(2, 1024) / 7,
+    np.arange(6, dtype=">f4").reshape(2, 3),  # big-endian
+    np.asfortranarray(np.arange(12, dtype=np.float64).reshape(3, 4)),
+    np.arange(20 * 1024, dtype=np.float32).reshape(20, 1024),  # beyond the first read
+    np.ones((1, 5), np.float16),
+])
+def test_a_sample_file_reads_back_exactly_as_np_load_reads_it(tmp_path, array):
+    from edge_classifier.learning.store_disk import load_views
+    path = tmp_path / "s.npy"
+    np.save(path, array)
+    got = load_views(path)
+    assert got.dtype == np.float32 and got.flags.writeable and got.flags.owndata
+    np.testing.assert_array_equal(got, np.load(path).astype(np.float32))
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "no magic"),
+    (b"\x93NUMPY\x01\x00\x76\x00{'descr'", "truncated .npy header"),
+    (b"PK\x03\x04" + b"\0" * 200, "no magic"),
+    (b"\x93NUMPY\x03\x00" + b"\0" * 100, "format (3, 0)"),
+])
+def test_a_damaged_sample_file_is_a_clear_value_error(tmp_path, content, message):
+    from edge_classifier.learning.store_disk import load_views
+    path = tmp_path / "s.npy"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_views(path)
+
+
+@pytest.mark.parametrize("array, message", [
+    (np.zeros(4, np.float32), "not a VxD float array"),
+    (np.zeros((2, 3), np.int32), "not a VxD float array"),
+    (np.zeros((0, 3), np.float32), "not a VxD float array"),
+    (np.array([[1.0, np.nan]], np.float32), "NaN or infinity"),
+])
+def test_a_sample_file_of_the_wrong_kind_is_refused(tmp_path, array, message):
+    from edge_classifier.learning.store_disk import load_views
+    path = tmp_path / "s.npy"
+    np.save(path, array)
+    with pytest.raises(ValueError, match=message):
+        load_views(path)
+    data = path.read_bytes()
+    path.write_bytes(data + b"\0\0\0\0")  # more bytes than its header says
+    with pytest.raises(ValueError):
+        load_views(path)
+
+
+def test_a_sample_whose_header_claims_more_than_a_sample_holds_is_not_read(tmp_path):
+    from edge_classifier.learning import store_disk
+    path = tmp_path / "s.npy"
+    np.save(path, np.zeros((64, 4096 * 20), np.float32))  # 21 MB: consistent, but no sample
+    with pytest.raises(ValueError, match="more than a sample holds"):
+        store_disk.load_views(path)
