@@ -375,3 +375,34 @@ def test_leave_one_out_beyond_the_budget_equals_refitting_without_the_sample_or_
         np.testing.assert_allclose(head._loo[out], direct, atol=2e-3, err_msg=f"sample {i}")
         checked += out.size
     assert checked >= 9
+
+
+def test_the_store_shares_one_table_of_values_among_a_quantised_backbones_samples(backbones,
+                                                                                  sample):
+    from PIL import Image
+    from edge_classifier.learning.compact import CompactViews, Compactor, expand
+    backbone = backbones()
+    compactor = Compactor()
+    packed, originals = [], []
+    for photo in ("cat.bmp", "parrot.jpg", "hot_dog.jpg", "bird.bmp"):
+        frame = np.asarray(Image.open(sample(photo)).convert("RGB"))
+        views = np.stack([backbone.embed(frame), backbone.embed(frame[:, ::-1])])
+        originals.append(views)
+        packed.append(compactor(views))
+    assert all(isinstance(p, CompactViews) for p in packed)
+    assert all(p.values is packed[1].values for p in packed[1:])  # one table, not one each
+    for p, v in zip(packed, originals):
+        np.testing.assert_array_equal(expand(p), v)  # bit for bit
+    rng = np.random.default_rng(0)
+    floats = rng.normal(size=(2, 1024)).astype(np.float32)
+    assert compactor(floats) is floats  # a float model's outputs: kept as they are
+    near = originals[0].copy()
+    near[0, 3] = np.nextafter(near[0, 3], np.float32(10))  # one value off the levels
+    off = compactor(near)
+    assert off.values is not packed[1].values
+    np.testing.assert_array_equal(expand(off), near)
+    signed = Compactor()  # levels with a zero point: negative values too
+    q = (np.arange(-40, 40, dtype=np.float32) * np.float32(0.05)).reshape(2, 40)
+    a, b = signed(q), signed(q[:, ::-1].copy())
+    assert b.values is signed(q.copy()).values and b.values.size == 256 and a.values.size == 80
+    np.testing.assert_array_equal(expand(b), q[:, ::-1])

@@ -7,11 +7,11 @@
 
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-__all__ = ["CompactViews", "ViewRows", "compact", "expand"]
+__all__ = ["CompactViews", "Compactor", "ViewRows", "compact", "expand"]
 
 
 class CompactViews:
@@ -42,6 +42,67 @@ def compact(views: np.ndarray):
     if values.size > 256:
         return views
     return CompactViews(values.astype(np.float32), index.reshape(views.shape).astype(np.uint8))
+
+
+class Compactor:
+    """:func:`compact` for many samples of one backbone, sharing one table of values among
+    them: a quantised backbone's dequantised outputs are the 256 float32 levels
+    ``float32(k) * float32(scale)`` (an arithmetic progression), so once they are known from a
+    sample, each later sample is only its uint8 indices (2 KB for two 1,024-d views instead of
+    ~3 KB) and is compacted several times faster than by sorting. Anything else (a float
+    model's outputs, or values off the levels) is compacted on its own, as :func:`compact`
+    does; the result is exact either way::
+
+        compactor = Compactor()
+        packed = [compactor(v) for v in views]    # expand(packed[i]) == views[i], bit for bit
+    """
+
+    def __init__(self) -> None:
+        self._levels: Optional[np.ndarray] = None
+        self._step = np.float32(0)
+        self._k0 = 0
+
+    def __call__(self, views: np.ndarray):
+        views = np.asarray(views)
+        if self._levels is not None and views.dtype == np.float32:
+            shared = self._on_levels(views)
+            if shared is not None:
+                return shared
+        packed = compact(views)
+        if self._levels is None and isinstance(packed, CompactViews):
+            self._learn(packed.values)
+        return packed
+
+    def _learn(self, values: np.ndarray) -> None:
+        """Take the levels from one sample's distinct values, if they are such a progression."""
+        pos, neg = values[values > 0], values[values < 0]
+        step = pos.min() if pos.size else (-neg.max() if neg.size else None)
+        if step is None or not np.isfinite(step):
+            return
+        step = np.float32(step)
+        with np.errstate(over="ignore", invalid="ignore"):
+            k = np.rint(values / step)
+        if not np.all(np.abs(k) < 1 << 20):
+            return
+        if not np.array_equal(k.astype(np.float32) * step, values):
+            return
+        k0 = int(k.min())
+        if int(k.max()) - k0 > 255:
+            return
+        self._levels = np.arange(k0, k0 + 256, dtype=np.float32) * step
+        self._levels.setflags(write=False)  # shared by every sample that uses it
+        self._step, self._k0 = step, k0
+
+    def _on_levels(self, views: np.ndarray) -> Optional[CompactViews]:
+        with np.errstate(over="ignore", invalid="ignore"):
+            k = np.rint(views / self._step)
+            k -= np.float32(self._k0)
+            if not (k.min() >= 0 and k.max() <= 255):  # NaN fails too
+                return None
+        index = k.astype(np.uint8)
+        if not np.array_equal(self._levels[index], views):
+            return None
+        return CompactViews(self._levels, index)
 
 
 def expand(item) -> np.ndarray:

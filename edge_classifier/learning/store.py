@@ -29,7 +29,7 @@ from edge_classifier.core import atomic
 from edge_classifier.core.names import class_key, validate_class_name
 from edge_classifier.errors import (ClassLimitError, ReadOnlyStoreError, StoreError,
                                     UnknownClassError)
-from edge_classifier.learning.compact import ViewRows, compact, expand as _expand
+from edge_classifier.learning.compact import Compactor, ViewRows, expand as _expand
 from edge_classifier.learning.store_disk import (META, SAMPLES, TRASH_PREFIX, check_backbone,
                                                  clean_leftovers, holds_samples, jpeg_thumbnail,
                                                  list_class_folder, load_class_folder, meta_text,
@@ -73,6 +73,7 @@ class SampleStore:
         self._classes: "OrderedDict[str, str]" = OrderedDict()  # name -> directory
         self._keys: Optional[Dict[str, str]] = {}  # class_key -> name; None: rebuild
         self._samples: Dict[str, "OrderedDict[str, np.ndarray]"] = {}
+        self._compact = Compactor()  # the in-memory form: one table of values for all samples
         if (self.root / SAMPLES).is_symlink():
             raise StoreError(f"{self.root / SAMPLES}: a symbolic link; the samples must be a "
                              "folder inside the state (nothing outside it is read, written or "
@@ -173,7 +174,7 @@ class SampleStore:
                 continue
             loaded, dim = load_class_folder(samples_dir / folder, name, dim, self.readonly,
                                             self.problems)
-            self._samples[name] = OrderedDict((sid, compact(v)) for sid, v in loaded.items())
+            self._samples[name] = OrderedDict((sid, self._compact(v)) for sid, v in loaded.items())
 
     def _read(self, name: str) -> "OrderedDict[str, np.ndarray]":
         """The samples of class ``name`` with every sample read (a read-only store lists them
@@ -186,7 +187,7 @@ class SampleStore:
             folder = self.root / SAMPLES / self._classes[name]
             for sid in unread:
                 try:
-                    samples[sid] = compact(read_sample(folder / f"{sid}.npy", dim))
+                    samples[sid] = self._compact(read_sample(folder / f"{sid}.npy", dim))
                 except FileNotFoundError:  # deleted since it was listed (by the state's owner)
                     del samples[sid]
                 except (ValueError, OSError, EOFError, MemoryError) as exc:
@@ -460,7 +461,7 @@ class SampleStore:
             except OSError:
                 (folder / f"{sample_id}.jpg").unlink(missing_ok=True)
                 raise
-        samples[sample_id] = compact(views)
+        samples[sample_id] = self._compact(views)
         self._latest = max(self._latest, sample_id)
         return sample_id
 
