@@ -47,13 +47,14 @@ def build_state(folder: Path, views: np.ndarray, y: np.ndarray, names, n: int, b
     """A state of ``n`` samples (no thumbnails: they live on disk only)."""
     from edge_classifier.learning.state import StateDir
     rng = np.random.default_rng(0)
+    step = np.float32(views[views > 0].min())  # the backbone's output scale: its levels k * step
     with StateDir(folder, command="bench_memory") as state:
         store = state.open_store(backbone.identity, thumbnail_size=0)
         for i in range(n):
             v = views[i % len(y)]
-            if i >= len(y):  # a distinct sample, still 256 values at most (as a quantised model's)
-                v = np.round(v * (1.0 + 0.05 * rng.standard_normal(v.shape)) / 0.0235) * 0.0235
-                v = np.maximum(v, 0).astype(np.float32)
+            if i >= len(y):  # a distinct sample on the backbone's own 256 levels
+                k = np.clip(np.rint(v * (1.0 + 0.05 * rng.standard_normal(v.shape)) / step), 0, 255)
+                v = k.astype(np.float32) * step
             store.add_sample(names[int(y[i % len(y)])], v)
 
 
