@@ -146,3 +146,36 @@ def test_multilabel_head():
         MultiLabelHead().fit(X, [[5]] * X.shape[0], ["a", "b", "c"])
     empty_c = MultiLabelHead().fit(X1[y1 < 2], [[int(c)] for c in y1[y1 < 2]], ["a", "b", "c"])
     np.testing.assert_array_equal(empty_c.predict_proba(Xq1)[:, 2], 0.0)
+
+
+@pytest.mark.parametrize("m", [40, 600])  # float64, and float32 above nystrom.FLOAT32_ABOVE
+def test_the_gram_accumulator_solves_the_regularised_system(m):
+    from edge_classifier.learning.heads.nystrom import Gram
+    rng = np.random.default_rng(m)
+    chunks = [rng.normal(size=(n, m)) / np.sqrt(m) for n in (300, 7, 400)]
+    gram = Gram(m)
+    for Phi in chunks:
+        gram.add(Phi.astype(np.float32) if m > 512 else Phi)
+    P, M = gram.solve(0.5)
+    Phi = np.vstack(chunks)
+    expected = np.linalg.inv(Phi.T @ Phi + 0.5 * np.eye(m))
+    tol = 1e-4 if m > 512 else 1e-10
+    np.testing.assert_allclose(P, expected, atol=tol * np.abs(expected).max())
+    np.testing.assert_allclose(M.T @ M, P, atol=1e-12 * np.abs(P).max())
+    assert P.dtype == M.dtype == np.float64 and np.allclose(M, np.tril(M))
+    with pytest.raises(TypeError):  # spent: its sum was used as the work array
+        gram.add(chunks[0])
+
+
+def test_kernel_values_in_place_are_the_same_values():
+    from edge_classifier.learning.heads.nystrom import kernel_values
+    rng = np.random.default_rng(3)
+    A, B = rng.normal(size=(300, 16)), rng.normal(size=(40, 16))
+    S = A @ B.T
+    sa, sb = np.einsum("ij,ij->i", A, A), np.einsum("ij,ij->i", B, B)
+    fresh = kernel_values(S, sa, sb, 0.3)
+    same = kernel_values(S.copy(), sa, sb, 0.3, out=None)
+    inplace = S.copy()
+    assert kernel_values(inplace, sa, sb, 0.3, out=inplace) is inplace
+    np.testing.assert_array_equal(inplace, fresh)
+    np.testing.assert_array_equal(same, fresh)

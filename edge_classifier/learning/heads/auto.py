@@ -223,6 +223,7 @@ class AutoHead:
         self._land = np.full(n, -1, np.int64)
         rows, Linv, sq = pick_landmarks(Zc, np.arange(cand.size), self.gamma, COPY_RESIDUAL)
         self._L, self._lsq, self._Linv = Zc[rows].astype(np.float32), sq, Linv
+        del Zc  # (m x D: 4 MB at 1,024 landmarks, not kept through the calibration)
         self._owner = cand[rows].astype(np.int64)
         self._land[self._owner] = np.arange(rows.size)
         self._version += 1

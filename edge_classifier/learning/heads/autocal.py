@@ -24,7 +24,7 @@ import numpy as np
 
 from .calibration import fit_temperature, softmax
 from .neighbours import DUPLICATE_DISTANCE
-from .nystrom import connected_labels, kernel_values, row_chunks, split_groups, system_inverse
+from .nystrom import Gram, connected_labels, kernel_values, row_chunks, split_groups
 from .openset import fit_open_set
 
 __all__ = ["calibrate", "point_features"]
@@ -84,21 +84,20 @@ def calibrate(snap: Dict[str, Any], system_only: bool = False) -> Dict[str, Any]
     snap = dict(snap, _Lt=L.T.astype(dtype, copy=False), _LinvT=snap["Linv"].T.astype(dtype))
     T = np.zeros((n, C))
     T[np.arange(n), y] = 1.0
-    G, b, s = np.zeros((m, m)), np.zeros((m, C)), np.zeros(m)
+    gram, b, s = Gram(m), np.zeros((m, C)), np.zeros(m)
     owner = snap["owner"]
     node = np.where(owner >= 0, owner, n + np.arange(m))
     ea, eb = [], []
     for sl in row_chunks(n):
         S, Phi = _chunk(snap, sl, dtype)
-        G += Phi.T @ Phi
+        gram.add(Phi)
         Phi = Phi.astype(np.float64)
         b += Phi.T @ T[sl]
         s += Phi.sum(axis=0)
         r, c = np.nonzero((S > 1.0 - DUPLICATE_DISTANCE) & (owner >= 0)[None, :])
         ea.append(r + sl.start)
         eb.append(node[c])
-    P, M = system_inverse(None, snap["lam"], gram=G, overwrite_gram=True, with_factor=True)
-    del G
+    P, M = gram.solve(snap["lam"])
     out: Dict[str, Any] = {"system": (P, b, s), "version": snap["version"]}
     if system_only:
         return out
@@ -112,8 +111,14 @@ def calibrate(snap: Dict[str, Any], system_only: bool = False) -> Dict[str, Any]
     best = np.empty(n)
     # From the kernel values k of a chunk in one product each (no features): scores
     # F = phi W = k (Linv.T W), hat diagonal h = phi P phi = |R k|^2 with R = M Linv (P = M.T M).
-    R = (M @ snap["Linv"]).astype(dtype, copy=False)  # kept for the capture groups below
-    del M
+    if dtype == np.float32:  # R in float32 from float32 copies: no m x m float64 temporary
+        M32 = M.astype(np.float32)
+        del M
+        R = M32 @ snap["_LinvT"].T  # kept for the capture groups below
+        del M32
+    else:
+        R = M @ snap["Linv"]
+        del M
     Wk = (snap["Linv"].T @ W).astype(dtype, copy=False)
     for sl in row_chunks(n):
         S, K = _kernel_chunk(snap, sl, dtype)

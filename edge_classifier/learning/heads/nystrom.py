@@ -2,7 +2,7 @@
 
     Linv = landmark_factor(K_LL)                 # Linv @ K_LL @ Linv.T == I (m x m)
     Phi = features(S, sq_rows, sq_land, gamma, Linv)   # N x m whitened kernel features
-    P = system_inverse(Phi, lam)                 # inv(Phi.T @ Phi + lam*I)
+    gram = Gram(m); gram.add(Phi); P, M = gram.solve(lam)   # inv(Phi.T @ Phi + lam*I)
     P2 = rank_update(P, Phi_rows, sign=+1)       # add (+1) or remove (-1) rows, Woodbury
 
 Model (subset of regressors): ``f(x) = k(L, x) @ alpha`` with m landmarks L. The whitened
@@ -25,18 +25,20 @@ import numpy as np
 
 from .linalg import chol_inv, factor_append
 
-__all__ = ["connected_labels", "pick_landmarks", "features", "kernel_values", "landmark_factor", "rank_update",
-           "row_chunks", "system_inverse"]
+__all__ = ["Gram", "connected_labels", "pick_landmarks", "features", "kernel_values",
+           "landmark_factor", "rank_update", "row_chunks"]
 
 
-def kernel_values(S: np.ndarray, sq_rows: np.ndarray, sq_cols: np.ndarray, gamma: float) -> np.ndarray:
-    """RBF values ``exp(-gamma*|a-b|^2)`` (A x B, dtype of S) from inner products S (A x B)."""
+def kernel_values(S: np.ndarray, sq_rows: np.ndarray, sq_cols: np.ndarray, gamma: float,
+                  out: "np.ndarray | None" = None) -> np.ndarray:
+    """RBF values ``exp(-gamma*|a-b|^2)`` (A x B, dtype of S) from inner products S (A x B);
+    ``out=S`` computes them in place (the same values)."""
     t = S.dtype.type
     a, b = sq_rows.astype(S.dtype)[:, None], sq_cols.astype(S.dtype)[None, :]
-    if S.shape[0] <= 256:
+    if S.shape[0] <= 256 and out is None:
         d2 = a + b - t(2) * S
     else:  # by row blocks: the same arithmetic without A x B temporaries besides the result
-        d2 = np.empty(S.shape, S.dtype)
+        d2 = np.empty(S.shape, S.dtype) if out is None else out
         for start in range(0, S.shape[0], 256):
             rows = slice(start, start + 256)
             d2[rows] = a[rows] + b - t(2) * S[rows]
@@ -77,18 +79,41 @@ def features(S: np.ndarray, sq_rows: np.ndarray, sq_land: np.ndarray, gamma: flo
     return K @ Linv.T
 
 
-def system_inverse(Phi: np.ndarray, lam: float, gram: "np.ndarray | None" = None,
-                   overwrite_gram: bool = False, with_factor: bool = False):
-    """``inv(Phi.T @ Phi + lam*I)`` (m x m float64); ``gram`` may pass ``Phi.T @ Phi`` (a
-    float64 ``gram`` is used as the work array with ``overwrite_gram``: 8 MB less at m = 1,024).
-    ``with_factor``: (that inverse P, its lower-triangular factor M with ``M.T @ M == P``)."""
-    if gram is None:
-        A = Phi.T @ Phi
-    else:
-        A = np.asarray(gram, dtype=np.float64) if overwrite_gram else np.array(gram, dtype=np.float64)
-    A[np.diag_indices_from(A)] += lam
-    M = _factor(A)
-    return (M.T @ M, M) if with_factor else M.T @ M
+class Gram:
+    """``Phi.T @ Phi`` summed chunk by chunk, then ``inv(... + lam*I)`` and its factor, each
+    array let go as soon as the next is made (at m = 1,024 the float64 sum, its float32 copy,
+    the factor and the inverse are 8, 4, 4 and 8 MB: a peak of 20 MB, not 32)::
+
+        gram = Gram(m)
+        for Phi in chunks: gram.add(Phi)
+        P, M = gram.solve(lam)          # M.T @ M == P == inv(sum + lam*I); gram is spent
+    """
+
+    def __init__(self, m: int) -> None:
+        self._A: "np.ndarray | None" = np.zeros((m, m))
+
+    def add(self, Phi: np.ndarray) -> None:
+        self._A += Phi.T @ Phi
+
+    def solve(self, lam: float) -> Tuple[np.ndarray, np.ndarray]:
+        A, self._A = self._A, None
+        A[np.diag_indices_from(A)] += lam
+        if A.shape[0] > FLOAT32_ABOVE:  # as _factor, with what is done with freed at once
+            A32 = A.astype(np.float32)
+            try:
+                M32 = chol_inv(A32)
+                good = bool(np.all(np.isfinite(M32)))
+            except np.linalg.LinAlgError:
+                good = False
+            del A32
+            if good:
+                del A
+                M = M32.astype(np.float64)
+                del M32
+                return M.T @ M, M
+        M = chol_inv(A)
+        del A
+        return M.T @ M, M
 
 
 def rank_update(P: np.ndarray, rows: np.ndarray, sign: float) -> np.ndarray:
@@ -145,8 +170,9 @@ def pick_landmarks(Z: np.ndarray, cand: np.ndarray, gamma: float, residual: floa
     ``residual`` (exact or near copies)."""
     C = Z[cand].astype(np.float64)
     sq = np.einsum("ij,ij->i", C, C)
-    K = kernel_values(C @ C.T, sq, sq, gamma)
+    K = C @ C.T
     del C  # peak memory: each m x m float64 temporary is 8 MB at m = 1,024
+    K = kernel_values(K, sq, sq, gamma, out=K)  # in place
     keep = np.ones(cand.size, bool)
     keep[np.flatnonzero(np.triu(K > 1.0 - residual / 4, 1).any(axis=0))] = False
 
