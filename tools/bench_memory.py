@@ -4,7 +4,8 @@
 A state of N samples (TrashNet embeddings, two views each as a capture stores them; beyond its
 2,527 photos, copies with 5 % multiplicative noise, so every sample is distinct) is built once
 in a temporary folder. Then, each in a fresh process, the device's learning side is started on
-it the way ``run`` starts it (backbone, ``StateDir``, ``Learner``) and predicts 50 frames:
+it the way ``run`` starts it (glibc's mmap threshold fixed, see ``edge_classifier.core.memory``;
+backbone, ``StateDir``, ``Learner``) and predicts 50 frames:
 
 - ``empty``: the same process on a state with no samples (the baseline);
 - ``fit``: no saved head: every sample is read and the head is fitted (a first start, or a
@@ -16,7 +17,7 @@ it the way ``run`` starts it (backbone, ``StateDir``, ``Learner``) and predicts 
 Prints the peak RSS (``VmHWM``) of each and its excess over ``empty`` (targets: 15 MB at 2,000
 samples, 50 MB at 10,000)::
 
-    python tools/bench_memory.py [--sizes 2000,10000] [--json]
+    python tools/bench_memory.py [--sizes 2000,10000] [--keep-malloc] [--json]
 """
 
 from __future__ import annotations
@@ -58,10 +59,13 @@ def build_state(folder: Path, views: np.ndarray, y: np.ndarray, names, n: int, b
             store.add_sample(names[int(y[i % len(y)])], v)
 
 
-def one(mode: str, folder: Path, model) -> dict:
+def one(mode: str, folder: Path, model, release: bool = True) -> dict:
     from edge_classifier.backbone.model import Backbone
+    from edge_classifier.core import memory
     from edge_classifier.learning.learner import Learner
     from edge_classifier.learning.state import StateDir
+    if release:
+        memory.release_large_frees()  # as the CLI's main does
     backbone = Backbone.from_name(model)
     frames = decoded_frames()
     t0 = time.perf_counter()
@@ -88,15 +92,18 @@ def main(argv=None) -> int:
     dataset_arguments(parser)
     parser.add_argument("--sizes", default="2000,10000")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--keep-malloc", action="store_true",
+                        help="leave glibc's mmap threshold as it is (what the CLI fixes at start, "
+                             "edge_classifier.core.memory): to see what that saves")
     parser.add_argument("--one", nargs=2, metavar=("MODE", "STATE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
-        print(json.dumps(one(args.one[0], Path(args.one[1]), args.model)))
+        print(json.dumps(one(args.one[0], Path(args.one[1]), args.model, not args.keep_malloc)))
         return 0
     from edge_classifier.backbone.model import Backbone
     model, views, y, names = load_views(args)
     backbone = Backbone.from_name(model)
-    extra = ["--model", model]
+    extra = ["--model", model] + (["--keep-malloc"] if args.keep_malloc else [])
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
         def child(mode, folder):

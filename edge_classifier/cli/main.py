@@ -27,7 +27,7 @@ from edge_classifier.backbone.fetch import fetch
 from edge_classifier.backbone.integrity import MISSING, check_files
 from edge_classifier.backbone.manifest import load_manifest
 from edge_classifier.backbone.model import Backbone
-from edge_classifier.core import atomic
+from edge_classifier.core import atomic, memory
 from edge_classifier.datasets.embedcache import embed_files
 from edge_classifier.datasets.folders import scan_folder
 from edge_classifier.frames.images import load_image
@@ -282,6 +282,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = _debugging(args)
+    memory.release_large_frees()  # a fit's temporaries go back to the system when freed
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         return run_command(args, debug)
