@@ -172,9 +172,9 @@ class SampleStore:
                 self._samples[name] = list_class_folder(samples_dir / folder, name,
                                                         self.problems)
                 continue
-            loaded, dim = load_class_folder(samples_dir / folder, name, dim, self.readonly,
-                                            self.problems)
-            self._samples[name] = OrderedDict((sid, self._compact(v)) for sid, v in loaded.items())
+            self._samples[name], dim = load_class_folder(samples_dir / folder, name, dim,
+                                                         self.readonly, self.problems,
+                                                         convert=self._compact)
 
     def _read(self, name: str) -> "OrderedDict[str, np.ndarray]":
         """The samples of class ``name`` with every sample read (a read-only store lists them

@@ -296,8 +296,10 @@ def unlisted_folders(samples_dir: Path, listed: set,
 
 
 def load_class_folder(path: Path, name: str, dim: Optional[int], readonly: bool,
-                      problems: List[str]) -> Tuple["OrderedDict[str, np.ndarray]", Optional[int]]:
-    """The samples of one class folder (id -> VxD views) and the embedding size seen; bad
+                      problems: List[str], convert=None
+                      ) -> Tuple["OrderedDict[str, np.ndarray]", Optional[int]]:
+    """The samples of one class folder (id -> VxD views, or ``convert(views)`` of each as it
+    is read: no float32 copy of a whole class at once) and the embedding size seen; bad
     samples are skipped and reported, symbolic links never followed."""
     loaded: "OrderedDict[str, np.ndarray]" = OrderedDict()
     if path.is_symlink():
@@ -324,7 +326,7 @@ def load_class_folder(path: Path, name: str, dim: Optional[int], readonly: bool,
         except (ValueError, OSError, EOFError, MemoryError) as exc:
             problems.append(f"{npy}: unreadable sample skipped ({exc})")
             continue
-        loaded[npy.stem] = views
+        loaded[npy.stem] = views if convert is None else convert(views)
     if not readonly:
         for jpg in path.glob("*.jpg"):  # the thumbnail of a capture that never landed
             if jpg.stem not in loaded and not (path / f"{jpg.stem}.npy").exists():
