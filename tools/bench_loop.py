@@ -43,6 +43,7 @@ import numpy as np
 from _common import (Broker, alternate, bare_interpreter, decoded_frames, frame_size,
                      memory_source)
 
+from edge_classifier.core import memory
 from edge_classifier.device.loop import Device
 from edge_classifier.backbone.model import Backbone
 from edge_classifier.config import (ClassConfig, Config, GpioConfig, HeadConfig, MqttConfig,
@@ -113,6 +114,7 @@ def main(argv=None) -> int:
                         help="finish each frame (head, smoothing, publishing) before the next "
                              "invoke, instead of beside it as Device.run does")
     args = parser.parse_args(argv)
+    memory.release_large_frees()  # as the CLI's main does before `run`
     threads = args.threads or os.cpu_count() or 1
     backbone = Backbone.from_name(None, num_threads=threads)
     frames = decoded_frames(frame_size(args.frame_size, backbone))
