@@ -282,7 +282,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = _debugging(args)
-    memory.release_large_frees()  # a fit's temporaries go back to the system when freed
+    memory.release_large_frees()  # a fit's large temporaries go back to the system when freed
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         return run_command(args, debug)
