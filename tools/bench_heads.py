@@ -38,7 +38,7 @@ import numpy as np
 from _common import dataset_arguments, decoded_frames, load_views
 
 from edge_classifier.backbone.model import Backbone
-from edge_classifier.core import blas
+from edge_classifier.core import blas, memory
 from edge_classifier.learning.heads import load_head, make_head
 from edge_classifier.learning.npzfile import read_npz
 from edge_classifier.learning.state import StateDir
@@ -193,6 +193,7 @@ def main(argv=None) -> int:
     parser.add_argument("--one", nargs=2, metavar=("HEAD", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
+        memory.release_large_frees()  # as the device's CLI does
         model, views, y, names = load_views(args)
         make_head(args.one[0]).fit(views[:50, 0], y[:50], names)  # warm up the maths libraries
         print(json.dumps(measure(args.one[0], views, y, names, int(args.one[1]), model)))
