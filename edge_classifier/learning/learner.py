@@ -120,10 +120,8 @@ class Learner:
         head = make_head(self.head_name)
         if self.multilabel:
             views, y, names = self.store.multilabel_matrix()
-        elif hasattr(head, "fit_rows"):  # read from the store a few samples at a time
+        else:  # read from the store a few samples at a time by a head that can (see _fit)
             views, y, names = self.store.sample_rows()
-        else:
-            views, y, names = self.store.samples_matrix()
         self._store_problems()
         if len(y) == 0:
             self.head = None

@@ -294,8 +294,9 @@ class SampleStore:
         rows at a time), the labels and the class names."""
         items, labels = [], []
         for label, name in enumerate(self._classes):
-            items.extend(self._read(name).values())
-            labels.extend([label] * len(self._samples[name]))
+            samples = self._read(name)
+            items.extend(samples.values())
+            labels.extend([label] * len(samples))
         return ViewRows(items), np.asarray(labels, dtype=np.int64), self.classes
 
     def stored_views(self, name: str, sample_id: str):

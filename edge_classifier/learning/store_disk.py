@@ -154,8 +154,6 @@ def load_views(path: Path) -> np.ndarray:
             data += more
     finally:
         os.close(fd)
-    if len(data) != size:
-        raise EOFError("the file shrank while it was read")
     views = np.frombuffer(data, dtype, offset=offset).reshape(shape, order="F" if fortran else "C")
     views = views.astype(np.float32)  # an array of its own (and writable), float32
     if not np.isfinite(views).all():
@@ -319,9 +317,7 @@ def load_class_folder(path: Path, name: str, dim: Optional[int], readonly: bool,
             problems.append(f"{npy}: a symbolic link; skipped")
             continue
         try:
-            views = load_views(npy)
-            if dim and views.shape[1] != dim:
-                raise ValueError(f"{views.shape[1]}-d, expected {dim}-d")
+            views = read_sample(npy, dim)
             dim = dim or views.shape[1]
         except (ValueError, OSError, EOFError, MemoryError) as exc:
             problems.append(f"{npy}: unreadable sample skipped ({exc})")
