@@ -60,6 +60,26 @@ def sample(models_dir):
     return lambda name: models_dir / name
 
 
+@pytest.fixture
+def frames(sample):
+    """Four random crops of each of three sample photos: {"cat": [4 arrays], "bird", "food"}."""
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    out = {}
+    for name, photo in (("cat", "cat.bmp"), ("bird", "parrot.jpg"), ("food", "hot_dog.jpg")):
+        image = Image.open(sample(photo)).convert("RGB")
+        w, h = image.size
+        crops = []
+        for _ in range(4):
+            s = rng.uniform(0.6, 0.95)
+            cw, ch = int(w * s), int(h * s)
+            x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+            crops.append(np.asarray(image.crop((x, y, x + cw, y + ch))))
+        out[name] = crops
+    return out
+
+
 @pytest.fixture(scope="session")
 def backbones(models_dir):
     """Backbones loaded once per session, by (model name, resize mode)."""

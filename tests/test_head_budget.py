@@ -144,24 +144,6 @@ def test_eval_reports_accuracy_as_deployed_and_the_unknown_rate():
 
 
 # ---------------------------------------------------------------- the Learner's background work
-@pytest.fixture
-def frames(sample):
-    from PIL import Image
-    rng = np.random.default_rng(0)
-    out = {}
-    for name, photo in (("cat", "cat.bmp"), ("bird", "parrot.jpg"), ("food", "hot_dog.jpg")):
-        image = Image.open(sample(photo)).convert("RGB")
-        w, h = image.size
-        crops = []
-        for _ in range(4):
-            s = rng.uniform(0.6, 0.95)
-            cw, ch = int(w * s), int(h * s)
-            x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-            crops.append(np.asarray(image.crop((x, y, x + cw, y + ch))))
-        out[name] = crops
-    return out
-
-
 class _Gate:
     """Background work that starts only when ``open()`` is called (no sleeps, no races)."""
 
@@ -322,9 +304,13 @@ def test_fit_rows_is_fit_on_the_stacked_matrix_bit_for_bit():
     a = make_head("auto", landmarks=100).fit(views[:, 0], ytr, NAMES, views=views[:, 1:])
     b = make_head("auto", landmarks=100).fit_rows(rows, ytr, NAMES)
     (sa, ma), (sb, mb) = a.to_state(), b.to_state()
-    assert sa.keys() == sb.keys() and ma == mb
-    for key in sa:
+    # b's points are the store's samples (references): not saved, the same values
+    assert mb.pop("points") == {"from": "store", "views": 2}
+    assert sa.keys() - sb.keys() == {"points"} and ma == mb
+    for key in sb:
         np.testing.assert_array_equal(sa[key], sb[key], err_msg=key)
+    np.testing.assert_array_equal(b._pts.take(slice(None)), sa["points"].astype(np.float32))
+    assert b._pts.items() == rows.items and b._pts.nbytes == 8 * 320  # no copy of a sample
     with pytest.raises(Exception, match="no samples"):
         make_head("auto").fit_rows(ViewRows([]), [], NAMES)
 

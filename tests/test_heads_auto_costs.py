@@ -39,7 +39,7 @@ def test_saved_points_share_the_heads_buffer_without_holes_and_no_edit_crosses_o
     Xtr, ytr, Xte, _, _ = _task(14, n=30)
     head = make_head("auto", landmarks=40).fit(Xtr[:80], ytr[:80], NAMES)
     arrays, meta = head.to_state()
-    assert np.shares_memory(arrays["points"], head._buf)  # no 2*N*D-byte copy for a save
+    assert np.shares_memory(arrays["points"], head._pts.buf)  # no 2*N*D-byte copy for a save
     frozen = {k: v.copy() for k, v in arrays.items()}
     loaded = load_head(arrays, meta)
     reference = load_head(frozen, meta)
@@ -57,7 +57,7 @@ def test_saved_points_share_the_heads_buffer_without_holes_and_no_edit_crosses_o
     np.testing.assert_array_equal(loaded.decision_function(Xte), reference.decision_function(Xte))
     np.testing.assert_array_equal(head.decision_function(Xte), expect)
     holes, _ = head.to_state()  # removed samples left holes: a compact copy
-    assert not np.shares_memory(holes["points"], head._buf)
+    assert not np.shares_memory(holes["points"], head._pts.buf)
     assert holes["points"].shape[0] == head.n_samples
 
 

@@ -130,6 +130,11 @@ class ViewRows:
         return len(self._items)
 
     @property
+    def items(self) -> List:
+        """The samples in their in-memory form (the list itself: not to be changed)."""
+        return self._items
+
+    @property
     def shape(self) -> Tuple[int, int, int]:
         return (len(self._items), self.views, self.dim)
 

@@ -151,6 +151,10 @@ class Learner:
         except HeadLoadError as exc:
             self.problems.append(f"{exc}; rebuilding the head from the samples")
             head = None
+        if head is not None and not self._hand_back_samples(head):
+            self.problems.append(f"{self.state.root}: the saved head does not match the stored "
+                                 "samples; rebuilding the head from the samples")
+            head = None
         if head is not None:
             self.head = head
             self._rows = self._store_rows()
@@ -163,6 +167,22 @@ class Learner:
             except StoreError as exc:
                 self.problems.append(f"{exc}; the head is refitted from the samples at every "
                                      "start until it can be saved")
+
+    def _hand_back_samples(self, head) -> bool:
+        """Give a loaded head that reads its points from the store the store's samples, in
+        its order (the fingerprint matched: the store's order); False if they are not the
+        samples it was saved with. A read-only state's are read only if the head needs them."""
+        if not getattr(head, "points_from_store", False):
+            return True
+
+        def items():
+            return [self.store.stored_views(name, sid)
+                    for name in self.store.classes for sid in self.store.sample_ids(name)]
+        if not self.state.write:
+            head.attach_points(items)
+            return True
+        head.attach_points(items())  # in memory already: references, at once
+        return head.points_match()
 
     def load_saved_head(self):
         """The saved head, None if there is none or it is stale; HeadLoadError if unusable."""
@@ -238,8 +258,7 @@ class Learner:
             t0 = time.perf_counter()
             if name not in head.classes:
                 head.add_class(name)
-            head.add(views[0], list(head.classes).index(name),
-                     views=views[1:] if len(views) > 1 else None)
+            self._head_add(head, name, sample_id, views)
             self._rows.append(sample_id)
             self.last_fit_ms = (time.perf_counter() - t0) * 1000
             self._dirty = True
@@ -304,14 +323,21 @@ class Learner:
             if sid not in known:
                 if name not in head.classes:
                     head.add_class(name)
-                v = self.store.views(name, sid)
-                head.add(v[0], list(head.classes).index(name), views=v[1:] if len(v) > 1 else None)
+                self._head_add(head, name, sid, self.store.views(name, sid))
                 kept.append(sid)
         if rows is self._rows:
             self._rows = kept
         else:
             rows[:] = kept
         return True
+
+    def _head_add(self, head, name: str, sample_id: str, views: np.ndarray) -> None:
+        """``head.add`` of a stored sample; a head that reads its points from the store keeps
+        a reference to the store's sample rather than a copy."""
+        kw = {"item": self.store.stored_views(name, sample_id)} \
+            if getattr(head, "points_from_store", False) else {}
+        head.add(views[0], list(head.classes).index(name),
+                 views=views[1:] if len(views) > 1 else None, **kw)
 
     def _calibrate_later(self) -> None:
         head = self.head

@@ -13,8 +13,10 @@ there is no switch and no cliff. Beyond m the landmarks stay fixed and the head 
 function in their span (measured on TrashNet with every sample, ~1,770 of them: 0.908 with
 1,024 landmarks against 0.921 for exact kernel ridge; see the README).
 
-Costs: head memory O(m^2 + m*D) plus the stored points as float16 (2*D bytes a sample: they
-are needed to remove a sample exactly and to recalibrate); adding or removing a sample is a
+Costs: head memory O(m^2 + m*D) plus the stored points (needed to remove a sample exactly and
+to recalibrate): a head fitted from the store's rows (:meth:`AutoHead.fit_rows`, what the
+Learner does) reads them from the store's samples and holds only references; one fitted from a
+matrix keeps them as float16 (2*D bytes a sample; :mod:`.points`). Adding or removing a sample is a
 rank-one update of the m x m system, O(m^2 + m*D): three matrix-vector products, the update of
 the inverse itself kept as a pending factor (:mod:`.lowrank`, folded in every 64 edits, gone at a
 recalibration), a removed sample's stored point left as a hole until the buffer next grows;
@@ -36,7 +38,7 @@ import numpy as np
 from .base import _positive
 from .calibration import softmax
 from edge_classifier.errors import (EmptyHeadError, InvalidEmbeddingError, InvalidLabelError,
-                                    InvalidParameterError, SampleNotFoundError)
+                                    InvalidParameterError, SampleNotFoundError, StateError)
 from .linalg import factor_append
 from .lowrank import PendingMatrix
 from .nystrom import kernel_values, pick_landmarks, rank_update, row_chunks
@@ -44,6 +46,8 @@ from .openset import fit_open_set, open_set_score
 from .preprocess import as_embeddings, as_labels, check_class_names, merge_views, normalise
 from .autocal import calibrate, point_features
 from .autostate import KernelForm, head_state, restore_head
+from .points import OwnPoints, StorePoints, merged_points
+from edge_classifier.learning.compact import expand
 
 __all__ = ["AutoHead"]
 
@@ -87,9 +91,7 @@ class AutoHead:
         self._P = np.zeros((0, 0))
         self._b = np.zeros((0, C))
         self._s = np.zeros(0)
-        self._buf = np.zeros((0, dim), np.float16)  # stored points (grows by a quarter)
-        self._n = 0  # rows of _buf written so far (removed samples leave holes until it grows)
-        self._rows = np.zeros(0, np.int64)  # row of _buf holding each sample
+        self._pts: Any = OwnPoints(np.zeros((0, dim), np.float16))  # stored points (.points)
         self._land = np.zeros(0, np.int64)  # landmark of each sample, -1: none
         self._y = np.zeros(0, np.int64)
         self._alpha = np.zeros((0, C))
@@ -159,15 +161,44 @@ class AutoHead:
         return self._stale
 
     @property
+    def points_from_store(self) -> bool:
+        """The stored points are the store's samples (see :mod:`.points`): a loaded head needs
+        them handed back (:meth:`attach_points`), and :meth:`add` takes the sample's ``item``."""
+        return self._pts.kind == "store"
+
+    def attach_points(self, items) -> None:
+        """Hand a loaded head whose points are the store's (:attr:`points_from_store`) its
+        samples in the store's in-memory form, in the head's order: a list, or a function
+        returning one when they are first needed (nothing else than these reads them)."""
+        if self._pts.kind != "store":
+            raise InvalidParameterError("this head keeps its own points")
+        self._pts.attach(items)
+
+    def points_match(self, count: int = 8) -> bool:
+        """Whether the handed-back samples are the head's: up to ``count`` landmarks, spread
+        over them, equal their sample's point bit for bit (and the number of samples agrees)."""
+        try:
+            if len(self._pts.items()) != self.n_samples:
+                return False
+            live = np.flatnonzero(self._owner >= 0)
+            pick = live[np.unique(np.linspace(0, live.size - 1, min(count, live.size))
+                                  .round().astype(np.int64))] if live.size else live
+            got = merged_points([self._pts.items()[int(self._owner[j])] for j in pick],
+                                self._pts.views, self.power, self._dim, rounded=False)
+        except (StateError, ValueError, IndexError, InvalidEmbeddingError):
+            return False
+        return bool(np.array_equal(got, self._L[pick]))
+
+    @property
     def inner(self) -> KernelForm:
         """The head as the exporter reads a kernel head (landmarks as its points)."""
         return KernelForm(self)
 
     def nbytes(self) -> int:
         """Memory held by the head's arrays."""
-        arrays = (self._L, self._Linv, self._b, self._buf, self._alpha, self._alpha32,
-                  self._land, self._y, self._owner, self._rows)
-        return int(sum(a.nbytes for a in arrays)) + self._Pm.nbytes + \
+        arrays = (self._L, self._Linv, self._b, self._alpha, self._alpha32,
+                  self._land, self._y, self._owner)
+        return int(sum(a.nbytes for a in arrays)) + self._Pm.nbytes + self._pts.nbytes + \
             (0 if self._loo is None else self._loo.nbytes)
 
     # ------------------------------------------------------------------ changes
@@ -188,7 +219,7 @@ class AutoHead:
             merge_views(X[:1], V, self.power, d)  # raises the shape error
         return self._fit_merged(
             lambda rows: merge_views(X[rows], None if V is None else V[rows], self.power, d),
-            n, d, labels, names)
+            n, d, labels, names, None)
 
     def fit_rows(self, rows, y, class_names: Sequence[str]) -> "AutoHead":
         """:meth:`fit` on samples read a few at a time: ``rows`` is a
@@ -205,21 +236,26 @@ class AutoHead:
             V = rows.take(which)
             X = as_embeddings(V[:, 0], d)
             return merge_views(X, V[:, 1:] if V.shape[1] > 1 else None, self.power, d)
-        return self._fit_merged(merged, n, d, labels, names)
+        items = getattr(rows, "items", None)  # the store's samples: the head keeps references
+        pts = None if items is None else StorePoints(list(items), rows.views, self.power, d)
+        return self._fit_merged(merged, n, d, labels, names, pts)
 
     def _fit_merged(self, merged: Callable[[Any], np.ndarray], n: int, d: int,
-                    labels: np.ndarray, names: List[str]) -> "AutoHead":
+                    labels: np.ndarray, names: List[str], pts) -> "AutoHead":
         """Fit on n samples whose merged points (len x D float32) ``merged(rows)`` gives for a
-        slice or an index array of rows."""
-        Z16 = np.empty((n, d), np.float16)  # in chunks: no N x D float32 temporaries
-        for sl in row_chunks(n):
-            Z16[sl] = merged(sl)
+        slice or an index array of rows; ``pts`` holds their points (None: a buffer of the
+        head's own, filled here)."""
+        if pts is None:
+            Z16 = np.empty((n, d), np.float16)  # in chunks: no N x D float32 temporaries
+            for sl in row_chunks(n):
+                Z16[sl] = merged(sl)
+            pts = OwnPoints(Z16)
         cand = np.arange(n) if n <= self.landmarks else \
             np.unique(np.linspace(0, n - 1, self.landmarks).round().astype(np.int64))
         Zc = merged(cand)
         self._classes, self._dim = list(names), int(d)
         self._reset(self._dim)
-        self._buf, self._n, self._rows, self._y = Z16, n, np.arange(n), labels.copy()
+        self._pts, self._y = pts, labels.copy()
         self._land = np.full(n, -1, np.int64)
         rows, Linv, sq = pick_landmarks(Zc, np.arange(cand.size), self.gamma, COPY_RESIDUAL)
         self._L, self._lsq, self._Linv = Zc[rows].astype(np.float32), sq, Linv
@@ -237,8 +273,11 @@ class AutoHead:
         self._solve()
         return len(self._classes) - 1
 
-    def add(self, x, label: int, views=None) -> int:
-        """Absorb one sample (O(m^2)); returns its index. The calibration is left stale."""
+    def add(self, x, label: int, views=None, item=None) -> int:
+        """Absorb one sample (O(m^2)); returns its index. The calibration is left stale.
+        ``item``: the sample as the store keeps it (x and views stacked, in its in-memory
+        form), for a head that reads its points from the store (one built by
+        :meth:`fit_rows`): the head keeps a reference to it, not a copy."""
         if not self._classes:
             raise InvalidLabelError("the head has no classes: call fit() or add_class() first")
         X = as_embeddings(x, self._dim, allow_1d=True, name="x")
@@ -246,7 +285,17 @@ class AutoHead:
             raise InvalidEmbeddingError(f"add() takes one embedding, got {X.shape[0]}")
         lab = int(as_labels([label], 1, len(self._classes))[0])
         v = None if views is None else np.asarray(views)[None]
-        z = merge_views(X, v, self.power, X.shape[1]).astype(np.float32)
+        if self._pts.kind == "store":  # the point as the store's sample gives it
+            if item is None:
+                item = X if v is None else np.vstack([X, as_embeddings(
+                    v.reshape(-1, X.shape[1]), X.shape[1], name="views")])
+            if expand(item).shape[0] < self._pts.views:
+                raise InvalidEmbeddingError(
+                    f"this head merges {self._pts.views} views of each sample, got "
+                    f"{expand(item).shape[0]}")
+            z = merged_points([item], self._pts.views, self.power, X.shape[1], rounded=False)
+        else:
+            z = merge_views(X, v, self.power, X.shape[1]).astype(np.float32)
         if self._dim is None:
             self._dim = X.shape[1]
             self._reset(self._dim)
@@ -263,18 +312,11 @@ class AutoHead:
             phi = self._grow(z, zsq, k, phi)
             self._owner = np.append(self._owner, i)
         elif self.n_landmarks:  # stored as float16: its features from exactly what is stored
-            phi = point_features({"land": np.array([-1]), "points": z16, "L": self._L,
+            phi = point_features({"land": np.array([-1]), "points": OwnPoints(z16), "L": self._L,
                                   "lsq": self._lsq, "gamma": self.gamma, "Linv": self._Linv},
                                  [0])[0][0]
         new_landmark = land >= 0 and self._H.shape[0] != phi.size  # H could not follow
-        if self._n == self._buf.shape[0]:  # full: a new array, live rows only, 25 % to spare
-            live = self._rows.size
-            grown = np.zeros((live + max(16, live // 4), self._dim), np.float16)
-            grown[:live] = self._buf[self._rows]
-            self._buf, self._n, self._rows = grown, live, np.arange(live)
-        self._buf[self._n] = z16[0]  # a row no snapshot refers to
-        self._rows = np.append(self._rows, self._n)
-        self._n += 1
+        self._pts.append(z16[0], item)
         self._y = np.append(self._y, lab)
         self._land = np.append(self._land, land)
         self._rank_one(phi, lab, +1.0, solve=new_landmark)
@@ -340,9 +382,9 @@ class AutoHead:
         owner = np.where(self._owner >= 0, self._owner - shift[np.maximum(self._owner, 0)], -1)
         owner[np.isin(self._owner, idx)] = -1
         self._owner = owner
-        self._rows = self._rows[keep]  # its row of _buf is left as it is (a snapshot may read it)
+        self._pts.keep(keep)  # a snapshot still reads the removed rows
         self._y, self._land = self._y[keep], self._land[keep]
-        if self._rows.size == 0:
+        if len(self._pts) == 0:
             self._reset(self._dim or 0)
             self._changed()
             return
@@ -362,13 +404,17 @@ class AutoHead:
         """Forget the stored sample equal to x (D) with ``label``; returns the index it had."""
         X = as_embeddings(x, self._dim, allow_1d=True, name="x")
         v = None if views is None else np.asarray(views)[None]
-        z = merge_views(X, v, self.power, X.shape[1]).astype(np.float16).astype(np.float32)
+        if self._pts.kind == "store":
+            item = X if v is None else np.vstack([X, v.reshape(-1, X.shape[1])])
+            z = merged_points([item], self._pts.views, self.power, X.shape[1])
+        else:
+            z = merge_views(X, v, self.power, X.shape[1]).astype(np.float16).astype(np.float32)
         if self.n_samples == 0:
             raise SampleNotFoundError("the head holds no samples")
         lab = int(as_labels([label], 1, len(self._classes))[0])
         cand = np.flatnonzero(self._y == lab)
         if cand.size:
-            d = np.abs(self._buf[self._rows[cand]].astype(np.float32) - z).max(axis=1)
+            d = np.abs(self._pts.take(cand) - z).max(axis=1)
             j = int(np.argmin(d))
             if d[j] <= 1e-6:
                 self.remove(int(cand[j]))
@@ -428,7 +474,7 @@ class AutoHead:
     def _geometry(self) -> Dict[str, Any]:
         """What :func:`.autocal.point_features` needs (no copies)."""
         return {"L": self._L, "lsq": self._lsq, "Linv": self._Linv, "gamma": self.gamma,
-                "points": self._buf[:self._n], "rows": self._rows, "land": self._land}
+                "points": self._pts, "land": self._land}
 
     # ------------------------------------------------------------------ calibration
     def _snapshot(self) -> Dict[str, Any]:
@@ -436,8 +482,8 @@ class AutoHead:
         changes replace rather than edit (appended points land beyond the snapshot's rows,
         removed ones are left in place); P is not needed (it is rebuilt)."""
         return {"L": self._L, "lsq": self._lsq, "owner": self._owner, "Linv": self._Linv,
-                "alpha": self._alpha, "points": self._buf[:self._n], "rows": self._rows,
-                "land": self._land, "y": self._y, "n_classes": len(self._classes),
+                "alpha": self._alpha, "points": self._pts.frozen(), "land": self._land,
+                "y": self._y, "n_classes": len(self._classes),
                 "gamma": self.gamma, "lam": self.lam, "temperature": self._temperature,
                 "quantile": self.unknown_quantile, "t0": self.default_temperature,
                 "prior_weight": self.temperature_prior_weight, "version": self._version}

@@ -39,8 +39,7 @@ MIN_HONEST = 30
 def _points(snap: Dict[str, Any], idx) -> np.ndarray:
     """Stored points (len x D float32) of samples ``idx``: a landmark's own float32 copy."""
     land = snap["land"][idx]
-    rows = snap.get("rows")  # row of "points" holding each sample (default: the same index)
-    Z = snap["points"][idx if rows is None else rows[idx]].astype(np.float32)
+    Z = snap["points"].take(idx)  # an OwnPoints or a StorePoints (.points): a new array
     is_land = land >= 0
     if np.any(is_land):
         Z[is_land] = snap["L"][land[is_land]]

@@ -5,8 +5,9 @@
 
 The state holds the landmarks, their factor ``Linv`` (float32 when that is exact: it is
 computed in float32 above 512 landmarks), the system ``P``, ``b``, ``s``, its solution ``H``,
-``GA``, the stored points (float16) with their landmark map, the labels, the temperature and
-the unknown-score parameters. Loading checks every shape and value with single passes that
+``GA``, the stored points (float16; not for a head that reads them from the store: the
+Learner hands its samples back with ``attach_points``) with their landmark map, the labels,
+the temperature and the unknown-score parameters. Loading checks every shape and value with single passes that
 allocate nothing of the arrays' size, copies nothing np.load already gave it, and rebuilds
 only ``alpha`` (O(m C)); a state without ``H``/``GA`` (saved by an older version) is solved
 once (O(m^2 C)).
@@ -21,6 +22,7 @@ import numpy as np
 from .base import STATE_FORMAT, _positive
 from edge_classifier.errors import StateError
 from .lowrank import PendingMatrix
+from .points import OwnPoints, StorePoints
 from .preprocess import as_labels, check_class_names
 
 __all__ = ["KernelForm", "head_state", "restore_head"]
@@ -34,15 +36,15 @@ def head_state(self) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
               "P": self._P, "b": self._b, "s": self._s, "H": self._H, "GA": self._GA,
               "points": None, "land": self._land, "y": self._y}
     arrays = {k: np.array(v) for k, v in arrays.items() if v is not None}
-    rows = self._rows  # sorted: rows of _buf still live
-    if rows.size and rows[-1] == rows.size - 1:  # no holes: the live rows as they are, no copy
-        arrays["points"] = self._buf[:rows.size]  # (rows below _n are never written again)
-    else:
-        arrays["points"] = self._buf[rows]  # a new, compact array (one copy of N x D, not two)
+    points = self._pts.saved()  # None: the store's samples (handed back on load)
+    if points is not None:
+        arrays["points"] = points  # the buffer itself while it has no holes, no copy
     meta = {"format": STATE_FORMAT, "head": self.name, "classes": self.classes,
             "dim": self._dim, "n_samples": self.n_samples, "params": self.params(),
             "temperature": self.temperature, "open": dict(self._open),
             "calibration_stale": self._stale}
+    if points is None:
+        meta["points"] = {"from": "store", "views": self._pts.views}
     return arrays, meta
 
 
@@ -55,8 +57,14 @@ def restore_head(cls, arrays: Dict[str, np.ndarray], meta: Dict[str, Any]):
         head = cls(**meta["params"])
         names = check_class_names(meta["classes"])
         n, dim, C = int(meta["n_samples"]), meta["dim"], len(names)
-        get = {k: np.asarray(arrays[k]) for k in
-               ("L", "owner", "Linv", "P", "b", "s", "points", "land", "y")}
+        source = meta.get("points")  # the store's samples, handed back by attach_points
+        if source is not None and (not isinstance(source, dict) or source.get("from") != "store"
+                                   or not isinstance(source.get("views"), int)
+                                   or isinstance(source.get("views"), bool)
+                                   or source["views"] < 1):
+            raise StateError(f"saved points source {source!r} is not understood")
+        keys = ("L", "owner", "Linv", "P", "b", "s", "land", "y")
+        get = {k: np.asarray(arrays[k]) for k in keys + (() if source else ("points",))}
         solved = "H" in arrays and "GA" in arrays
         if solved:
             get["H"], get["GA"] = np.asarray(arrays["H"]), np.asarray(arrays["GA"])
@@ -73,7 +81,8 @@ def restore_head(cls, arrays: Dict[str, np.ndarray], meta: Dict[str, Any]):
             head._b = np.zeros((0, C))
             return head
         y = as_labels(get["y"], n, C)
-        for key in ("L", "Linv", "P", "b", "s", "points") + (("H", "GA") if solved else ()):
+        for key in ("L", "Linv", "P", "b", "s") + (() if source else ("points",)) + \
+                (("H", "GA") if solved else ()):
             if not _all_finite(get[key]):
                 raise StateError(f"saved {key} holds NaN or infinity")
         land, owner = get["land"].astype(np.int64), get["owner"].astype(np.int64)
@@ -87,7 +96,8 @@ def restore_head(cls, arrays: Dict[str, np.ndarray], meta: Dict[str, Any]):
         P = _owned(get["P"], np.float64)
         head._Linv, head._Pm = _owned(get["Linv"], np.float64), PendingMatrix(P, P is get["P"])
         head._b, head._s = _owned(get["b"], np.float64), _owned(get["s"], np.float64)
-        head._buf, head._n, head._rows = _owned(get["points"], np.float16), n, np.arange(n)
+        head._pts = StorePoints(None, source["views"], head.power, head._dim, n) if source \
+            else OwnPoints(_owned(get["points"], np.float16))
         head._temperature = _positive(meta["temperature"], "temperature")
         head._open = {k: float(meta["open"][k]) for k in
                       ("dist_loc", "dist_scale", "doubt_loc", "doubt_scale", "threshold")}

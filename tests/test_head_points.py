@@ -1,0 +1,206 @@
+"""The ``auto`` head reads its stored points from the store's samples (heads/points.py): no copy
+of its own, none in head.npz, handed back on load, and every edit as exact as with a copy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge_classifier.errors import StateError
+from edge_classifier.learning.compact import Compactor, ViewRows
+from edge_classifier.learning.heads import AutoHead, load_head, make_head
+from edge_classifier.learning.heads.synthetic import make_task
+
+NAMES = ["c0", "c1", "c2", "c3"]
+
+
+def _views(seed=3, n=60):
+    """4 x n samples of two quantised views (as a backbone gives), labels, and a test set."""
+    Xtr, ytr, Xte, _, _ = make_task(seed, n_classes=4, dim=32, n_train=n, n_test=20)
+    q = (np.round(np.abs(Xtr) / 0.02) * np.float32(0.02)).astype(np.float32)
+    views = np.stack([q, q[:, ::-1]], axis=1)
+    return views, ytr, Xte
+
+
+def _state_of(head):
+    arrays, meta = head.to_state()
+    arrays.pop("points", None)
+    meta.pop("points", None)
+    return arrays, meta
+
+
+def _assert_same_head(a, b, Xte):
+    (sa, ma), (sb, mb) = _state_of(a), _state_of(b)
+    assert sa.keys() == sb.keys() and ma == mb
+    for key in sa:
+        np.testing.assert_array_equal(sa[key], sb[key], err_msg=key)
+    np.testing.assert_array_equal(a.decision_function(Xte), b.decision_function(Xte))
+
+
+@pytest.mark.parametrize("landmarks", [300, 100])  # every sample a landmark; beyond the budget
+def test_edits_of_a_store_head_equal_those_of_a_head_with_its_own_copy(landmarks):
+    views, y, Xte = _views()
+    pack = Compactor()
+    items = [pack(v) for v in views]
+    own = make_head("auto", landmarks=landmarks).fit(views[:200, 0], y[:200], NAMES,
+                                                     views=views[:200, 1:])
+    store = make_head("auto", landmarks=landmarks).fit_rows(ViewRows(items[:200]), y[:200], NAMES)
+    assert store.points_from_store and not own.points_from_store
+    _assert_same_head(own, store, Xte)
+    for i in range(200, 230):  # adds (landmarks while the budget lasts), removes, a refresh
+        own.add(views[i, 0], int(y[i]), views=views[i, 1:])
+        store.add(views[i, 0], int(y[i]), views=views[i, 1:], item=items[i])
+        if i % 7 == 0:
+            own.remove(i % 50)
+            store.remove(i % 50)
+    own.remove_many([0, 4, 9, 100])
+    store.remove_many([0, 4, 9, 100])
+    _assert_same_head(own, store, Xte)
+    np.testing.assert_array_equal(own.loo_proba(), store.loo_proba())
+    own.refresh()
+    store.refresh()
+    _assert_same_head(own, store, Xte)
+    assert store.remove_sample(views[150, 0], int(y[150]), views=views[150, 1:]) == \
+        own.remove_sample(views[150, 0], int(y[150]), views=views[150, 1:])
+    _assert_same_head(own, store, Xte)
+
+
+def test_a_saved_store_head_holds_no_points_and_edits_exactly_once_they_are_handed_back():
+    views, y, Xte = _views(5)
+    pack = Compactor()
+    items = [pack(v) for v in views]
+    head = make_head("auto", landmarks=100).fit_rows(ViewRows(items[:200]), y[:200], NAMES)
+    arrays, meta = head.to_state()
+    assert "points" not in arrays and meta["points"] == {"from": "store", "views": 2}
+    loaded = load_head(arrays, meta)
+    np.testing.assert_array_equal(loaded.predict_proba(Xte), head.predict_proba(Xte))
+    with pytest.raises(StateError, match="not handed back"):
+        loaded.remove(3)  # a removal needs the sample's point
+    with pytest.raises(StateError, match="not handed back"):
+        loaded.calibration_job()
+    assert loaded.n_samples == 200  # nothing changed by the refused edits
+    np.testing.assert_array_equal(loaded.predict_proba(Xte), head.predict_proba(Xte))
+    assert not loaded.points_match()  # nothing handed back yet
+    loaded.attach_points(list(items[:200]))
+    assert loaded.points_match()
+    for h in (head, loaded):
+        h.add(views[200, 0], int(y[200]), views=views[200, 1:], item=items[200])
+        h.remove_many([1, 2, 150])
+        h.refresh()
+    _assert_same_head(head, loaded, Xte)
+
+
+def test_handed_back_samples_that_are_not_the_heads_are_told_apart():
+    views, y, _ = _views(6)
+    pack = Compactor()
+    items = [pack(v) for v in views]
+    head = make_head("auto", landmarks=100).fit_rows(ViewRows(items[:200]), y[:200], NAMES)
+    arrays, meta = head.to_state()
+    for wrong in (items[:199], items[1:201], items[:200][::-1],
+                  [items[100]] + items[1:200]):  # short, shifted, reordered, one swapped
+        loaded = load_head(arrays, meta)
+        loaded.attach_points(list(wrong))
+        assert not loaded.points_match()
+    loaded = load_head(arrays, meta)
+    loaded.attach_points(lambda: items[:150])  # a lazy source giving the wrong number
+    with pytest.raises(StateError, match="150 samples for a head of 200"):
+        loaded.calibration_job()
+
+
+@pytest.mark.parametrize("source", ["store", {"from": "disk", "views": 2},
+                                    {"from": "store", "views": 0},
+                                    {"from": "store", "views": True},
+                                    {"from": "store", "views": "2"}])
+def test_a_damaged_points_source_is_a_state_error(source):
+    views, y, _ = _views(7, n=20)
+    items = [Compactor()(v) for v in views]
+    arrays, meta = make_head("auto").fit_rows(ViewRows(items), y, NAMES).to_state()
+    meta["points"] = source
+    with pytest.raises(StateError, match="points source"):
+        load_head(arrays, meta)
+
+
+def test_a_calibration_snapshot_of_a_store_head_is_untouched_by_later_edits():
+    views, y, Xte = _views(8)
+    pack = Compactor()
+    items = [pack(v) for v in views]
+    head = make_head("auto", landmarks=100).fit_rows(ViewRows(items[:200]), y[:200], NAMES)
+    for i in range(200, 205):
+        head.add(views[i, 0], int(y[i]), views=views[i, 1:], item=items[i])
+    arrays, meta = head.to_state()
+    twin = load_head(arrays, meta)
+    twin.attach_points(list(head._pts.items()))
+    job = head.calibration_job()
+    for i in range(205, 235):  # the loop edits while the job waits for its thread
+        head.add(views[i, 0], int(y[i]), views=views[i, 1:], item=items[i])
+    head.remove_many(list(range(0, 60, 3)))
+    result, expect = job(), twin.calibration_job()()
+    for key in ("loo", "groups"):
+        np.testing.assert_array_equal(result[key], expect[key])
+    for a, b in zip(result["system"], expect["system"]):
+        np.testing.assert_array_equal(a, b)
+    assert result["temperature"] == expect["temperature"] and result["open"] == expect["open"]
+    assert not head.apply_calibration(result)  # the head changed meanwhile: still stale
+
+
+def test_a_store_head_takes_what_add_is_given_when_no_item_comes_and_refuses_too_few_views():
+    views, y, Xte = _views(9, n=30)
+    items = [Compactor()(v) for v in views]
+    a = make_head("auto", landmarks=50).fit_rows(ViewRows(items[:100]), y[:100], NAMES)
+    b = make_head("auto", landmarks=50).fit_rows(ViewRows(items[:100]), y[:100], NAMES)
+    a.add(views[100, 0], int(y[100]), views=views[100, 1:], item=items[100])
+    b.add(views[100, 0], int(y[100]), views=views[100, 1:])  # its own stacked copy
+    _assert_same_head(a, b, Xte)
+    with pytest.raises(Exception, match="merges 2 views"):
+        b.add(views[101, 0], int(y[101]))
+    assert b.n_samples == 101
+
+
+def test_the_learner_hands_the_store_back_on_load_and_refits_when_a_sample_was_swapped(
+        tmp_path, backbones, frames, monkeypatch):
+    from edge_classifier.learning.learner import Learner
+    from edge_classifier.learning.state import StateDir
+    with StateDir(tmp_path / "state") as state:
+        learner = Learner(backbones(), state)
+        for name, crops in frames.items():
+            for crop in crops[:3]:
+                learner.capture(name, crop)
+        learner.fit()  # from the store's rows: the head refers to the store's samples
+        assert learner.head.points_from_store
+        learner.save()
+        saved = learner.head.predict_proba(backbones().embed(frames["cat"][3])[None])
+    arrays = np.load(tmp_path / "state" / "head.npz")
+    assert "points" not in arrays.files
+    fitted = []
+    real = AutoHead._fit_merged
+    monkeypatch.setattr(AutoHead, "_fit_merged", lambda *a: fitted.append(1) or real(*a))
+    with StateDir(tmp_path / "state") as state:
+        again = Learner(backbones(), state)
+        assert again.problems == [] and fitted == [] and again.head.points_match()
+        np.testing.assert_array_equal(
+            again.head.predict_proba(backbones().embed(frames["cat"][3])[None]), saved)
+        again.capture("bird", frames["bird"][3])  # an add, then a removal, on the loaded head
+        again.store.remove_sample("cat", again.store.sample_ids("cat")[0])
+        again.changed()  # downdated at once (a landmark's sample gone: refit in the background)
+        assert again.head.n_samples == 9
+        again.wait_background()
+        again.save()
+    fitted.clear()
+    with StateDir(tmp_path / "state", write=False) as state:  # read-only: nothing read
+        import edge_classifier.learning.store_disk as store_disk
+        monkeypatch.setattr(store_disk, "read_sample", lambda *a: pytest.fail("read a sample"))
+        ro = Learner(backbones(), state)
+        assert ro.head.n_samples == 9 and fitted == []
+        assert ro.predict(frames["bird"][3]).best == "bird"
+    monkeypatch.undo()
+    # one landmark's sample file replaced by another sample's, behind the head's back
+    files = sorted((tmp_path / "state" / "samples").rglob("*.npy"))
+    first = [f for f in files if f.parent == files[0].parent]
+    contents = [f.read_bytes() for f in first]
+    for f, data in zip(first, contents[1:] + contents[:1]):  # a class's samples rotated
+        f.write_bytes(data)
+    with StateDir(tmp_path / "state") as state:
+        fixed = Learner(backbones(), state)
+        assert any("does not match the stored samples" in p for p in fixed.problems)
+        assert fixed.head.n_samples == 9 and fixed.head.points_match()
+    assert sorted((tmp_path / "state" / "samples").rglob("*.npy")) == files  # nothing deleted
