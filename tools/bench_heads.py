@@ -2,7 +2,8 @@
 """Benchmark: how the default head and the exact kernel head scale with the number of samples.
 
 For N = 250 ... 10,000 samples (TrashNet embeddings; beyond its 2,527 photos, copies with 5 %
-multiplicative noise, so every sample is distinct) and each head, in a fresh process: the
+multiplicative noise put back on the backbone's 256 output levels, so every sample is distinct
+and is what a capture gives) and each head, in a fresh process: the
 time to fit all N, to add one sample and to remove one (median of 20; for ``auto`` the
 recalibration that follows an edit runs in the Learner's background thread and is reported
 as ``recal``), to load the saved head from its .npz bytes (median of 5; ``load_file_ms``: the
@@ -11,7 +12,10 @@ state's whole path from ``head.npz`` on disk, read, CRC-32 and checks), to predi
 after a real backbone invoke, as in the device loop, where the invoke evicts the head's arrays
 from the caches), the head's own array memory, and the process's peak RSS over the same process just before
 the head was built (the peak is reset there, Linux ``clear_refs``, so what generating the
-embeddings took does not hide the head's own peak)::
+embeddings took does not hide the head's own peak). A head that fits from the store's rows
+(``auto``) is fitted, edited and loaded as the Learner does it: from the samples in the store's
+compact form, built before that peak is reset (they are the store's memory, not the head's),
+its load including the hand-back of the store's samples and their check::
 
     python tools/bench_heads.py [--sizes 250,500,1000,2000,5000,10000] [--heads auto,kernel]
                                 [--kernel-max 5000] [--json]
@@ -39,6 +43,7 @@ from _common import dataset_arguments, decoded_frames, load_views
 
 from edge_classifier.backbone.model import Backbone
 from edge_classifier.core import blas, memory
+from edge_classifier.learning.compact import Compactor, ViewRows
 from edge_classifier.learning.heads import load_head, make_head
 from edge_classifier.learning.npzfile import read_npz
 from edge_classifier.learning.state import StateDir
@@ -95,6 +100,10 @@ def samples(views, y, n, rng):
         rows = slice(start, min(n, start + 1000))
         out[rows] *= 1.0 + 0.05 * rng.standard_normal(out[rows].shape, dtype=np.float32)
     np.maximum(out, 0, out=out)
+    step = np.float32(views[views > 0].min())  # the backbone's output scale: levels k * step
+    for start in np.flatnonzero(extra)[::1000]:
+        rows = slice(start, min(n, start + 1000))
+        out[rows] = np.clip(np.rint(out[rows] / step), 0, 255).astype(np.float32) * step
     return out, y[idx]
 
 
@@ -118,19 +127,25 @@ def measure(name, views, y, names, n, model=None):
     rng = np.random.default_rng(0)
     order = rng.permutation(len(y))
     V, labels = samples(views[order], y[order], n + 20, rng)
+    head = make_head(name)
+    pack = Compactor()  # the store's in-memory samples, for a head that reads them
+    items = [pack(v) for v in V] if hasattr(head, "fit_rows") else None
     gc.collect()
     base = _peak_base()
-    head = make_head(name)
     X, extra = V[:n, 0], (V[:n, 1:] if V.shape[1] > 1 else None)
     t0 = time.perf_counter()
     with blas.threads(None):
-        head.fit(X, labels[:n], names, views=extra)
+        if items is None:
+            head.fit(X, labels[:n], names, views=extra)
+        else:
+            head.fit_rows(ViewRows(items[:n]), labels[:n], names)
     fit_s = time.perf_counter() - t0
     blas.set_threads(1)  # as on the device
     adds, removes, recal = [], [], []
     for i in range(n, n + 20):
         t0 = time.perf_counter()
-        head.add(V[i, 0], int(labels[i]), views=V[i, 1:] if V.shape[1] > 1 else None)
+        kw = {} if items is None else {"item": items[i]}
+        head.add(V[i, 0], int(labels[i]), views=V[i, 1:] if V.shape[1] > 1 else None, **kw)
         adds.append(time.perf_counter() - t0)
     for _ in range(20):
         j = int(rng.integers(0, head.n_samples))
@@ -161,16 +176,22 @@ def measure(name, views, y, names, n, model=None):
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     loads, file_loads = [], []
+    kept = head._pts.items() if getattr(head, "points_from_store", False) else None
+
+    def hand_back(loaded):  # as the Learner does: the store's samples, in order, checked
+        if kept is not None:
+            loaded.attach_points(list(kept))
+            assert loaded.points_match()
     for _ in range(5):
         t0 = time.perf_counter()
-        load_head(read_npz(buf)[0], json.loads(json.dumps(meta)))
+        hand_back(load_head(read_npz(buf)[0], json.loads(json.dumps(meta))))
         loads.append(time.perf_counter() - t0)
     with tmp, state:  # the state's whole path: file, CRC, checks
         # (after rss_over: the copies it loads are not the head's memory)
         for _ in range(5):
             t0 = time.perf_counter()
             saved_arrays, saved_meta = state.load_head_files()
-            load_head(saved_arrays, saved_meta["head_meta"])
+            hand_back(load_head(saved_arrays, saved_meta["head_meta"]))
             file_loads.append(time.perf_counter() - t0)
     cold = after_invoke(head, frame, Backbone.from_name(model))
     return {"head": name, "n": n, "fit_s": round(fit_s, 3), "add_ms": _median_ms(adds),
