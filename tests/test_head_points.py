@@ -204,3 +204,45 @@ def test_the_learner_hands_the_store_back_on_load_and_refits_when_a_sample_was_s
         assert any("does not match the stored samples" in p for p in fixed.problems)
         assert fixed.head.n_samples == 9 and fixed.head.points_match()
     assert sorted((tmp_path / "state" / "samples").rglob("*.npy")) == files  # nothing deleted
+
+
+def test_float16_values_round_exactly_as_numpys_float16_conversion():
+    from edge_classifier.learning.heads.points import float16_values
+    rng = np.random.default_rng(0)
+    halves = np.arange(0, 0x7BFF, dtype=np.uint16).view(np.float16).astype(np.float32)
+    ties = ((halves[:-1].astype(np.float64) + halves[1:]) / 2).astype(np.float32)  # exact ties
+    cases = [rng.random(1 << 16, dtype=np.float32), ties, -ties,
+             np.nextafter(ties, np.float32(1)), np.nextafter(ties, np.float32(0)),
+             rng.integers(0, 0x477FE000, 1 << 16, dtype=np.uint32).view(np.float32),  # any bits
+             np.array([0.0, -0.0, 2 ** -14, 2 ** -24, 2 ** -25, 3 * 2 ** -25, 65504.0,
+                       65519.0, 65520.0, 1e9, np.inf, -np.inf], np.float32)]
+    for Z in cases:
+        with np.errstate(over="ignore"):
+            expect = Z.astype(np.float16).astype(np.float32)
+        np.testing.assert_array_equal(float16_values(Z).view(np.uint32), expect.view(np.uint32))
+    Z = np.array([0.25, np.nan], np.float32)
+    assert np.isnan(float16_values(Z)[1]) and float16_values(Z)[0] == 0.25
+    assert float16_values(np.zeros((0, 4), np.float32)).shape == (0, 4)
+
+
+@pytest.mark.parametrize("power", [0.5, 0.75, 1.0, 0.6])
+@pytest.mark.parametrize("views", [1, 2, 3])
+def test_points_from_a_shared_table_of_levels_equal_merge_views_bit_for_bit(power, views):
+    from edge_classifier.learning.heads.points import _merged, _merged_on_levels, merged_points
+    rng = np.random.default_rng(views)
+    step = np.float32(0.0235)
+    pack = Compactor()
+    k = rng.integers(0, 256, (300, 3, 64)) * (rng.random((300, 1, 64)) < 0.7)
+    k[0, 0, :2] = 1, 255  # the first sample shows the step (the levels are learnt from it)
+    items = [pack(v.astype(np.float32) * step) for v in k]
+    items.append(pack(np.zeros((3, 64), np.float32)))  # a zero sample stays zero
+    assert all(it.values is items[0].values for it in items)  # the first one too
+    fast = _merged_on_levels(items, views, power, 64)
+    assert (fast is None) == (power == 0.6)  # only where the power is taken value by value
+    if fast is not None:
+        np.testing.assert_array_equal(fast, _merged(items, views, power, 64))
+    mixed = items[:5] + [np.vstack([items[5].expand(), items[6].expand()])]  # off the table
+    assert _merged_on_levels(mixed, views, power, 64) is None
+    np.testing.assert_array_equal(merged_points(mixed, views, power, 64),
+                                  _merged(mixed, views, power, 64).astype(np.float16)
+                                  .astype(np.float32))

@@ -71,6 +71,8 @@ class Compactor:
         packed = compact(views)
         if self._levels is None and isinstance(packed, CompactViews):
             self._learn(packed.values)
+            if self._levels is not None:  # the first sample shares the table too
+                return self._on_levels(views) or packed
         return packed
 
     def _learn(self, values: np.ndarray) -> None:

@@ -96,6 +96,13 @@ def _signed_power(X: np.ndarray, power: float) -> np.ndarray:
     return P if nonneg else P * np.sign(X)
 
 
+def normalise_power(values: np.ndarray, power: float) -> np.ndarray:
+    """The signed power :func:`normalise` takes of each value (float32, a new array)."""
+    X = np.asarray(values, dtype=np.float32)
+    P = _signed_power(X, float(power))
+    return X.copy() if P is X else P
+
+
 def normalise(X: np.ndarray, power: float) -> np.ndarray:
     """Signed power then L2 normalisation of the rows of X (NxD) -> NxD float32.
 
