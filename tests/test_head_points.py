@@ -246,3 +246,33 @@ def test_points_from_a_shared_table_of_levels_equal_merge_views_bit_for_bit(powe
     np.testing.assert_array_equal(merged_points(mixed, views, power, 64),
                                   _merged(mixed, views, power, 64).astype(np.float16)
                                   .astype(np.float32))
+
+
+def test_a_factor_computed_in_float32_is_kept_float32_through_edits_saves_and_loads():
+    """Above 512 landmarks ``Linv`` is computed in float32: kept so (4 MB less at 1,024), it is
+    multiplied in float32 with no float64 copy, and the edits stay exact to float32 rounding."""
+    views, y, Xte = _views(10, n=175)  # 700 samples, 600 landmarks
+    items = [Compactor()(v) for v in views]
+    head = make_head("auto", landmarks=600).fit_rows(ViewRows(items[:650]), y[:650], NAMES)
+    assert head.n_landmarks > 512 and head._Linv.dtype == np.float32
+    before = head.decision_function(Xte)
+    start = head.to_state()[0]
+    for i in range(650, 660):  # no room left for landmarks: rank-one updates in float32 factors
+        head.add(views[i, 0], int(y[i]), views=views[i, 1:], item=items[i])
+    head.remove_many(list(range(650, 660)))
+    np.testing.assert_allclose(head.decision_function(Xte), before, rtol=0, atol=1e-3)  # (as float64)
+    head.refresh()  # the same samples: the calibration's system, bit for bit as the fit's
+    for key in ("P", "b", "s", "L", "Linv"):
+        np.testing.assert_array_equal(head.to_state()[0][key], start[key], err_msg=key)
+    arrays, meta = head.to_state()
+    assert arrays["Linv"].dtype == np.float32
+    loaded = load_head(arrays, meta)
+    loaded.attach_points(list(head._pts.items()))
+    assert loaded._Linv.dtype == np.float32 and loaded.points_match()
+    np.testing.assert_array_equal(loaded.decision_function(Xte), head.decision_function(Xte))
+    for h in (head, loaded):
+        h.remove(3)
+        h.add(views[699, 0], int(y[699]), views=views[699, 1:], item=items[699])
+    np.testing.assert_array_equal(loaded.decision_function(Xte), head.decision_function(Xte))
+    small = make_head("auto", landmarks=100).fit_rows(ViewRows(items[:300]), y[:300], NAMES)
+    assert small._Linv.dtype == np.float64  # computed in float64 below 512: kept so

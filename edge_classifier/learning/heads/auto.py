@@ -41,7 +41,8 @@ from edge_classifier.errors import (EmptyHeadError, InvalidEmbeddingError, Inval
                                     InvalidParameterError, SampleNotFoundError, StateError)
 from .linalg import factor_append
 from .lowrank import PendingMatrix
-from .nystrom import kernel_values, pick_landmarks, rank_update, row_chunks
+from .nystrom import compact_factor, factor_dot, kernel_values, pick_landmarks, rank_update, \
+    row_chunks
 from .openset import fit_open_set, open_set_score
 from .preprocess import as_embeddings, as_labels, check_class_names, merge_views, normalise
 from .autocal import calibrate, point_features
@@ -258,7 +259,7 @@ class AutoHead:
         self._pts, self._y = pts, labels.copy()
         self._land = np.full(n, -1, np.int64)
         rows, Linv, sq = pick_landmarks(Zc, np.arange(cand.size), self.gamma, COPY_RESIDUAL)
-        self._L, self._lsq, self._Linv = Zc[rows].astype(np.float32), sq, Linv
+        self._L, self._lsq, self._Linv = Zc[rows].astype(np.float32), sq, compact_factor(Linv)
         del Zc  # (m x D: 4 MB at 1,024 landmarks, not kept through the calibration)
         self._owner = cand[rows].astype(np.int64)
         self._land[self._owner] = np.arange(rows.size)
@@ -306,7 +307,7 @@ class AutoHead:
             zsq = float(np.einsum("ij,ij->i", z, z, dtype=np.float64)[0])
             k = kernel_values((self._L @ z[0]).astype(np.float64)[:, None], self._lsq,
                               np.array([zsq]), self.gamma)[:, 0] if self.n_landmarks else np.zeros(0)
-            phi = self._Linv @ k
+            phi = factor_dot(self._Linv, k)
         if grow and 1.0 - phi @ phi > COPY_RESIDUAL:
             land = self.n_landmarks
             phi = self._grow(z, zsq, k, phi)
@@ -451,7 +452,7 @@ class AutoHead:
             self._solve()
             return
         self._H += (sign / c) * np.outer(u, r)
-        self._GA += (sign / c) * np.outer(self._Linv.T @ u, r)
+        self._GA += (sign / c) * np.outer(factor_dot(self._Linv.T, u), r)
         self._alpha_from_solution()
 
     def _solve(self) -> None:
@@ -461,7 +462,7 @@ class AutoHead:
             self._H = self._GA = np.zeros((self.n_landmarks, C + 1))
         else:
             self._H = self._Pm.matvec(np.column_stack([self._b, self._s]))
-            self._GA = self._Linv.T @ self._H
+            self._GA = factor_dot(self._Linv.T, self._H)
         self._alpha_from_solution()
 
     def _alpha_from_solution(self) -> None:

@@ -24,7 +24,7 @@ import numpy as np
 
 from .calibration import fit_temperature, softmax
 from .neighbours import DUPLICATE_DISTANCE
-from .nystrom import Gram, connected_labels, kernel_values, row_chunks, split_groups
+from .nystrom import Gram, connected_labels, factor_dot, kernel_values, row_chunks, split_groups
 from .openset import fit_open_set
 
 __all__ = ["calibrate", "point_features"]
@@ -57,7 +57,7 @@ def point_features(snap: Dict[str, Any], idx) -> Tuple[np.ndarray, np.ndarray, n
         S = (Z @ L.T).astype(np.float64)
         Z = Z.astype(np.float64)
     sq = np.einsum("ij,ij->i", Z, Z)
-    return kernel_values(S, sq, snap["lsq"], snap["gamma"]) @ snap["Linv"].T, Z, sq
+    return factor_dot(kernel_values(S, sq, snap["lsq"], snap["gamma"]), snap["Linv"].T), Z, sq
 
 
 def _kernel_chunk(snap: Dict[str, Any], sl, dtype) -> Tuple[np.ndarray, np.ndarray]:
@@ -80,7 +80,7 @@ def calibrate(snap: Dict[str, Any], system_only: bool = False) -> Dict[str, Any]
     n, m = y.size, L.shape[0]
     dtype = np.float64 if n <= 512 else np.float32  # as the kernel head's factor
     # L.T as a view where L has the dtype already (BLAS takes it transposed: no m x D copy)
-    snap = dict(snap, _Lt=L.T.astype(dtype, copy=False), _LinvT=snap["Linv"].T.astype(dtype))
+    snap = dict(snap, _Lt=L.T.astype(dtype, copy=False), _LinvT=snap["Linv"].T.astype(dtype, copy=False))
     T = np.zeros((n, C))
     T[np.arange(n), y] = 1.0
     gram, b, s = Gram(m), np.zeros((m, C)), np.zeros(m)
@@ -116,9 +116,9 @@ def calibrate(snap: Dict[str, Any], system_only: bool = False) -> Dict[str, Any]
         R = M32 @ snap["_LinvT"].T  # kept for the capture groups below
         del M32
     else:
-        R = M @ snap["Linv"]
+        R = factor_dot(M, snap["Linv"])
         del M
-    Wk = (snap["Linv"].T @ W).astype(dtype, copy=False)
+    Wk = factor_dot(snap["Linv"].T, W).astype(dtype, copy=False)
     for sl in row_chunks(n):
         S, K = _kernel_chunk(snap, sl, dtype)
         F[sl] = K @ Wk

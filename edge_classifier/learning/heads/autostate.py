@@ -30,8 +30,9 @@ __all__ = ["KernelForm", "head_state", "restore_head"]
 
 def head_state(self) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
     """(arrays, metadata) of an :class:`.auto.AutoHead`: everything a prediction needs."""
-    Linv32 = self._Linv.astype(np.float32)
-    exact32 = np.array_equal(Linv32, self._Linv)  # then float32 loses nothing (half the bytes)
+    Linv32 = self._Linv.astype(np.float32, copy=False)  # (the head's own when it is float32)
+    exact32 = Linv32 is self._Linv or np.array_equal(Linv32, self._Linv)  # then float32 loses
+    # nothing (half the bytes)
     arrays = {"L": self._L, "owner": self._owner, "Linv": Linv32 if exact32 else self._Linv,
               "P": self._P, "b": self._b, "s": self._s, "H": self._H, "GA": self._GA,
               "points": None, "land": self._land, "y": self._y}
@@ -94,7 +95,9 @@ def restore_head(cls, arrays: Dict[str, np.ndarray], meta: Dict[str, Any]):
         head._lsq = np.einsum("ij,ij->i", head._L, head._L, dtype=np.float64)
         head._owner, head._land, head._y = owner, land, y
         P = _owned(get["P"], np.float64)
-        head._Linv, head._Pm = _owned(get["Linv"], np.float64), PendingMatrix(P, P is get["P"])
+        Linv = get["Linv"]  # float32 as saved when that was exact (and is kept so: 4 MB less)
+        head._Linv = _owned(Linv, np.float32 if Linv.dtype == np.float32 else np.float64)
+        head._Pm = PendingMatrix(P, P is get["P"])
         head._b, head._s = _owned(get["b"], np.float64), _owned(get["s"], np.float64)
         head._pts = StorePoints(None, source["views"], head.power, head._dim, n) if source \
             else OwnPoints(_owned(get["points"], np.float16))
