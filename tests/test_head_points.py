@@ -259,6 +259,13 @@ def test_a_factor_computed_in_float32_is_kept_float32_through_edits_saves_and_lo
     start = head.to_state()[0]
     for i in range(650, 660):  # no room left for landmarks: rank-one updates in float32 factors
         head.add(views[i, 0], int(y[i]), views=views[i, 1:], item=items[i])
+    import tracemalloc
+    tracemalloc.start()
+    head.remove(655)  # no float64 copy of the factor (1.4 MB here) for an edit
+    head.add(views[655, 0], int(y[655]), views=views[655, 1:], item=items[655])
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 600 * 600 * 8 / 2, peak
     head.remove_many(list(range(650, 660)))
     np.testing.assert_allclose(head.decision_function(Xte), before, rtol=0, atol=1e-3)  # (as float64)
     head.refresh()  # the same samples: the calibration's system, bit for bit as the fit's

@@ -72,13 +72,13 @@ def compact_factor(Linv: np.ndarray) -> np.ndarray:
     return L32 if np.array_equal(L32, Linv) else Linv
 
 
-def factor_dot(F: np.ndarray, X: np.ndarray) -> np.ndarray:
-    """``F @ X`` as float64 for a factor F (or its transpose) of either precision: a float32
-    factor multiplies in float32, the precision it was computed in, with no float64 copy of it
-    (NumPy would make one: 8 MB at 1,024 landmarks)."""
-    if F.dtype == np.float32:
-        return (F @ np.asarray(X, np.float32)).astype(np.float64)
-    return F @ X
+def factor_dot(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """``A @ B`` as float64 where one of them is a factor (or its transpose) of either
+    precision: with a float32 factor the product is taken in float32, the precision it was
+    computed in, with no float64 copy of it (NumPy would make one: 8 MB at 1,024 landmarks)."""
+    if A.dtype == np.float32 or B.dtype == np.float32:
+        return (np.asarray(A, np.float32) @ np.asarray(B, np.float32)).astype(np.float64)
+    return A @ B
 
 
 def landmark_factor(K: np.ndarray, jitter: float = 0.0) -> np.ndarray:

@@ -16,6 +16,7 @@ saved head does not repeat them: the Learner hands the store's samples back on l
 
 from __future__ import annotations
 
+from itertools import compress
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -206,7 +207,7 @@ class StorePoints:
 
     def keep(self, mask: np.ndarray) -> None:
         items = self.items()
-        self._items = [it for it, k in zip(items, mask) if k]  # a new list: snapshots keep theirs
+        self._items = list(compress(items, mask))  # a new list: snapshots keep theirs
         self._n = len(self._items)
 
     def frozen(self) -> "StorePoints":
