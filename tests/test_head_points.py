@@ -283,3 +283,33 @@ def test_a_factor_computed_in_float32_is_kept_float32_through_edits_saves_and_lo
     np.testing.assert_array_equal(loaded.decision_function(Xte), head.decision_function(Xte))
     small = make_head("auto", landmarks=100).fit_rows(ViewRows(items[:300]), y[:300], NAMES)
     assert small._Linv.dtype == np.float64  # computed in float64 below 512: kept so
+
+
+def test_a_read_only_command_on_a_head_saved_uncalibrated_reads_no_sample(
+        tmp_path, backbones, frames, monkeypatch):
+    """A device saves its head while a recalibration is still due (calibration_stale): a
+    read-only ``predict`` on it uses the saved calibration and reads no sample for another."""
+    from edge_classifier.learning.learner import Learner
+    from edge_classifier.learning.state import StateDir
+    import edge_classifier.learning.store_disk as store_disk
+    with StateDir(tmp_path / "state") as state:
+        learner = Learner(backbones(), state)
+        for name, crops in frames.items():
+            for crop in crops[:3]:
+                learner.capture(name, crop)
+        learner.wait_background()
+        learner.fit()
+        learner.capture("cat", frames["cat"][3])  # calibrated later: saved before that
+        assert learner.head.calibration_stale and learner.head.points_from_store
+        learner.save()
+    with StateDir(tmp_path / "state", write=False) as state:
+        monkeypatch.setattr(store_disk, "read_sample", lambda *a: pytest.fail("read a sample"))
+        ro = Learner(backbones(), state)
+        assert ro.head.calibration_stale and ro._job is None
+        assert ro.predict(frames["bird"][3]).best == "bird"
+    monkeypatch.undo()
+    with StateDir(tmp_path / "state") as state:  # the owner recalibrates it
+        owner = Learner(backbones(), state)
+        owner.wait_background()
+        owner.poll()
+        assert not owner.head.calibration_stale

@@ -343,6 +343,8 @@ class Learner:
         head = self.head
         if not self._budgeted() or not head.calibration_stale or self._job is not None:
             return
+        if not self.state.write:  # a read-only command: the saved calibration serves, nothing
+            return  # could be saved, and the samples would have to be read for it
         if head.n_orphans:  # removed samples keep their landmarks: pick fresh ones
             self._refit_later()
             return
