@@ -22,6 +22,17 @@ def _views(seed=3, n=60):
     return views, ytr, Xte
 
 
+def _store_head(seed, landmarks=100, fitted=200, n=60):
+    """(views, labels, test set, the samples in the store's form, a head fitted from the first
+    ``fitted`` of them)."""
+    views, y, Xte = _views(seed, n=n)
+    pack = Compactor()
+    items = [pack(v) for v in views]
+    head = make_head("auto", landmarks=landmarks).fit_rows(ViewRows(items[:fitted]),
+                                                           y[:fitted], NAMES)
+    return views, y, Xte, items, head
+
+
 def _state_of(head):
     arrays, meta = head.to_state()
     arrays.pop("points", None)
@@ -66,10 +77,7 @@ def test_edits_of_a_store_head_equal_those_of_a_head_with_its_own_copy(landmarks
 
 
 def test_a_saved_store_head_holds_no_points_and_edits_exactly_once_they_are_handed_back():
-    views, y, Xte = _views(5)
-    pack = Compactor()
-    items = [pack(v) for v in views]
-    head = make_head("auto", landmarks=100).fit_rows(ViewRows(items[:200]), y[:200], NAMES)
+    views, y, Xte, items, head = _store_head(5)
     arrays, meta = head.to_state()
     assert "points" not in arrays and meta["points"] == {"from": "store", "views": 2}
     loaded = load_head(arrays, meta)
@@ -91,10 +99,7 @@ def test_a_saved_store_head_holds_no_points_and_edits_exactly_once_they_are_hand
 
 
 def test_handed_back_samples_that_are_not_the_heads_are_told_apart():
-    views, y, _ = _views(6)
-    pack = Compactor()
-    items = [pack(v) for v in views]
-    head = make_head("auto", landmarks=100).fit_rows(ViewRows(items[:200]), y[:200], NAMES)
+    views, y, _, items, head = _store_head(6)
     arrays, meta = head.to_state()
     for wrong in (items[:199], items[1:201], items[:200][::-1],
                   [items[100]] + items[1:200]):  # short, shifted, reordered, one swapped
@@ -121,10 +126,7 @@ def test_a_damaged_points_source_is_a_state_error(source):
 
 
 def test_a_calibration_snapshot_of_a_store_head_is_untouched_by_later_edits():
-    views, y, Xte = _views(8)
-    pack = Compactor()
-    items = [pack(v) for v in views]
-    head = make_head("auto", landmarks=100).fit_rows(ViewRows(items[:200]), y[:200], NAMES)
+    views, y, Xte, items, head = _store_head(8)
     for i in range(200, 205):
         head.add(views[i, 0], int(y[i]), views=views[i, 1:], item=items[i])
     arrays, meta = head.to_state()
