@@ -161,10 +161,34 @@ def test_the_gram_accumulator_solves_the_regularised_system(m):
     expected = np.linalg.inv(Phi.T @ Phi + 0.5 * np.eye(m))
     tol = 1e-4 if m > 512 else 1e-10
     np.testing.assert_allclose(P, expected, atol=tol * np.abs(expected).max())
-    np.testing.assert_allclose(M.T @ M, P, atol=1e-12 * np.abs(P).max())
-    assert P.dtype == M.dtype == np.float64 and np.allclose(M, np.tril(M))
+    M64 = M.astype(np.float64)
+    np.testing.assert_allclose(M64.T @ M64, P, atol=1e-12 * np.abs(P).max())
+    np.testing.assert_array_equal(P, P.T)
+    # the factor as computed: float32 above FLOAT32_ABOVE (no float64 copy of it is made)
+    assert P.dtype == np.float64 and M.dtype == (np.float32 if m > 512 else np.float64)
+    assert np.allclose(M, np.tril(M))
     with pytest.raises(TypeError):  # spent: its sum was used as the work array
         gram.add(chunks[0])
+
+
+def test_the_gram_accumulator_falls_back_to_float64_when_float32_is_not_enough(monkeypatch):
+    from edge_classifier.learning.heads import nystrom
+    real = nystrom.chol_inv
+
+    def float64_only(A):  # as when float32 rounding makes the sum indefinite
+        if A.dtype == np.float32:
+            raise np.linalg.LinAlgError("Matrix is not positive definite")
+        return real(A)
+    rng = np.random.default_rng(5)
+    Phi = rng.normal(size=(700, 600)) / np.sqrt(600)
+    expected = np.linalg.inv(Phi.T @ Phi + 0.5 * np.eye(600))
+    for failing in (float64_only, lambda A: real(A) * (np.nan if A.dtype == np.float32 else 1)):
+        monkeypatch.setattr(nystrom, "chol_inv", failing)
+        gram = nystrom.Gram(600)
+        gram.add(Phi.astype(np.float32))
+        P, M = gram.solve(0.5)
+        assert M.dtype == np.float64
+        np.testing.assert_allclose(P, expected, atol=1e-4 * np.abs(expected).max())
 
 
 def test_kernel_values_in_place_are_the_same_values():

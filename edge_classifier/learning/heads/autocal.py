@@ -111,7 +111,7 @@ def calibrate(snap: Dict[str, Any], system_only: bool = False) -> Dict[str, Any]
     # From the kernel values k of a chunk in one product each (no features): scores
     # F = phi W = k (Linv.T W), hat diagonal h = phi P phi = |R k|^2 with R = M Linv (P = M.T M).
     if dtype == np.float32:  # R in float32 from float32 copies: no m x m float64 temporary
-        M32 = M.astype(np.float32)
+        M32 = M.astype(np.float32, copy=False)  # (float32 already when m > FLOAT32_ABOVE)
         del M
         R = M32 @ snap["_LinvT"].T  # kept for the capture groups below
         del M32

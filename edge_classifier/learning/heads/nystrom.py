@@ -99,39 +99,57 @@ def features(S: np.ndarray, sq_rows: np.ndarray, sq_land: np.ndarray, gamma: flo
 
 class Gram:
     """``Phi.T @ Phi`` summed chunk by chunk, then ``inv(... + lam*I)`` and its factor, each
-    array let go as soon as the next is made (at m = 1,024 the float64 sum, its float32 copy,
-    the factor and the inverse are 8, 4, 4 and 8 MB: a peak of 20 MB, not 32)::
+    array let go as soon as the next is made (at m = 1,024 the sum and the factor are float32,
+    4 MB each, and the float64 inverse, 8 MB, is summed from the factor a block at a time: a
+    peak of 12 MB, not 32)::
 
         gram = Gram(m)
         for Phi in chunks: gram.add(Phi)
         P, M = gram.solve(lam)          # M.T @ M == P == inv(sum + lam*I); gram is spent
+                                        # (M float32 when computed so: above FLOAT32_ABOVE)
     """
 
     def __init__(self, m: int) -> None:
-        self._A: "np.ndarray | None" = np.zeros((m, m))
+        # summed in float32 where it is factored in float32 (the chunks' products are float32
+        # there too): 4 MB at m = 1,024 rather than 8, and no float32 copy of it to factor
+        dtype = np.float32 if m > FLOAT32_ABOVE else np.float64
+        self._A: "np.ndarray | None" = np.zeros((m, m), dtype)
 
     def add(self, Phi: np.ndarray) -> None:
         self._A += Phi.T @ Phi
 
     def solve(self, lam: float) -> Tuple[np.ndarray, np.ndarray]:
         A, self._A = self._A, None
-        A[np.diag_indices_from(A)] += lam
-        if A.shape[0] > FLOAT32_ABOVE:  # as _factor, with what is done with freed at once
-            A32 = A.astype(np.float32)
+        A[np.diag_indices_from(A)] += A.dtype.type(lam)
+        if A.dtype == np.float32:  # as _factor: float64 again if float32 was not enough
             try:
-                M32 = chol_inv(A32)
-                good = bool(np.all(np.isfinite(M32)))
+                M32 = chol_inv(A)
             except np.linalg.LinAlgError:
-                good = False
-            del A32
-            if good:
+                M32 = None
+            if M32 is not None and np.all(np.isfinite(M32)):
                 del A
-                M = M32.astype(np.float64)
-                del M32
-                return M.T @ M, M
+                return gram_of_rows(M32), M32
+            del M32
+            A = A.astype(np.float64)
         M = chol_inv(A)
         del A
         return M.T @ M, M
+
+
+def gram_of_rows(M: np.ndarray, block: int = 128) -> np.ndarray:
+    """``M.T @ M`` in float64 for a float32 M (m x m), block by block (each column block of M
+    widened to float64 when it is used): no float64 copy of M (8 MB at m = 1,024) and no m x m
+    temporary beside the result; symmetric exactly (the lower blocks mirror the upper ones)."""
+    m = M.shape[1]
+    P = np.empty((m, m))
+    for r in range(0, m, block):
+        Mr = M[:, r:r + block].astype(np.float64)
+        for c in range(r, m, block):
+            Mc = Mr if c == r else M[:, c:c + block].astype(np.float64)
+            P[r:r + block, c:c + block] = Mr.T @ Mc
+            if c != r:
+                P[c:c + block, r:r + block] = P[r:r + block, c:c + block].T
+    return P
 
 
 def rank_update(P: np.ndarray, rows: np.ndarray, sign: float) -> np.ndarray:
