@@ -51,16 +51,16 @@ FLOAT32_ABOVE = 512  # larger factors are computed in float32 (twice as fast), a
 
 
 def _factor(A: np.ndarray) -> np.ndarray:
-    """``chol_inv(A)`` as float64, computed in float32 above ``FLOAT32_ABOVE`` rows (float64
-    again if float32 was not accurate enough)."""
+    """``chol_inv(A)``: computed and returned in float32 above ``FLOAT32_ABOVE`` rows (float64
+    if float32 was not accurate enough), in float64 below."""
     if A.shape[0] > FLOAT32_ABOVE:
         try:
-            M = chol_inv(A.astype(np.float32))
+            M = chol_inv(A.astype(np.float32, copy=False))
             if np.all(np.isfinite(M)):
-                return M.astype(np.float64)
+                return M
         except np.linalg.LinAlgError:
             pass
-    return chol_inv(A)
+    return chol_inv(A.astype(np.float64, copy=False))
 
 
 def compact_factor(Linv: np.ndarray) -> np.ndarray:
@@ -82,8 +82,11 @@ def factor_dot(A: np.ndarray, B: np.ndarray) -> np.ndarray:
 
 
 def landmark_factor(K: np.ndarray, jitter: float = 0.0) -> np.ndarray:
-    """Lower-triangular ``Linv`` (m x m float64) with ``Linv @ (K + jitter*I) @ Linv.T == I``."""
-    A = np.asarray(K, dtype=np.float64)  # read only: no copy of an m x m float64 matrix
+    """Lower-triangular ``Linv`` (m x m; float32 above ``FLOAT32_ABOVE``, see :func:`_factor`)
+    with ``Linv @ (K + jitter*I) @ Linv.T == I``."""
+    A = np.asarray(K)  # read only: no copy of an m x m matrix
+    if A.dtype not in (np.float32, np.float64):
+        A = A.astype(np.float64)
     if jitter:
         A = A.copy()
         A[np.diag_indices_from(A)] += jitter
@@ -204,10 +207,12 @@ def pick_landmarks(Z: np.ndarray, cand: np.ndarray, gamma: float, residual: floa
     """(rows of Z, ``Linv``, squared norms) of the landmarks taken from candidate rows
     ``cand`` in order, skipping any whose kernel residual against the earlier ones is below
     ``residual`` (exact or near copies)."""
-    C = Z[cand].astype(np.float64)
-    sq = np.einsum("ij,ij->i", C, C)
+    # float32 where the factor is computed in float32 anyway (above FLOAT32_ABOVE, as the
+    # kernel head's kernel matrix): 4 MB at m = 1,024 for the points and for K, not 8 each
+    C = Z[cand].astype(np.float32 if cand.size > FLOAT32_ABOVE else np.float64)
+    sq = np.einsum("ij,ij->i", C, C, dtype=np.float64)
     K = C @ C.T
-    del C  # peak memory: each m x m float64 temporary is 8 MB at m = 1,024
+    del C
     K = kernel_values(K, sq, sq, gamma, out=K)  # in place
     keep = np.ones(cand.size, bool)
     keep[np.flatnonzero(np.triu(K > 1.0 - residual / 4, 1).any(axis=0))] = False
