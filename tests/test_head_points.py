@@ -145,18 +145,29 @@ def test_a_calibration_snapshot_of_a_store_head_is_untouched_by_later_edits():
     assert not head.apply_calibration(result)  # the head changed meanwhile: still stale
 
 
-def test_a_store_head_takes_what_add_is_given_when_no_item_comes_and_refuses_too_few_views():
+def test_a_store_head_takes_what_add_is_given_when_no_item_comes_and_a_sample_with_fewer_views():
     views, y, Xte = _views(9, n=30)
     items = [Compactor()(v) for v in views]
     a = make_head("auto", landmarks=50).fit_rows(ViewRows(items[:100]), y[:100], NAMES)
     b = make_head("auto", landmarks=50).fit_rows(ViewRows(items[:100]), y[:100], NAMES)
+    own = make_head("auto", landmarks=50).fit(views[:100, 0], y[:100], NAMES,
+                                             views=views[:100, 1:])
     a.add(views[100, 0], int(y[100]), views=views[100, 1:], item=items[100])
     b.add(views[100, 0], int(y[100]), views=views[100, 1:])  # its own stacked copy
-    _assert_same_head(a, b, Xte)
-    with pytest.raises(Exception, match="merges 2 views"):
-        b.add(views[101, 0], int(y[101]))
-    assert b.n_samples == 101
-
+    own.add(views[100, 0], int(y[100]), views=views[100, 1:])
+    # a capture taken with fewer views (augmentation turned off since the fit): its point is
+    # what it has, as a head with its own copy takes it, and so it is removed again exactly
+    one = Compactor()(views[101, :1])
+    a.add(views[101, 0], int(y[101]), item=one)
+    b.add(views[101, 0], int(y[101]))
+    own.add(views[101, 0], int(y[101]))
+    for h in (a, b):
+        _assert_same_head(own, h, Xte)
+    for h in (a, b, own):
+        h.remove(101)
+        h.refresh()
+    for h in (a, b):
+        _assert_same_head(own, h, Xte)
 
 def test_the_learner_hands_the_store_back_on_load_and_refits_when_a_sample_was_swapped(
         tmp_path, backbones, frames, monkeypatch):
@@ -315,3 +326,102 @@ def test_a_read_only_command_on_a_head_saved_uncalibrated_reads_no_sample(
         owner.wait_background()
         owner.poll()
         assert not owner.head.calibration_stale
+
+
+def _learner(state, backbones, **kw):
+    from edge_classifier.learning.learner import Learner
+    return Learner(backbones(), state, **kw)
+
+
+def test_captures_of_interleaved_classes_reload_in_the_heads_order_without_a_refit(
+        tmp_path, backbones, frames, monkeypatch):
+    """The head holds samples in capture order, the store class by class: the order is saved
+    with the head, so a reload neither refits nor pairs a sample with another's point."""
+    from edge_classifier.learning.state import StateDir
+    with StateDir(tmp_path / "state") as state:
+        learner = _learner(state, backbones)
+        for i in range(3):
+            for name in ("cat", "bird", "food"):  # interleaved, as a user teaches
+                learner.capture(name, frames[name][i])
+        learner.wait_background()
+        learner.fit()  # a store head
+        for name in ("bird", "cat", "food", "cat"):
+            learner.capture(name, frames[name][3])
+        rows = list(learner._rows)
+        assert rows != learner._store_rows()  # the head's order is not the store's
+        learner.save()  # its calibration still due, as run saves on its way out
+        probe = backbones().embed(frames["food"][3])[None]
+        expect = learner.head.predict_proba(probe)
+    fitted = []
+    real = AutoHead._fit_merged
+    monkeypatch.setattr(AutoHead, "_fit_merged", lambda *a: fitted.append(1) or real(*a))
+    with StateDir(tmp_path / "state") as state:
+        again = _learner(state, backbones)
+        assert again.problems == [] and fitted == [] and again._rows == rows
+        np.testing.assert_array_equal(again.head.predict_proba(probe), expect)
+        gone = rows[-2]  # a removal takes out exactly that sample's point
+        again.store.remove_sample("food", gone)
+        again.changed()
+        assert gone not in again._rows and again.head.n_samples == len(rows) - 1
+        again.wait_background()
+        again.poll()
+        fresh = make_head("auto").fit_rows(*again.store.sample_rows())
+        np.testing.assert_allclose(again.head.predict_proba(probe), fresh.predict_proba(probe),
+                                   atol=1e-9)
+
+
+def test_a_capture_with_fewer_views_than_the_state_is_taken_in_and_kept_after_a_reload(
+        tmp_path, backbones, frames):
+    """Augmentation turned off on a state taught with it: the capture has one view, the
+    head two per sample; it is taken in at once, and the reload matches."""
+    from edge_classifier.learning.augment import Augmentation
+    from edge_classifier.learning.state import StateDir
+    with StateDir(tmp_path / "state") as state:
+        learner = _learner(state, backbones, augmentation=Augmentation(flip=True))
+        for name in ("cat", "bird"):
+            for crop in frames[name][:3]:
+                learner.capture(name, crop)
+        learner.fit()
+        learner.save()
+    with StateDir(tmp_path / "state") as state:
+        plain = _learner(state, backbones, augmentation=Augmentation(flip=False))
+        assert plain.problems == []
+        for crop in frames["bird"][3:] + frames["cat"][3:]:
+            plain.capture("bird" if crop is frames["bird"][3] else "cat", crop)
+        assert plain.head.n_samples == len(plain.store) == 8 and plain.problems == []
+        plain.wait_background()
+        plain.save()
+        probe = backbones().embed(frames["bird"][3])[None]
+        expect = plain.head.predict_proba(probe)
+    with StateDir(tmp_path / "state", write=False) as state:
+        ro = _learner(state, backbones)
+        assert ro.problems == [] and ro.head.n_samples == 8
+        np.testing.assert_array_equal(ro.head.predict_proba(probe), expect)
+
+
+def test_a_sample_file_rewritten_behind_the_heads_back_is_caught_even_if_no_landmark(
+        tmp_path, backbones, frames):
+    """A copy of a frame is no landmark, so the landmark check cannot see it; the checksums
+    saved with the head do, and the head is refitted rather than subtracting a wrong point."""
+    from edge_classifier.learning.state import StateDir
+    with StateDir(tmp_path / "state") as state:
+        learner = _learner(state, backbones)
+        for name in ("cat", "bird"):
+            for crop in frames[name][:3]:
+                learner.capture(name, crop)
+        learner.capture("cat", frames["cat"][0])  # an exact copy: no landmark
+        learner.fit()
+        learner.wait_background()
+        head = learner.head
+        copy_index = int(np.flatnonzero(head._land < 0)[0])
+        copy_id = learner._rows[copy_index]
+        learner.save()
+    files = {p.stem: p for p in (tmp_path / "state" / "samples").rglob("*.npy")}
+    other = next(p for stem, p in files.items() if stem != copy_id and
+                 p.parent == files[copy_id].parent)
+    files[copy_id].write_bytes(other.read_bytes())  # valid, the same id, another content
+    with StateDir(tmp_path / "state") as state:
+        again = _learner(state, backbones)
+        assert any("does not match the stored samples" in p for p in again.problems)
+        assert again.head.n_samples == 7
+    assert {p.stem for p in (tmp_path / "state" / "samples").rglob("*.npy")} == set(files)

@@ -21,6 +21,7 @@ import logging
 import os
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
@@ -30,7 +31,7 @@ from edge_classifier.core import blas
 from edge_classifier.core.names import UNKNOWN
 from edge_classifier.errors import HeadError, HeadLoadError, StoreError
 from edge_classifier.learning.augment import Augmentation, embed_views
-from edge_classifier.learning.compact import ViewRows
+from edge_classifier.learning.compact import CompactViews, ViewRows
 from edge_classifier.learning.heads import load_head, make_head
 from edge_classifier.learning.limits import over_limit
 from edge_classifier.learning.state import StateDir
@@ -111,6 +112,8 @@ class Learner:
         self._dirty = False
         self._rows: List[str] = []  # sample id of each head sample, in the head's order
         self._job: Optional[_Background] = None
+        self._saved_rows: object = None  # what the saved head's metadata says (load_saved_head)
+        self._saved_crc: Optional[np.ndarray] = None
         if load:
             self.load_or_fit()
 
@@ -151,13 +154,13 @@ class Learner:
         except HeadLoadError as exc:
             self.problems.append(f"{exc}; rebuilding the head from the samples")
             head = None
-        if head is not None and not self._hand_back_samples(head):
+        rows = None if head is None else self._hand_back_samples(head)
+        if head is not None and rows is None:
             self.problems.append(f"{self.state.root}: the saved head does not match the stored "
                                  "samples; rebuilding the head from the samples")
             head = None
         if head is not None:
-            self.head = head
-            self._rows = self._store_rows()
+            self.head, self._rows = head, rows
             self._calibrate_later()
             return
         self.fit()
@@ -168,21 +171,37 @@ class Learner:
                 self.problems.append(f"{exc}; the head is refitted from the samples at every "
                                      "start until it can be saved")
 
-    def _hand_back_samples(self, head) -> bool:
-        """Give a loaded head that reads its points from the store the store's samples, in
-        its order (the fingerprint matched: the store's order); False if they are not the
-        samples it was saved with. A read-only state's are read only if the head needs them."""
+    def _hand_back_samples(self, head) -> Optional[List[str]]:
+        """The loaded head's sample ids in its order (the order saved with it: captures of
+        several classes interleave; else the store's), or None if the head does not match the
+        stored samples. A head that reads its points from the store is given them here and
+        checked sample by sample against the checksums saved with it (a file whose content was
+        changed behind the head's back would be subtracted wrongly when it is removed); a
+        read-only state's samples are read only if the head needs them."""
+        where = {sid: name for name in self.store.classes for sid in self.store.sample_ids(name)}
+        saved = self._saved_rows
+        rows = saved if isinstance(saved, list) and len(saved) == head.n_samples and \
+            all(isinstance(r, str) for r in saved) and set(saved) == set(where) and \
+            len(set(saved)) == len(saved) else self._store_rows()
+        names, labels = head.classes, head.labels
+        if len(rows) != head.n_samples or \
+                any(where.get(sid) != names[lab] for sid, lab in zip(rows, labels.tolist())):
+            return None
         if not getattr(head, "points_from_store", False):
-            return True
+            return rows
 
         def items():
-            return [self.store.stored_views(name, sid)
-                    for name in self.store.classes for sid in self.store.sample_ids(name)]
+            return [self.store.stored_views(where[sid], sid) for sid in rows]
         if not self.state.write:
             head.attach_points(items)
-            return True
-        head.attach_points(items())  # in memory already: references, at once
-        return head.points_match()
+            return rows
+        got = items()  # in memory already: references, at once
+        head.attach_points(got)
+        crc = self._saved_crc
+        if crc is not None and (crc.shape != (len(got),) or
+                                not np.array_equal(sample_checksums(got), crc)):
+            return None
+        return rows if head.points_match() else None
 
     def load_saved_head(self):
         """The saved head, None if there is none or it is stale; HeadLoadError if unusable."""
@@ -198,6 +217,9 @@ class Learner:
                                 f"not {self.backbone.name}")
         if ours.get("fingerprint") != self.store.fingerprint() or ours.get("head") != self.head_name:
             return None  # samples changed since it was saved: refit
+        self._saved_rows = ours.get("rows")
+        crc = arrays.pop(SAMPLE_CRC, None)
+        self._saved_crc = None if crc is None else np.asarray(crc)
         try:
             return load_head(arrays, meta["head_meta"])
         except (HeadError, ValueError, KeyError, TypeError) as exc:
@@ -212,10 +234,13 @@ class Learner:
         if self.head is None:
             return
         arrays, head_meta = self.head.to_state()
-        meta = {"head_meta": head_meta,
-                "edge_classifier": {"head": self.head_name, "backbone": self.backbone.identity,
-                                    "fingerprint": self.store.fingerprint(),
-                                    "augmentation": self.augmentation.key()}}
+        ours = {"head": self.head_name, "backbone": self.backbone.identity,
+                "fingerprint": self.store.fingerprint(), "augmentation": self.augmentation.key()}
+        if len(self._rows) == self.head.n_samples:
+            ours["rows"] = list(self._rows)  # the head's order (captures interleave classes)
+        if getattr(self.head, "points_from_store", False):
+            arrays[SAMPLE_CRC] = sample_checksums(self.head.stored_items())
+        meta = {"head_meta": head_meta, "edge_classifier": ours}
         self.state.save_head(arrays, meta)
         self._dirty = False
 
@@ -256,9 +281,15 @@ class Learner:
         if head is not None and not self.multilabel and \
                 list(head.classes) == self.store.classes[:len(head.classes)]:
             t0 = time.perf_counter()
-            if name not in head.classes:
-                head.add_class(name)
-            self._head_add(head, name, sample_id, views)
+            try:
+                if name not in head.classes:
+                    head.add_class(name)
+                self._head_add(head, name, sample_id, views)
+            except (HeadError, ValueError) as exc:  # the sample is stored: the head follows
+                log.warning("the head could not take the new sample in (%s); refitting", exc)
+                self._job = None  # (a refit under way would be reconciled the same way)
+                self.fit()
+                return name, sample_id
             self._rows.append(sample_id)
             self.last_fit_ms = (time.perf_counter() - t0) * 1000
             self._dirty = True
@@ -425,6 +456,26 @@ class Learner:
 
     def predict(self, rgb: np.ndarray) -> Prediction:
         return self.predict_embedding(self.backbone.embed(rgb))
+
+
+#: head.npz's array of each sample's checksum (a head that reads its points from the store).
+SAMPLE_CRC = "edge_classifier_sample_crc"
+
+
+def sample_checksums(items) -> np.ndarray:
+    """CRC-32 (N uint32) of each sample in the store's in-memory form: its indices or values
+    and, once for each shared table, the table (about 1 us a sample)."""
+    tables: dict = {}
+    out = np.empty(len(items), np.uint32)
+    for i, item in enumerate(items):
+        if isinstance(item, CompactViews):
+            start = tables.get(id(item.values))
+            if start is None:
+                start = tables[id(item.values)] = zlib.crc32(np.ascontiguousarray(item.values))
+            out[i] = zlib.crc32(np.ascontiguousarray(item.index), start)
+        else:
+            out[i] = zlib.crc32(np.ascontiguousarray(item))
+    return out
 
 
 def _fit(head, views, y, names) -> None:

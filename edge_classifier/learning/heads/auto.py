@@ -48,7 +48,6 @@ from .preprocess import as_embeddings, as_labels, check_class_names, merge_views
 from .autocal import calibrate, point_features
 from .autostate import KernelForm, head_state, restore_head
 from .points import OwnPoints, StorePoints, merged_points
-from edge_classifier.learning.compact import expand
 
 __all__ = ["AutoHead"]
 
@@ -175,6 +174,13 @@ class AutoHead:
             raise InvalidParameterError("this head keeps its own points")
         self._pts.attach(items)
 
+    def stored_items(self) -> list:
+        """The store's samples the points are read from, in the head's order (the list
+        itself: not to be changed); :attr:`points_from_store` heads only."""
+        if self._pts.kind != "store":
+            raise InvalidParameterError("this head keeps its own points")
+        return self._pts.items()
+
     def points_match(self, count: int = 8) -> bool:
         """Whether the handed-back samples are the head's: up to ``count`` landmarks, spread
         over them, equal their sample's point bit for bit (and the number of samples agrees)."""
@@ -290,10 +296,6 @@ class AutoHead:
             if item is None:
                 item = X if v is None else np.vstack([X, as_embeddings(
                     v.reshape(-1, X.shape[1]), X.shape[1], name="views")])
-            if expand(item).shape[0] < self._pts.views:
-                raise InvalidEmbeddingError(
-                    f"this head merges {self._pts.views} views of each sample, got "
-                    f"{expand(item).shape[0]}")
             z = merged_points([item], self._pts.views, self.power, X.shape[1], rounded=False)
         else:
             z = merge_views(X, v, self.power, X.shape[1]).astype(np.float32)

@@ -98,15 +98,20 @@ def _merged_on_levels(items: Sequence, views: int, power: float, dim: int) -> Op
 
 
 def _merged(items: Sequence, views: int, power: float, dim: int) -> np.ndarray:
-    V = np.empty((len(items), views, dim), np.float32)
-    for j, item in enumerate(items):
-        v = expand(item)
-        if v.shape[0] < views or v.shape[1] != dim:
-            raise StateError(f"a stored sample has shape {v.shape}, expected at least "
-                             f"{views} views of {dim}")
-        V[j] = v[:views]
-    X = as_embeddings(V[:, 0], dim)
-    return merge_views(X, V[:, 1:] if views > 1 else None, power, dim)
+    """The merged points, each sample's first ``views`` views (all it has if it has fewer:
+    a capture taken with fewer augmented views than the head was fitted with)."""
+    expanded = [expand(item) for item in items]
+    for v in expanded:
+        if v.ndim != 2 or v.shape[0] < 1 or v.shape[1] != dim:
+            raise StateError(f"a stored sample has shape {v.shape}, expected views of {dim}")
+    counts = np.array([min(views, v.shape[0]) for v in expanded], np.int64)
+    Z = np.empty((len(items), dim), np.float32)
+    for k in np.unique(counts):
+        which = np.flatnonzero(counts == k)
+        V = np.stack([expanded[j][:k] for j in which])
+        X = as_embeddings(V[:, 0], dim)
+        Z[which] = merge_views(X, V[:, 1:] if k > 1 else None, power, dim)
+    return Z
 
 
 class OwnPoints:
