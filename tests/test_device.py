@@ -242,3 +242,33 @@ def test_stdout_publishing_without_a_broker(device_factory, capsys):
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     topics = {line["topic"] for line in lines}
     assert f"{BASE}/prediction" in topics and f"{BASE}/availability" in topics
+
+
+def test_a_stop_saves_the_head_calibrated_after_captures(device_factory, tmp_path, monkeypatch):
+    """Captures leave the head's calibration to a background job: a stop finishes it before the
+    save, so the saved head (which a read-only predict uses as it is) has a real unknown
+    threshold, not the placeholder of a head never calibrated."""
+    import threading
+    from edge_classifier.learning import learner as learner_module
+    gate = threading.Event()  # the background work waits for the stop (no race with it)
+    real = learner_module._Background
+
+    class Gated(real):
+        def __init__(self, kind, work):
+            super().__init__(kind, lambda: (gate.wait(), work())[1])
+    monkeypatch.setattr(learner_module, "_Background", Gated)
+    wait = learner_module.Learner.wait_background
+    monkeypatch.setattr(learner_module.Learner, "wait_background",
+                        lambda self, timeout=None: (gate.set(), wait(self, timeout))[1])
+    device = device_factory(make_config(), photos=("cat.bmp", "parrot.jpg"))
+    for name in ("cat", "bird", "cat", "bird"):
+        device.post(Capture(class_name=name, origin="test"))
+        device.apply_events()
+        device.step(device.source.read())
+    assert device.store.counts() == {"cat": 2, "bird": 2}
+    assert device.learner.head.calibration_stale and not gate.is_set()
+    device.shutdown()
+    meta = json.loads((tmp_path / "state" / HEAD_META).read_text())["head_meta"]
+    assert meta["calibration_stale"] is False
+    assert meta["open"]["threshold"] < float("inf")
+    device.close()

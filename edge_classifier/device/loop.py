@@ -45,6 +45,7 @@ from edge_classifier.learning.state import StateDir
 log = logging.getLogger("edge_classifier.device")
 HEALTH_INTERVAL = 1.0  # seconds between checks that every transport is still alive
 HEAD_SAVE_INTERVAL = 30.0  # seconds between saves of a changed head (samples are saved at once)
+HEAD_FINAL_WAIT = 20.0  # seconds a stop waits for the head's background work before its save
 
 
 @dataclass
@@ -320,6 +321,9 @@ class Device(DeviceActions):
         if self._after is not None:
             self._after.close()
         self.notifier.stopping()
+        # a recalibration under way is finished first, so the head is saved calibrated (a
+        # read-only predict on the state uses the saved calibration as it is)
+        self.learner.wait_background(timeout=HEAD_FINAL_WAIT)
         if self.learner.dirty:
             self._save_head()
         self.bus.stop()  # never raises: a transport's failure is logged
