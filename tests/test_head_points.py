@@ -424,4 +424,19 @@ def test_a_sample_file_rewritten_behind_the_heads_back_is_caught_even_if_no_land
         again = _learner(state, backbones)
         assert any("does not match the stored samples" in p for p in again.problems)
         assert again.head.n_samples == 7
+        again.save()
     assert {p.stem for p in (tmp_path / "state" / "samples").rglob("*.npy")} == set(files)
+    # a head without its checksums (removed, or saved without them) cannot be checked: refitted
+    from edge_classifier.learning.learner import SAMPLE_CRC
+    head_file = tmp_path / "state" / "head.npz"
+    with np.load(head_file) as saved:
+        arrays = {k: saved[k] for k in saved.files if k != SAMPLE_CRC}
+    with StateDir(tmp_path / "state") as state:
+        meta = state.load_head_files()[1]
+        state.save_head(arrays, meta)
+    with StateDir(tmp_path / "state") as state:
+        again = _learner(state, backbones)
+        assert any("does not match the stored samples" in p for p in again.problems)
+        again.save()
+    with StateDir(tmp_path / "state") as state:
+        assert _learner(state, backbones).problems == []  # saved again with them

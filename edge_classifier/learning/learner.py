@@ -197,9 +197,9 @@ class Learner:
             return rows
         got = items()  # in memory already: references, at once
         head.attach_points(got)
-        crc = self._saved_crc
-        if crc is not None and (crc.shape != (len(got),) or
-                                not np.array_equal(sample_checksums(got), crc)):
+        crc = self._saved_crc  # none: nothing to check the samples that are no landmark by
+        if crc is None or crc.shape != (len(got),) or \
+                not np.array_equal(sample_checksums(got), crc):
             return None
         return rows if head.points_match() else None
 
