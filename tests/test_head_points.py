@@ -441,3 +441,29 @@ def test_a_sample_file_rewritten_behind_the_heads_back_is_caught_even_if_no_land
         again.save()
     with StateDir(tmp_path / "state") as state:
         assert _learner(state, backbones).problems == []  # saved again with them
+
+
+def test_a_save_writes_the_heads_own_arrays_without_copying_them(tmp_path):
+    """The device's save writes the head's arrays at once from the arrays themselves (no copy
+    of the head beside it, and none of each array inside the archive writer), and what it
+    writes loads back as the head."""
+    import tracemalloc
+    from edge_classifier.learning.state import StateDir
+    views, y, Xte, items, head = _store_head(11, landmarks=600, fitted=640, n=160)
+    expect = {k: v.copy() for k, v in head.to_state()[0].items()}
+    total = sum(v.nbytes for v in expect.values())
+    with StateDir(tmp_path / "state") as state:
+        tracemalloc.start()
+        arrays, meta = head.to_state(copy=False)
+        state.save_head(arrays, {"edge_classifier": {"head": "auto"}, "head_meta": meta})
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        # (the file's CRC is read back in two 1 MiB chunks at most: the only fixed cost)
+        assert total > 4e6 and peak < (1 << 21) + total / 8, (peak, total)
+        assert np.shares_memory(arrays["L"], head._L)
+        saved, saved_meta = state.load_head_files()
+    for key, value in expect.items():
+        np.testing.assert_array_equal(saved[key], value, err_msg=key)
+        assert saved[key].dtype == value.dtype
+    loaded = load_head(saved, saved_meta["head_meta"])
+    np.testing.assert_array_equal(loaded.decision_function(Xte), head.decision_function(Xte))

@@ -233,7 +233,9 @@ class Learner:
             self.wait_background()
         if self.head is None:
             return
-        arrays, head_meta = self.head.to_state()
+        store_head = getattr(self.head, "points_from_store", None) is not None  # (auto)
+        # written at once below, before any edit: the auto head's own arrays, not copies
+        arrays, head_meta = self.head.to_state(copy=False) if store_head else self.head.to_state()
         ours = {"head": self.head_name, "backbone": self.backbone.identity,
                 "fingerprint": self.store.fingerprint(), "augmentation": self.augmentation.key()}
         if len(self._rows) == self.head.n_samples:

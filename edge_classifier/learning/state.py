@@ -53,7 +53,7 @@ import numpy as np
 from edge_classifier.core import atomic
 from edge_classifier.errors import HeadLoadError, StateLockedError, StoreError
 from edge_classifier.learning.inbox import Inbox
-from edge_classifier.learning.npzfile import read_npz
+from edge_classifier.learning.npzfile import read_npz, write_npz
 from edge_classifier.learning.store import META, SampleStore, read_meta, storage_errors
 from edge_classifier.learning.store_disk import open_fd, open_own, read_own
 
@@ -270,7 +270,7 @@ class StateDir:
             # Straight into the file, then its CRC-32 read back from it: no copy of the whole
             # archive in memory (38 MB at 10,000 samples, on top of the head itself).
             with atomic.atomic_writer(self.root / HEAD_ARRAYS, "wb") as f:
-                np.savez(f, **arrays)
+                write_npz(f, arrays)  # as np.savez, with no copy of each array
                 f.flush()
                 meta[ARRAYS_DIGEST] = _crc32(_fd_crc32(f.fileno()))
             atomic.write_text(self.root / HEAD_META, json.dumps(meta))

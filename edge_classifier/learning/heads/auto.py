@@ -636,9 +636,10 @@ class AutoHead:
         return self._proba(self._loo)
 
     # ------------------------------------------------------------------ persistence
-    def to_state(self) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
-        """(arrays for .npz, JSON-able metadata): the solved system and the calibration."""
-        return head_state(self)
+    def to_state(self, copy: bool = True) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
+        """(arrays for .npz, JSON-able metadata): the solved system and the calibration;
+        ``copy=False``: the head's own arrays, to be written before the head is next edited."""
+        return head_state(self, copy)
 
     @classmethod
     def from_state(cls, arrays: Dict[str, np.ndarray], meta: Dict[str, Any]) -> "AutoHead":

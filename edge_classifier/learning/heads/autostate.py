@@ -28,15 +28,18 @@ from .preprocess import as_labels, check_class_names
 __all__ = ["KernelForm", "head_state", "restore_head"]
 
 
-def head_state(self) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
-    """(arrays, metadata) of an :class:`.auto.AutoHead`: everything a prediction needs."""
+def head_state(self, copy: bool = True) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
+    """(arrays, metadata) of an :class:`.auto.AutoHead`: everything a prediction needs. With
+    ``copy=False`` the arrays are the head's own, valid until its next edit (a save that
+    writes them at once: no copy of the head beside it, 16 MB at 1,024 landmarks)."""
     Linv32 = self._Linv.astype(np.float32, copy=False)  # (the head's own when it is float32)
     exact32 = Linv32 is self._Linv or np.array_equal(Linv32, self._Linv)  # then float32 loses
     # nothing (half the bytes)
     arrays = {"L": self._L, "owner": self._owner, "Linv": Linv32 if exact32 else self._Linv,
               "P": self._P, "b": self._b, "s": self._s, "H": self._H, "GA": self._GA,
               "points": None, "land": self._land, "y": self._y}
-    arrays = {k: np.array(v) for k, v in arrays.items() if v is not None}
+    arrays = {k: (np.array(v) if copy else np.asarray(v)) for k, v in arrays.items()
+              if v is not None}
     points = self._pts.saved()  # None: the store's samples (handed back on load)
     if points is not None:
         arrays["points"] = points  # the buffer itself while it has no holes, no copy
