@@ -467,3 +467,31 @@ def test_a_save_writes_the_heads_own_arrays_without_copying_them(tmp_path):
         assert saved[key].dtype == value.dtype
     loaded = load_head(saved, saved_meta["head_meta"])
     np.testing.assert_array_equal(loaded.decision_function(Xte), head.decision_function(Xte))
+
+
+def test_a_head_that_cannot_take_a_stored_sample_in_is_refitted_not_left_behind(
+        tmp_path, backbones, frames, monkeypatch, caplog):
+    """The sample is on disk before the head takes it in: if the head cannot, it is refitted
+    from the store, so it never answers without a taught sample."""
+    from edge_classifier.errors import InvalidEmbeddingError
+    from edge_classifier.learning.state import StateDir
+    with StateDir(tmp_path / "state") as state:
+        learner = _learner(state, backbones)
+        for name in ("cat", "bird"):
+            for crop in frames[name][:2]:
+                learner.capture(name, crop)
+        real = AutoHead.add
+        failures = []
+
+        def add_once(self, *a, **k):
+            if not failures:
+                failures.append(1)
+                raise InvalidEmbeddingError("an unexpected sample")
+            return real(self, *a, **k)
+        monkeypatch.setattr(AutoHead, "add", add_once)
+        learner.capture("bird", frames["bird"][2])
+        assert failures == [1] and "refitting" in caplog.text
+        assert learner.head.n_samples == len(learner.store) == 5
+        assert sorted(learner._rows) == sorted(learner._store_rows())
+        learner.capture("cat", frames["cat"][2])  # and it goes on taking samples in
+        assert learner.head.n_samples == len(learner.store) == 6

@@ -233,14 +233,15 @@ class Learner:
             self.wait_background()
         if self.head is None:
             return
-        store_head = getattr(self.head, "points_from_store", None) is not None  # (auto)
+        store_head = getattr(self.head, "points_from_store", None)  # None: not the auto head
         # written at once below, before any edit: the auto head's own arrays, not copies
-        arrays, head_meta = self.head.to_state(copy=False) if store_head else self.head.to_state()
+        arrays, head_meta = self.head.to_state() if store_head is None else \
+            self.head.to_state(copy=False)
         ours = {"head": self.head_name, "backbone": self.backbone.identity,
                 "fingerprint": self.store.fingerprint(), "augmentation": self.augmentation.key()}
         if len(self._rows) == self.head.n_samples:
             ours["rows"] = list(self._rows)  # the head's order (captures interleave classes)
-        if getattr(self.head, "points_from_store", False):
+        if store_head:
             arrays[SAMPLE_CRC] = sample_checksums(self.head.stored_items())
         meta = {"head_meta": head_meta, "edge_classifier": ours}
         self.state.save_head(arrays, meta)

@@ -38,11 +38,10 @@ import numpy as np
 from .base import _positive
 from .calibration import softmax
 from edge_classifier.errors import (EmptyHeadError, InvalidEmbeddingError, InvalidLabelError,
-                                    InvalidParameterError, SampleNotFoundError, StateError)
+                                    InvalidParameterError, SampleNotFoundError)
 from .linalg import factor_append
 from .lowrank import PendingMatrix
-from .nystrom import compact_factor, factor_dot, kernel_values, pick_landmarks, rank_update, \
-    row_chunks
+from .nystrom import factor_dot, kernel_values, pick_landmarks, rank_update, row_chunks
 from .openset import fit_open_set, open_set_score
 from .preprocess import as_embeddings, as_labels, check_class_names, merge_views, normalise
 from .autocal import calibrate, point_features
@@ -50,6 +49,15 @@ from .autostate import KernelForm, head_state, restore_head
 from .points import OwnPoints, StorePoints, merged_points
 
 __all__ = ["AutoHead"]
+
+
+def _stacked(X: np.ndarray, views) -> np.ndarray:
+    """A sample given as x (1xD) and its extra views (1xVxD or None) in the store's form (the
+    views stacked after x, VxD float32)."""
+    if views is None:
+        return X
+    return np.vstack([X, as_embeddings(np.asarray(views).reshape(-1, X.shape[1]), X.shape[1],
+                                       name="views")])
 
 COPY_RESIDUAL = 1e-4  # a sample this close (kernel residual) to the landmarks' span is no landmark
 
@@ -192,7 +200,7 @@ class AutoHead:
                                   .round().astype(np.int64))] if live.size else live
             got = merged_points([self._pts.items()[int(self._owner[j])] for j in pick],
                                 self._pts.views, self.power, self._dim, rounded=False)
-        except (StateError, ValueError, IndexError, InvalidEmbeddingError):
+        except (ValueError, IndexError):  # (the state and head errors are ValueErrors too)
             return False
         return bool(np.array_equal(got, self._L[pick]))
 
@@ -265,7 +273,7 @@ class AutoHead:
         self._pts, self._y = pts, labels.copy()
         self._land = np.full(n, -1, np.int64)
         rows, Linv, sq = pick_landmarks(Zc, np.arange(cand.size), self.gamma, COPY_RESIDUAL)
-        self._L, self._lsq, self._Linv = Zc[rows].astype(np.float32), sq, compact_factor(Linv)
+        self._L, self._lsq, self._Linv = Zc[rows].astype(np.float32), sq, Linv
         del Zc  # (m x D: 4 MB at 1,024 landmarks, not kept through the calibration)
         self._owner = cand[rows].astype(np.int64)
         self._land[self._owner] = np.arange(rows.size)
@@ -293,9 +301,7 @@ class AutoHead:
         lab = int(as_labels([label], 1, len(self._classes))[0])
         v = None if views is None else np.asarray(views)[None]
         if self._pts.kind == "store":  # the point as the store's sample gives it
-            if item is None:
-                item = X if v is None else np.vstack([X, as_embeddings(
-                    v.reshape(-1, X.shape[1]), X.shape[1], name="views")])
+            item = _stacked(X, v) if item is None else item
             z = merged_points([item], self._pts.views, self.power, X.shape[1], rounded=False)
         else:
             z = merge_views(X, v, self.power, X.shape[1]).astype(np.float32)
@@ -408,8 +414,7 @@ class AutoHead:
         X = as_embeddings(x, self._dim, allow_1d=True, name="x")
         v = None if views is None else np.asarray(views)[None]
         if self._pts.kind == "store":
-            item = X if v is None else np.vstack([X, v.reshape(-1, X.shape[1])])
-            z = merged_points([item], self._pts.views, self.power, X.shape[1])
+            z = merged_points([_stacked(X, v)], self._pts.views, self.power, X.shape[1])
         else:
             z = merge_views(X, v, self.power, X.shape[1]).astype(np.float16).astype(np.float32)
         if self.n_samples == 0:

@@ -25,7 +25,7 @@ import numpy as np
 
 from .linalg import chol_inv, factor_append
 
-__all__ = ["Gram", "compact_factor", "connected_labels", "factor_dot", "pick_landmarks",
+__all__ = ["Gram", "connected_labels", "factor_dot", "pick_landmarks",
            "features", "kernel_values", "landmark_factor", "rank_update", "row_chunks"]
 
 
@@ -61,15 +61,6 @@ def _factor(A: np.ndarray) -> np.ndarray:
         except np.linalg.LinAlgError:
             pass
     return chol_inv(A.astype(np.float64, copy=False))
-
-
-def compact_factor(Linv: np.ndarray) -> np.ndarray:
-    """``Linv`` as float32 when that is exact (it was computed in float32: above
-    ``FLOAT32_ABOVE`` landmarks), half the memory (4 MB at 1,024 landmarks); else as it is."""
-    if Linv.dtype != np.float64:
-        return Linv
-    L32 = Linv.astype(np.float32)
-    return L32 if np.array_equal(L32, Linv) else Linv
 
 
 def factor_dot(A: np.ndarray, B: np.ndarray) -> np.ndarray:

@@ -182,10 +182,6 @@ class StorePoints:
     def nbytes(self) -> int:
         return 8 * len(self)  # the list's references; the samples are the store's
 
-    @property
-    def attached(self) -> bool:
-        return self._items is not None
-
     def attach(self, items: Union[List, Callable[[], List]]) -> None:
         self._items = items
 
