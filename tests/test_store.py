@@ -38,6 +38,25 @@ def test_samples_survive_reopening(store, tmp_path):
     assert min(Image.open(thumb).size) == 224  # downscaled to the thumbnail size
 
 
+def test_the_fingerprint_is_the_digest_saved_heads_were_paired_with(store):
+    """The samples' fingerprint is saved with the head and compared at every start: the same
+    SHA-256 stream as always (a changed value would refit every saved head once)."""
+    import hashlib
+    store.add_sample("apple", views(1))
+    store.add_sample("pear", views(2))
+    store.add_sample("apple", views(3))
+    store.add_class("quince")  # no samples
+    digest = hashlib.sha256(json.dumps(IDENTITY, sort_keys=True).encode())
+    for name in store.classes:
+        digest.update(name.encode() + b"\0")
+        for sid in store.sample_ids(name):
+            digest.update(sid.encode())
+    assert store.fingerprint() == digest.hexdigest()[:16]
+    before = store.fingerprint()
+    store.remove_sample("apple", store.sample_ids("apple")[0])
+    assert store.fingerprint() != before
+
+
 def test_samples_matrix_has_one_row_per_sample_with_its_views(store):
     store.add_sample("a", views(1, 3))
     store.add_sample("b", views(2, 3))

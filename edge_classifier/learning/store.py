@@ -327,10 +327,8 @@ class SampleStore:
     def fingerprint(self) -> str:
         """Changes whenever a class or sample is added, removed or renamed."""
         digest = hashlib.sha256(json.dumps(self.backbone, sort_keys=True).encode())
-        for name in self._classes:
-            digest.update(name.encode() + b"\0")
-            for sid in self._samples[name]:
-                digest.update(sid.encode())
+        for name in self._classes:  # a class's ids in one update: the same digest, ~10x faster
+            digest.update(name.encode() + b"\0" + "".join(self._samples[name]).encode())
         return digest.hexdigest()[:16]
 
     # -- classes -------------------------------------------------------------------------------
