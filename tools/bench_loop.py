@@ -24,7 +24,7 @@ camera's ISP delivers them (no resize left). Needs mosquitto on the PATH (else p
 /dev/null, and says so).
 
     python tools/bench_loop.py [--rounds 4] [--frames 25] [--samples 2000] [--web [--watcher stream]]
-                               [--frame-size 320x240|model]
+                               [--frame-size 320x240|model] [--prediction-interval S]
 """
 
 from __future__ import annotations
@@ -110,6 +110,9 @@ def main(argv=None) -> int:
     parser.add_argument("--watcher", choices=("chromium", "stream"), default="chromium",
                         help="--web: who watches: headless Chromium on this machine, or a "
                              "client that only reads the streams (a browser elsewhere)")
+    parser.add_argument("--prediction-interval", type=float, default=0.0, metavar="S",
+                        help="mqtt.prediction_interval of the device (default 0: every "
+                             "prediction published, the worst case; the shipped default is 1 s)")
     parser.add_argument("--no-overlap", action="store_true",
                         help="finish each frame (head, smoothing, publishing) before the next "
                              "invoke, instead of beside it as Device.run does")
@@ -123,7 +126,7 @@ def main(argv=None) -> int:
     broker = broker.start() if broker.available else None
     url = broker.url if broker else ""
     out = {"benchmark": "loop", "model": backbone.name, "threads": threads,
-           "overlap": not args.no_overlap,
+           "overlap": not args.no_overlap, "prediction_interval_s": args.prediction_interval,
            "publishing": "mosquitto on 127.0.0.1" if broker else "standard output (/dev/null)"}
     saved_stdout = sys.stdout
     try:
@@ -134,7 +137,8 @@ def main(argv=None) -> int:
                                       for i, c in enumerate(CLASSES)),
                         gpio=GpioConfig(pin_factory="mock", bounce_time=0.0),
                         head=HeadConfig(max_samples_per_class=args.samples),
-                        mqtt=MqttConfig(broker=url, prediction_interval=0.0, qos=1),
+                        mqtt=MqttConfig(broker=url, prediction_interval=args.prediction_interval,
+                                        qos=1),
                         web=WebConfig(listen="127.0.0.1:0", inbox_size=0) if args.web
                         else WebConfig())
         device = Device(config, backbone=backbone, source=memory_source(frames),
