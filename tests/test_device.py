@@ -180,6 +180,7 @@ def test_a_changed_head_is_saved_every_head_save_interval(device_factory, tmp_pa
     seen = []  # per frame, as it is read: (inode of the saved head or None, dirty?)
 
     def watch(i):
+        device.learner.wait_saved()  # the periodic save is written in the background
         seen.append((head.stat().st_ino if head.exists() else None, device.learner.dirty))
         if i == later:
             device.post(Capture(class_name="cat", origin="test"))
@@ -195,6 +196,118 @@ def test_a_changed_head_is_saved_every_head_save_interval(device_factory, tmp_pa
     dirty = [d for _, d in seen[1:later + 2]]
     assert dirty == [True] * period + [False] * (later - period + 1)
     assert not device.learner.dirty
+
+
+def _held_saves(device, monkeypatch):
+    """Make the device's head saves wait for ``release`` (set) once they have ``begun``."""
+    import threading
+    begun, release, real = threading.Event(), threading.Event(), device.state_dir.save_head
+
+    def held(*args):
+        begun.set()
+        assert release.wait(TIMEOUT), "the held save was never released"
+        real(*args)
+    monkeypatch.setattr(device.state_dir, "save_head", held)
+    return begun, release
+
+
+def test_the_loop_goes_on_while_its_periodic_save_is_written(device_factory, tmp_path, sample,
+                                                             monkeypatch):
+    """The periodic save is written in a thread of its own (at 10,000 samples the write and its
+    fsync take 50 ms and more here, seconds on an SD card): frames go on meanwhile, a capture
+    among them, and what is written is the head as it was when the save began."""
+    from edge_classifier.learning.heads import load_head
+    clock = FakeClock()
+    period = int(HEAD_SAVE_INTERVAL)
+    log = []  # per frame: (frame, save under way?)
+
+    def watch(i):
+        if i == period + 2:
+            assert begun.wait(TIMEOUT)  # the save began after frame period (at 30 s) ...
+            device.post(Capture(class_name="bird", origin="test"))  # ... and we teach meanwhile
+        if i == period + 6:
+            release.set()
+        saver = device.learner._saver
+        log.append((i, saver is not None and not saver.done.is_set()))
+
+    source = WatchedReplay([sample("cat.bmp")], watch, fps=1.0, clock=clock)
+    device = device_factory(make_config(), source=source, clock=clock)
+    begun, release = _held_saves(device, monkeypatch)
+    device.post(Capture(class_name="cat", origin="test"))
+    device.run(frames=period + 8)
+    # the save began after the frame at 30 s; the next five frames were read (a capture taken
+    # among them) while it was held
+    busy = dict(log)
+    assert not busy[period] and all(busy[i] for i in range(period + 1, period + 6))
+    assert device.store.counts() == {"bird": 1, "cat": 1}
+    arrays, meta = device.state_dir.load_head_files()
+    saved = load_head(arrays, meta["head_meta"])
+    assert saved.classes == ["bird", "cat"] and saved.n_samples == 2  # the final save's head
+    assert not device.learner.dirty
+
+
+@pytest.mark.parametrize("taught_meanwhile", [True, False])
+def test_a_stop_waits_for_the_save_under_way_then_saves_what_changed_since(
+        device_factory, tmp_path, sample, monkeypatch, taught_meanwhile):
+    from edge_classifier.learning.heads import load_head
+    clock = FakeClock()
+    period = int(HEAD_SAVE_INTERVAL)
+    order = []
+
+    def watch(i):
+        if i == period + 2:
+            assert begun.wait(TIMEOUT)
+            if taught_meanwhile:
+                device.post(Capture(class_name="bird", origin="test"))  # after the save began
+
+    source = WatchedReplay([sample("cat.bmp")], watch, fps=1.0, clock=clock)
+    device = device_factory(make_config(), source=source, clock=clock)
+    begun, release = _held_saves(device, monkeypatch)
+    real_wait = device.learner.wait_saved
+
+    def wait_saved():  # the stop: releases the held save, and must wait for it
+        order.append("wait")
+        release.set()
+        real_wait()
+    monkeypatch.setattr(device.learner, "wait_saved", wait_saved)
+    device.post(Capture(class_name="cat", origin="test"))
+    device.run(frames=period + 4)  # ends while the save is still held
+    assert order and device.learner._saver is None and not device.learner.dirty
+    arrays, meta = device.state_dir.load_head_files()
+    assert load_head(arrays, meta["head_meta"]).n_samples == (2 if taught_meanwhile else 1)
+
+
+def test_a_periodic_save_that_fails_is_logged_and_tried_again(device_factory, tmp_path, sample,
+                                                              monkeypatch, caplog):
+    import logging
+    from edge_classifier.errors import StoreError
+    clock = FakeClock()
+    period = int(HEAD_SAVE_INTERVAL)
+    real, calls, seen = None, [], []  # seen: saves tried before each frame was read
+
+    def failing_once(*args):
+        calls.append(1)
+        if len(calls) == 1:
+            raise StoreError(f"{tmp_path}/state: cannot write the head: No space left on device")
+        real(*args)
+
+    def watch(i):
+        device.learner.wait_saved()  # (deterministic: each save is over before the next frame)
+        seen.append(len(calls))
+
+    source = WatchedReplay([sample("cat.bmp")], watch, fps=1.0, clock=clock)
+    device = device_factory(make_config(), source=source, clock=clock)
+    real = device.state_dir.save_head
+    monkeypatch.setattr(device.state_dir, "save_head", failing_once)
+    device.post(Capture(class_name="cat", origin="test"))
+    with caplog.at_level(logging.ERROR):
+        device.run(frames=2 * period + 5)
+    errors = [r for r in caplog.records if "head not saved" in r.getMessage()]
+    assert len(errors) == 1 and "No space left on device" in errors[0].getMessage()
+    assert errors[0].exc_info is None  # one line, no traceback
+    tried = [i for i in range(1, len(seen)) if seen[i] != seen[i - 1]]
+    assert tried == [period + 1, 2 * period + 1]  # after the frame at 30 s (failed), at 60 s
+    assert (tmp_path / "state" / HEAD_META).exists() and not device.learner.dirty
 
 
 def test_a_held_button_keeps_one_capture_pending(device_factory):

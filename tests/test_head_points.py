@@ -495,3 +495,96 @@ def test_a_head_that_cannot_take_a_stored_sample_in_is_refitted_not_left_behind(
         assert sorted(learner._rows) == sorted(learner._store_rows())
         learner.capture("cat", frames["cat"][2])  # and it goes on taking samples in
         assert learner.head.n_samples == len(learner.store) == 6
+
+
+@pytest.mark.parametrize("landmarks", [300, 100])  # growing landmarks; beyond the budget
+def test_a_frozen_state_is_left_alone_by_every_later_edit(landmarks):
+    """What a save in another thread writes (``to_state(copy=False, frozen=True)``) is the head
+    as it was when the save began, whatever the head learns meanwhile: adds (new landmarks
+    while the budget lasts), enough rank-one edits to fold P in place, removals and a
+    recalibration."""
+    views, y, Xte, items, head = _store_head(12, landmarks=landmarks)
+    for i in range(200, 210):  # pending rank-one terms in P when the save begins
+        head.add(views[i, 0], int(y[i]), views=views[i, 1:], item=items[i])
+    arrays, meta = head.to_state(copy=False, frozen=True)
+    expect = {k: v.copy() for k, v in arrays.items()}
+    before = head.decision_function(Xte)
+    unfrozen = head.to_state(copy=False)[0]  # the head's own H: edited in place
+    h_before = unfrozen["H"].copy()
+    for i in range(210, 240):
+        head.add(views[i, 0], int(y[i]), views=views[i, 1:], item=items[i])
+    head.remove_many([0, 5, 17])
+    for i in range(240, 320 - 60):  # past the 64 pending edits: P is folded
+        head.add(views[i % 240, 0], int(y[i % 240]), views=views[i % 240, 1:],
+                 item=items[i % 240])
+    if landmarks == 100:  # beyond the budget H is edited in place: freezing is what kept it
+        assert not np.array_equal(unfrozen["H"], h_before)
+    for key, value in expect.items():
+        np.testing.assert_array_equal(arrays[key], value, err_msg=key)
+    head.refresh()
+    for key, value in expect.items():
+        np.testing.assert_array_equal(arrays[key], value, err_msg=key)
+    saved = load_head(arrays, meta)
+    np.testing.assert_array_equal(saved.decision_function(Xte), before)
+
+
+def test_removing_the_head_files_waits_for_a_save_under_way(tmp_path, backbones, frames,
+                                                            monkeypatch):
+    """Every sample deleted while the head is being saved in the background: the save is over
+    before the head files are removed, so no head of deleted samples is left behind."""
+    import threading
+    from edge_classifier.learning.state import HEAD_ARRAYS, HEAD_META, StateDir
+    with StateDir(tmp_path / "state") as state:
+        learner = _learner(state, backbones)
+        learner.capture("cat", frames["cat"][0])
+        release, real_save, real_wait = threading.Event(), state.save_head, learner.wait_saved
+        removed_while_saving = []
+
+        def held(*args):
+            assert release.wait(10), "the held save was never released"
+            real_save(*args)
+        real_remove = state.remove_head
+
+        def remove_head():
+            removed_while_saving.append(learner._saver is not None)
+            real_remove()
+
+        def wait_saved():
+            release.set()
+            real_wait()
+        monkeypatch.setattr(state, "save_head", held)
+        monkeypatch.setattr(state, "remove_head", remove_head)
+        monkeypatch.setattr(learner, "wait_saved", wait_saved)
+        assert learner.save_in_background()
+        assert not learner.save_in_background()  # one at a time
+        learner.store.remove_sample("cat", learner.store.sample_ids("cat")[0])
+        learner.changed()
+        release.set()
+        real_wait()
+        assert removed_while_saving == [False]
+        assert not (tmp_path / "state" / HEAD_META).exists()
+        assert not (tmp_path / "state" / HEAD_ARRAYS).exists()
+
+
+def test_a_finished_background_save_holds_on_to_none_of_the_heads_arrays(tmp_path, backbones,
+                                                                        frames):
+    """The arrays a save wrote are let go when it ends, not at the next save 30 s later (the
+    head may have replaced them meanwhile: 16 MB at 1,024 landmarks)."""
+    import gc
+    import weakref
+    from edge_classifier.learning.state import StateDir
+    with StateDir(tmp_path / "state") as state:
+        learner = _learner(state, backbones)
+        for name in ("cat", "bird"):
+            for crop in frames[name][:2]:
+                learner.capture(name, crop)
+        learner.wait_background()
+        old = weakref.ref(learner.head._L)
+        assert learner.save_in_background()
+        learner._saver.done.wait(10)
+        learner.capture("bird", frames["bird"][2])  # a new landmark: L replaced
+        gc.collect()
+        assert learner._saver is not None  # (not yet collected by a later save ...)
+        assert old() is None  # ... and still the old landmarks are gone
+        learner.wait_saved()
+        assert learner.dirty  # the capture after the save began is still to be saved

@@ -215,9 +215,9 @@ class Device(DeviceActions):
                     self.bus.publish_stats(self.stats())
                     last_stats = now
                 if self.learner.dirty and now - last_save >= HEAD_SAVE_INTERVAL:
-                    self.settle()
-                    self._save_head()
-                    last_save = now
+                    self.settle()  # written in the background: the loop goes on meanwhile
+                    if self.learner.save_in_background():
+                        last_save = now  # (else a save or a refit is under way: next frame)
                 if frames is not None and self.counters.frames >= frames:
                     break
             self.settle()  # the last frame's error, if any, ends the run like any other
@@ -324,6 +324,7 @@ class Device(DeviceActions):
         # a recalibration under way is finished first, so the head is saved calibrated (a
         # read-only predict on the state uses the saved calibration as it is)
         self.learner.wait_background(timeout=HEAD_FINAL_WAIT)
+        self.learner.wait_saved()  # a periodic save under way (failed: dirty, written again)
         if self.learner.dirty:
             self._save_head()
         self.bus.stop()  # never raises: a transport's failure is logged
@@ -331,6 +332,9 @@ class Device(DeviceActions):
     def close(self) -> None:
         if self._after is not None:
             self._after.close()
+        learner = getattr(self, "learner", None)
+        if learner is not None:
+            learner.wait_saved()  # before the state's lock goes: a save may be under way
         for closer in reversed(self._closers):
             try:
                 closer()

@@ -112,6 +112,7 @@ class Learner:
         self._dirty = False
         self._rows: List[str] = []  # sample id of each head sample, in the head's order
         self._job: Optional[_Background] = None
+        self._saver: Optional[_Background] = None  # a save under way (save_in_background)
         self._saved_rows: object = None  # what the saved head's metadata says (load_saved_head)
         self._saved_crc: Optional[np.ndarray] = None
         if load:
@@ -227,25 +228,87 @@ class Learner:
                                 f"({exc})") from None
 
     def save(self) -> None:
-        """Write the head through the state (atomically). A refit under way is waited for
-        first (the current head no longer matches the samples)."""
+        """Write the head through the state (atomically), in this thread. A refit under way is
+        waited for first (the current head no longer matches the samples), and so is a save
+        under way in the background."""
         if self._job is not None and self._job.kind == "refit":
             self.wait_background()
-        if self.head is None:
+        self.wait_saved()
+        write = self._save_snapshot(frozen=False)
+        if write is not None:
+            write()
+
+    def save_in_background(self) -> bool:
+        """Start writing the head in a thread of its own (the device's periodic save: at
+        10,000 samples the write and its fsync take 50 ms and more, seconds on an SD card).
+        What is written is the head as it is now; the head goes on learning meanwhile.
+        Returns False when nothing was started: a save is still under way, or a refit is (the
+        head no longer matches the samples; a later call saves the refitted one). A save that
+        failed is logged and leaves the head :attr:`dirty`."""
+        if self._saver is not None and not self._saver.done.is_set():
+            return False
+        self._saved_result()
+        if self._job is not None and self._job.kind == "refit":
+            return False
+        write = self._save_snapshot(frozen=True)
+        if write is None:
+            return False
+        self._saver = _Background("save", write)
+        if self._saver.done.is_set():  # run at once (EDGE_CLASSIFIER_SYNC_HEAD=1)
+            self._saved_result()
+        return True
+
+    def wait_saved(self) -> None:
+        """Wait for a save under way in the background (before the state is closed, another
+        save, or the head files are removed); logs its failure, as :meth:`save_in_background`."""
+        if self._saver is not None:
+            self._saver.done.wait()
+            self._saved_result()
+
+    def _saved_result(self) -> None:
+        saver = self._saver
+        if saver is None or not saver.done.is_set():
             return
+        self._saver = None
+        if saver.error is not None:
+            self._dirty = True  # tried again at the next save
+            if isinstance(saver.error, StoreError):
+                log.error("head not saved: %s", saver.error)
+            else:
+                log.error("head not saved: %s", saver.error, exc_info=saver.error)
+
+    def _save_snapshot(self, frozen: bool):
+        """A function that writes the head as it is now (None: there is no head), marking it
+        saved. ``frozen``: to run in another thread while the head is edited (the arrays it
+        writes are left alone by later edits; see ``AutoHead.to_state``)."""
+        if self.head is None:
+            return None
         store_head = getattr(self.head, "points_from_store", None)  # None: not the auto head
-        # written at once below, before any edit: the auto head's own arrays, not copies
+        # the auto head's own arrays, not copies (written at once, or left alone by edits)
         arrays, head_meta = self.head.to_state() if store_head is None else \
-            self.head.to_state(copy=False)
+            self.head.to_state(copy=False, frozen=frozen)
         ours = {"head": self.head_name, "backbone": self.backbone.identity,
                 "fingerprint": self.store.fingerprint(), "augmentation": self.augmentation.key()}
         if len(self._rows) == self.head.n_samples:
             ours["rows"] = list(self._rows)  # the head's order (captures interleave classes)
-        if store_head:
-            arrays[SAMPLE_CRC] = sample_checksums(self.head.stored_items())
+        items = list(self.head.stored_items()) if store_head else None  # (a list that grows)
         meta = {"head_meta": head_meta, "edge_classifier": ours}
-        self.state.save_head(arrays, meta)
+        state = self.state
         self._dirty = False
+
+        def write() -> None:
+            nonlocal items
+            try:
+                if items is not None:  # the samples' checksums: 22 ms of Python at 10,000
+                    arrays[SAMPLE_CRC] = _polite_checksums(items)
+                state.save_head(arrays, meta)
+            except BaseException:
+                self._dirty = True
+                raise
+            finally:  # arrays the head has replaced meanwhile are let go now, not at the next save
+                arrays.clear()
+                items = None
+        return write
 
     @property
     def dirty(self) -> bool:
@@ -314,6 +377,7 @@ class Learner:
             self.head, self._rows = None, []
             self._job = None
             if self.state.write:
+                self.wait_saved()  # a save under way would write the head back
                 self.state.remove_head()
             return
         if not self._budgeted():
@@ -479,6 +543,17 @@ def sample_checksums(items) -> np.ndarray:
         else:
             out[i] = zlib.crc32(np.ascontiguousarray(item))
     return out
+
+
+def _polite_checksums(items, chunk: int = 256) -> np.ndarray:
+    """:func:`sample_checksums` a chunk at a time, letting other threads run between chunks
+    (Python holds the GIL through the loop; a thread waiting for it would otherwise wait a
+    whole switch interval, 5 ms, each time: the device loop, while a save runs beside it)."""
+    parts = []
+    for start in range(0, len(items), chunk):
+        parts.append(sample_checksums(items[start:start + chunk]))
+        time.sleep(0)  # releases the GIL: a waiting thread takes it now
+    return np.concatenate(parts) if parts else np.empty(0, np.uint32)
 
 
 def _fit(head, views, y, names) -> None:

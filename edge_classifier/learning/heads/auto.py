@@ -641,10 +641,13 @@ class AutoHead:
         return self._proba(self._loo)
 
     # ------------------------------------------------------------------ persistence
-    def to_state(self, copy: bool = True) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
+    def to_state(self, copy: bool = True, frozen: bool = False
+                 ) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
         """(arrays for .npz, JSON-able metadata): the solved system and the calibration;
-        ``copy=False``: the head's own arrays, to be written before the head is next edited."""
-        return head_state(self, copy)
+        ``copy=False``: the head's own arrays, to be written before the head is next edited;
+        with ``frozen=True`` as well, arrays that later edits leave alone (a save written in
+        another thread; see :func:`.autostate.head_state`)."""
+        return head_state(self, copy, frozen)
 
     @classmethod
     def from_state(cls, arrays: Dict[str, np.ndarray], meta: Dict[str, Any]) -> "AutoHead":

@@ -28,21 +28,29 @@ from .preprocess import as_labels, check_class_names
 __all__ = ["KernelForm", "head_state", "restore_head"]
 
 
-def head_state(self, copy: bool = True) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
+def head_state(self, copy: bool = True, frozen: bool = False
+               ) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
     """(arrays, metadata) of an :class:`.auto.AutoHead`: everything a prediction needs. With
     ``copy=False`` the arrays are the head's own, valid until its next edit (a save that
-    writes them at once: no copy of the head beside it, 16 MB at 1,024 landmarks)."""
+    writes them at once: no copy of the head beside it, 16 MB at 1,024 landmarks). With
+    ``frozen=True`` too they stay valid through later edits (a save written by another
+    thread while the head goes on learning): edits replace those arrays rather than change
+    them, except ``H`` and ``GA`` (m x (C+1), copied here), the own points (copied) and ``P``,
+    which the head copies before it next changes it in place (only if that comes first)."""
     Linv32 = self._Linv.astype(np.float32, copy=False)  # (the head's own when it is float32)
     exact32 = Linv32 is self._Linv or np.array_equal(Linv32, self._Linv)  # then float32 loses
     # nothing (half the bytes)
     arrays = {"L": self._L, "owner": self._owner, "Linv": Linv32 if exact32 else self._Linv,
               "P": self._P, "b": self._b, "s": self._s, "H": self._H, "GA": self._GA,
               "points": None, "land": self._land, "y": self._y}
+    if frozen:
+        arrays["H"], arrays["GA"] = np.array(self._H), np.array(self._GA)
+        self._Pm.share()  # P itself: copied by the head before its next in-place change
     arrays = {k: (np.array(v) if copy else np.asarray(v)) for k, v in arrays.items()
               if v is not None}
     points = self._pts.saved()  # None: the store's samples (handed back on load)
-    if points is not None:
-        arrays["points"] = points  # the buffer itself while it has no holes, no copy
+    if points is not None:  # the buffer itself while it has no holes, no copy (unless frozen)
+        arrays["points"] = np.array(points) if frozen and not copy else points
     meta = {"format": STATE_FORMAT, "head": self.name, "classes": self.classes,
             "dim": self._dim, "n_samples": self.n_samples, "params": self.params(),
             "temperature": self.temperature, "open": dict(self._open),

@@ -61,6 +61,11 @@ class PendingMatrix:
         self._w[self._k] = w
         self._k += 1
 
+    def share(self) -> None:
+        """The array :meth:`full` gave now belongs to someone else too (a save in another
+        thread): the next fold works on a copy of it."""
+        self._shared = True
+
     def full(self) -> np.ndarray:
         """P as an array (pending edits folded in; the array is P's own until the next edit)."""
         self._fold()
