@@ -9,6 +9,9 @@
   reports how many frames later the head that includes the new sample is used (target: the
   next frame) and the milliseconds from press to updated head.
 - Peak memory of the process with 2,000 stored samples.
+- ``head_save``: the periodic save of the head written in the loop thread (as before) against
+  the longest frame while it is written in the background (as ``Device.run`` does), beside the
+  median frame.
 - ``--web``: the same with the web studio served and one headless Chromium watching its live
   view (MJPEG and the bars); target ratio >= 0.85. Adds the median time from reading a frame
   to its bars being drawn in that browser (target <= 200 ms) and what the studio adds to the
@@ -34,6 +37,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -93,6 +97,36 @@ def stage_ms(device, frames, n: int) -> dict:
     ms = {k: round(v / n * 1000, 3) for k, v in total.items()}
     ms["rest"] = round(ms["step"] - sum(v for k, v in ms.items() if k != "step"), 3)
     return ms
+
+
+def save_stall(device, overlap: bool, rounds: int = 5, frames: int = 20) -> dict:
+    """The periodic head save against the frames beside it: the save written in the loop
+    thread (as before) and the longest frame while it is written in the background (as
+    ``Device.run`` does now), beside the median frame; median of ``rounds``."""
+    learner = device.learner
+
+    def frame_ms(save):
+        out = []
+        for i in range(frames):
+            t0 = time.perf_counter()
+            if i == 2:
+                save()
+            device.step(device.source.read(), overlap=overlap)
+            device.settle()
+            out.append((time.perf_counter() - t0) * 1000)
+        learner.wait_saved()
+        return out
+    sync, longest, median = [], [], []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        device.settle()
+        learner.save()
+        sync.append((time.perf_counter() - t0) * 1000)
+        median.append(statistics.median(frame_ms(lambda: None)))
+        longest.append(max(frame_ms(learner.save_in_background)))
+    return {"save_in_loop_ms": round(statistics.median(sync), 1),
+            "frame_ms": round(statistics.median(median), 1),
+            "longest_frame_beside_background_save_ms": round(statistics.median(longest), 1)}
 
 
 def main(argv=None) -> int:
@@ -210,6 +244,7 @@ def main(argv=None) -> int:
         out["press_to_head_frames"] = None if used_at is None else used_at - frame_at_press
         out["press_to_head_ms"] = None if used_at is None else round((t_used - t_press) * 1000, 1)
         out["capture_update_ms"] = round(device.learner.last_fit_ms, 2)
+        out["head_save"] = save_stall(device, overlap=not args.no_overlap)
         device.shutdown()
         device.close()
     finally:
