@@ -270,8 +270,7 @@ class Learner:
         if saver is None or not saver.done.is_set():
             return
         self._saver = None
-        if saver.error is not None:
-            self._dirty = True  # tried again at the next save
+        if saver.error is not None:  # (the write left the head dirty: tried again next time)
             if isinstance(saver.error, StoreError):
                 log.error("head not saved: %s", saver.error)
             else:
