@@ -392,3 +392,42 @@ def test_the_store_shares_one_table_of_values_among_a_quantised_backbones_sample
     a, b = signed(q), signed(q[:, ::-1].copy())
     assert a.values is b.values is signed(q.copy()).values and b.values.size == 256
     np.testing.assert_array_equal(expand(b), q[:, ::-1])
+
+
+def test_beyond_its_held_out_budget_the_calibration_scores_an_even_spread_of_samples(
+        monkeypatch):
+    """Pass 2 scores HELD_OUT_ROWS samples that are no landmark, evenly spread, each with its
+    whole capture group; their held-out scores are those of scoring every sample, the rest are
+    left out of the calibration (not NaN in it), and ``loo_proba`` still scores every sample."""
+    Xtr, ytr, _, _, _ = _task(9, n=150)  # 600 samples, 100 landmarks: 500 that are none
+    X = np.abs(Xtr).astype(np.float32)
+    monkeypatch.setattr(autocal, "HELD_OUT_ROWS", 50)
+    probe = make_head("auto", landmarks=100).fit(X, ytr, NAMES)
+    honest = np.flatnonzero(probe._land < 0)
+    spread = honest[np.unique(np.linspace(0, honest.size - 1, 50).round().astype(int))]
+    landmark = int(probe._owner[3])
+    p, q = int(spread[5]), int(next(i for i in honest if i not in spread and i > spread[5]))
+    X[[p, q]] = X[landmark]  # one capture group: a scored sample, a landmark and one more
+    head = make_head("auto", landmarks=100).fit(X, ytr, NAMES)
+    assert head._owner[3] == landmark and head.capture_groups[q] == head.capture_groups[p]
+
+    snap = dict(head._snapshot(), temperature=3 * head.default_temperature)  # another start
+    part, every = autocal.calibrate(snap), autocal.calibrate(snap, every=True)
+    rows = autocal.held_out_rows(head._land, head.capture_groups)
+    assert not part["every"] and every["every"] and 50 <= rows.size < 100
+    assert {p, q, landmark} <= set(rows.tolist()) and q not in spread  # the whole group
+    scored = np.zeros(ytr.size, bool)
+    scored[rows] = True
+    np.testing.assert_allclose(part["loo"][scored], every["loo"][scored], atol=1e-5)  # float32
+    assert np.isnan(part["loo"][~scored]).all() and not np.isnan(every["loo"]).any()
+    assert np.isfinite(part["temperature"]) and np.isfinite(part["open"]["threshold"])
+    assert part["temperature"] == pytest.approx(head.temperature, rel=1e-5)  # its optimum
+    assert part["temperature"] == pytest.approx(every["temperature"], rel=0.2)
+    assert part["temperature"] != every["temperature"]  # fitted on the spread alone
+
+    assert head._loo is None  # not kept: only some samples were scored
+    P = head.loo_proba()
+    assert not np.isnan(P).any() and np.allclose(P.sum(axis=1), 1.0)
+    assert head._loo is not None and np.array_equal(head.loo_proba(), P)  # kept until an edit
+    head.add(X[0], 1)
+    assert head._loo is None and head.loo_proba().shape == (ytr.size + 1, len(NAMES))

@@ -512,7 +512,9 @@ class AutoHead:
         if result["version"] != self._version:
             return False
         self._P, self._b, self._s = result["system"]
-        self._loo, self._groups = result["loo"], result["groups"]
+        # held-out scores of some samples only (beyond HELD_OUT_ROWS): loo_proba scores all
+        self._loo = result["loo"] if result.get("every", True) else None
+        self._groups = result["groups"]
         self._solve()
         self._stale = False
         return True
@@ -635,9 +637,12 @@ class AutoHead:
         """Calibrated held-out probabilities (NxC) of the stored samples."""
         if self.n_samples == 0:
             raise EmptyHeadError("the head holds no samples: fit() or add() first")
-        if self._loo is None:
-            result = self.calibration_job()()
-            return self._proba(result["loo"])
+        if self._loo is None:  # not kept since the last edit, or not of every sample
+            snap = self._snapshot()
+            loo = calibrate(snap, every=True)["loo"]
+            if snap["version"] == self._version:
+                self._loo = loo  # until the next edit
+            return self._proba(loo)
         return self._proba(self._loo)
 
     # ------------------------------------------------------------------ persistence
