@@ -56,6 +56,42 @@ def test_the_arrays_are_those_np_load_gives_and_the_crc_is_the_files(tmp_path):
     assert arrays["F"].flags.f_contiguous and arrays["P"].flags.writeable
 
 
+BIG = {"P": np.arange(430_001, dtype=np.float64).reshape(-1, 1), "y": np.arange(7),  # 3.4 MB
+       "L": np.full((1100, 333), 0.25, np.float32), "tail": np.arange(3.0)}  # 1.5 MB
+
+
+def _crc_threads():
+    import threading
+    return [t for t in threading.enumerate() if t.name == "head-crc"]
+
+
+def test_the_crc_of_a_large_head_taken_beside_the_reading_is_the_files(tmp_path):
+    data = npz_bytes(BIG)
+    (tmp_path / "h.npz").write_bytes(data)
+    with open(tmp_path / "h.npz", "rb") as f:
+        arrays, crc = read_npz(f)
+    assert crc == zlib.crc32(data) and not _crc_threads()  # and its thread is done
+    for name, value in BIG.items():
+        assert np.array_equal(arrays[name], value), name
+    for at in (len(data) // 3, len(data) // 3 + (1 << 20), len(data) - 200):  # in each piece
+        damaged = bytearray(data)
+        damaged[at] ^= 0x40
+        (tmp_path / "h.npz").write_bytes(bytes(damaged))
+        with open(tmp_path / "h.npz", "rb") as f:
+            assert read_npz(f)[1] != crc, at
+
+
+def test_a_large_head_that_shrinks_while_it_is_read_leaves_no_thread_behind(tmp_path):
+    data = npz_bytes(BIG)
+
+    class Shrinking(io.BytesIO):  # ends in the middle of P's data, after the thread started
+        def readinto(self, b):
+            return 0 if self.tell() > 2_500_000 else super().readinto(b)
+    with pytest.raises(EOFError, match="shrank"):
+        read_npz(Shrinking(data))
+    assert not _crc_threads()
+
+
 def test_a_saved_head_loads_back_exactly(tmp_path):
     root = saved(tmp_path)
     arrays, meta = StateDir(root, write=False).load_head_files()

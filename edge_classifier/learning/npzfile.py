@@ -7,7 +7,8 @@ into its own array, and the file's CRC-32 computed on the way::
 ``np.load`` of a 38 MB head (10,000 samples) passes every byte through zipfile's own CRC check
 and copies it twice (~22 ms here), and the state then hashed the file once more (SHA-256,
 ~96 ms). Here the file is read in its order, segment by segment: zip and ``.npy`` headers as
-bytes, array data by ``readinto`` into the array that keeps it, one running CRC over all of it.
+bytes, array data by ``readinto`` into the array that keeps it, one running CRC over all of it
+(taken in a thread of its own, a piece behind the reading: the two cost about the same).
 
 What is trusted is checked: stored (uncompressed) members only (an archive cannot inflate),
 members inside the file, in order and not overlapping, ``.npy`` headers that parse and
@@ -21,10 +22,12 @@ from __future__ import annotations
 import io
 import math
 import os
+import queue
 import struct
+import threading
 import zipfile
 import zlib
-from typing import BinaryIO, Dict, Tuple
+from typing import BinaryIO, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -73,6 +76,14 @@ def read_npz(f: BinaryIO) -> Tuple[Dict[str, np.ndarray], int]:
     except zipfile.BadZipFile as exc:
         raise ValueError(f"not a zip archive: {exc}") from None
     reader = _Reader(f, size)
+    try:
+        arrays = _members(reader, infos, size)
+    finally:
+        crc = reader.crc.result()  # (and the CRC's thread is done, whatever happened)
+    return arrays, crc
+
+
+def _members(reader: "_Reader", infos, size: int) -> Dict[str, np.ndarray]:
     arrays: Dict[str, np.ndarray] = {}
     for info in infos:
         what = repr(info.filename)
@@ -91,14 +102,57 @@ def read_npz(f: BinaryIO) -> Tuple[Dict[str, np.ndarray], int]:
         name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
         arrays[name] = _npy(reader, end, what)
     reader.bytes(size - reader.pos)  # the central directory
-    return arrays, reader.crc
+    return arrays
+
+
+class _RunningCrc:
+    """The CRC-32 of buffers given in order. From the first large one on it is computed in a
+    thread of its own (zlib lets go of the GIL), while the next part of the file is read: the
+    two took about as long as each other, one after the other (10 + 10 ms for the 17 MB head of
+    10,000 samples here)."""
+
+    LARGE = 1 << 20
+
+    def __init__(self) -> None:
+        self.crc = 0
+        self._queue: "Optional[queue.SimpleQueue]" = None
+        self._thread: Optional[threading.Thread] = None
+
+    def add(self, data) -> None:
+        if self._queue is None:
+            if len(data) < self.LARGE:
+                self.crc = zlib.crc32(data, self.crc)
+                return
+            self._queue = queue.SimpleQueue()
+            self._thread = threading.Thread(target=self._run, name="head-crc", daemon=True)
+            self._thread.start()
+        self._queue.put(data)
+
+    def _run(self) -> None:
+        while True:
+            data = self._queue.get()
+            if data is None:
+                return
+            self.crc = zlib.crc32(data, self.crc)
+
+    def result(self) -> int:
+        """The CRC of everything given (waits for the thread, which then ends)."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._queue = self._thread = None
+        return self.crc
 
 
 class _Reader:
-    """Sequential reads of ``f`` from its start, with the running CRC-32 of what was read."""
+    """Sequential reads of ``f`` from its start, with the running CRC-32 of what was read
+    (``crc.result()``); arrays are read a piece at a time, each piece's CRC taken while the
+    next is read."""
+
+    PIECE = 1 << 20
 
     def __init__(self, f: BinaryIO, size: int) -> None:
-        self.f, self.size, self.pos, self.crc = f, size, 0, 0
+        self.f, self.size, self.pos, self.crc = f, size, 0, _RunningCrc()
         f.seek(0)
 
     def bytes(self, n: int) -> bytes:
@@ -108,19 +162,23 @@ class _Reader:
         if len(data) != n:
             raise EOFError("the file shrank while it was read")
         self.pos += n
-        self.crc = zlib.crc32(data, self.crc)
+        self.crc.add(data)
         return data
 
     def into(self, array: np.ndarray) -> None:
         view = memoryview(array).cast("B") if array.size else memoryview(b"")
         done = 0
         while done < len(view):
-            n = self.f.readinto(view[done:])
-            if not n:
-                raise EOFError("the file shrank while it was read")
-            done += n
+            piece = view[done:done + self.PIECE]
+            got = 0
+            while got < len(piece):
+                n = self.f.readinto(piece[got:])
+                if not n:
+                    raise EOFError("the file shrank while it was read")
+                got += n
+            self.crc.add(piece)  # no other write reaches it: the array is new
+            done += got
         self.pos += done
-        self.crc = zlib.crc32(view, self.crc)
 
 
 def _npy(reader: _Reader, end: int, what: str) -> np.ndarray:
