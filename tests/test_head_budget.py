@@ -426,8 +426,12 @@ def test_beyond_its_held_out_budget_the_calibration_scores_an_even_spread_of_sam
     assert part["temperature"] != every["temperature"]  # fitted on the spread alone
 
     assert head._loo is None  # not kept: only some samples were scored
+    job = head.loo_proba_job()  # (for another thread): the same, kept for this version only
+    np.testing.assert_allclose(job(), head.loo_proba(), atol=1e-12)
+    head._loo = None
+    np.testing.assert_array_equal(head.loo_proba_job()(), job())
     P = head.loo_proba()
     assert not np.isnan(P).any() and np.allclose(P.sum(axis=1), 1.0)
     assert head._loo is not None and np.array_equal(head.loo_proba(), P)  # kept until an edit
     head.add(X[0], 1)
-    assert head._loo is None and head.loo_proba().shape == (ytr.size + 1, len(NAMES))
+    assert head._loo is None and head.loo_proba_job()().shape == (ytr.size + 1, len(NAMES))

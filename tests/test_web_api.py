@@ -241,6 +241,33 @@ def test_insight_is_the_confusion_matrix_of_the_samples(studio):
     assert [c["samples"] for c in report["per_class"]] == [2, 2]
 
 
+def test_insight_scores_the_samples_off_the_loops_thread_and_keeps_them(studio, monkeypatch):
+    import threading
+    from edge_classifier.comms.web.studio import Studio
+    from edge_classifier.learning.heads import auto
+    s = studio(teach=TAUGHT + (("cat", "cat.bmp"), ("bird", "parrot.jpg")))
+    seen = {"scores": []}
+    real_insight, real_calibrate = Studio._insight, auto.calibrate
+
+    def on_loop(self):
+        seen["event"] = threading.current_thread()
+        self.learner.head._loo = None  # not kept by the calibration (as beyond HELD_OUT_ROWS)
+        return real_insight(self)
+
+    def calibrate(snap, system_only=False, every=False):
+        if every:
+            seen["scores"].append(threading.current_thread())
+        return real_calibrate(snap, system_only, every)
+    monkeypatch.setattr(Studio, "_insight", on_loop)
+    monkeypatch.setattr(auto, "calibrate", calibrate)
+    code, report = s.client.get("/api/insight")
+    assert code == 200 and report["samples"] == 4 and np.asarray(report["matrix"]).sum() == 4
+    assert len(seen["scores"]) == 1 and seen["scores"][0] is not seen["event"]
+    code, again = s.client.get("/api/insight")
+    assert code == 200 and again["matrix"] == report["matrix"]  # (a recalibration may
+    assert len(seen["scores"]) == 1  # have moved the temperature) scores kept for the head
+
+
 def test_export_is_a_zip_of_class_folders_that_train_reads(studio, tmp_path):
     s = studio(teach=TAUGHT + (("cat", "cat.bmp"),))
     code, data = s.client.get("/api/export.zip", raw=True)

@@ -12,7 +12,9 @@ the ones below carry pictures or ask for reports, so only the web transport make
         details = studio.apply(event)      # the result's fields; raises EdgeClassifierError
 
 ``changed()`` is called after samples were removed or imported (the head is refitted),
-``stored()`` after one sample was added (the head absorbed it already).
+``stored()`` after one sample was added (the head absorbed it already). A result may carry
+work too heavy for the loop's thread under ``LATER``: a function, safe in another thread, whose
+dict the web server adds to the answer (:func:`finish`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,15 @@ from edge_classifier.comms.events import AddClass, DeleteSample, DiscardInbox, E
 from edge_classifier.comms.web.insight import insight
 from edge_classifier.datasets.importer import import_files
 from edge_classifier.errors import EventError, UnknownClassError
+
+#: The key of a result's work left for another thread (see the module docstring).
+LATER = "later"
+
+
+def finish(result: Dict[str, Any]) -> Dict[str, Any]:
+    """``result`` with the work under ``LATER`` (if any) done here and its fields added."""
+    later = result.pop(LATER, None)
+    return result if later is None else dict(result, **later())
 
 
 @dataclass(frozen=True)
@@ -183,4 +194,10 @@ class Studio:
         if self.learner.multilabel:
             raise EventError("the insight needs a single-label head (this state is "
                              "multi-label)")
-        return insight(head.classes, head.labels, head.loo_proba())
+        job = getattr(head, "loo_proba_job", None)
+        if job is None:
+            return insight(head.classes, head.labels, head.loo_proba())
+        # the held-out scores are computed off the loop's thread (seconds at 10,000 samples):
+        # the answer carries the work, which the web server runs in a thread of its own
+        classes, labels, proba = list(head.classes), head.labels.copy(), job()
+        return {LATER: lambda: insight(classes, labels, proba())}

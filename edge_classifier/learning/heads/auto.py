@@ -108,6 +108,7 @@ class AutoHead:
         self._temperature = self.default_temperature
         self._open = fit_open_set(np.zeros(0), np.zeros(0), None, self.unknown_quantile)
         self._loo: Optional[np.ndarray] = None
+        self._loo_kept: Tuple[int, Optional[np.ndarray]] = (-1, None)  # (version, loo) of a job
         self._groups = np.zeros(0, np.int64)
         self._stale = False
 
@@ -644,6 +645,27 @@ class AutoHead:
                 self._loo = loo  # until the next edit
             return self._proba(loo)
         return self._proba(self._loo)
+
+    def loo_proba_job(self) -> Callable[[], np.ndarray]:
+        """:meth:`loo_proba` as a function safe to run in another thread, so that a caller on
+        the device loop's thread can hand the work off (scoring every sample is a calibration's
+        cost: about 2 s at 10,000 samples here). The result is kept for the head as it is now."""
+        if self.n_samples == 0:
+            raise EmptyHeadError("the head holds no samples: fit() or add() first")
+        version, kept = self._loo_kept
+        loo = self._loo if self._loo is not None else kept if version == self._version else None
+        snap = self._snapshot() if loo is None else None
+        empty, temperature = self._frame_constants()["empty"], self._temperature
+
+        def run() -> np.ndarray:
+            F = loo
+            if F is None:
+                F = calibrate(snap, every=True)["loo"]
+                self._loo_kept = (snap["version"], F)  # one assignment: no edit is mixed in
+            if empty is not None:
+                F = np.where(empty[None, :], -np.inf, F)
+            return softmax(F / temperature)
+        return run
 
     # ------------------------------------------------------------------ persistence
     def to_state(self, copy: bool = True, frozen: bool = False
