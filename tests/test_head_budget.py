@@ -435,3 +435,45 @@ def test_beyond_its_held_out_budget_the_calibration_scores_an_even_spread_of_sam
     assert head._loo is not None and np.array_equal(head.loo_proba(), P)  # kept until an edit
     head.add(X[0], 1)
     assert head._loo is None and head.loo_proba_job()().shape == (ytr.size + 1, len(NAMES))
+
+
+def test_a_capture_group_too_big_for_its_block_is_left_out_in_the_landmarks_system(
+        monkeypatch):
+    """One still scene captured many times over is one capture group. Beyond BLOCK_MAX its
+    leave-group-out runs in the m x m system (its g x g block was 800 MB for 10,000 captures):
+    the same scores (closer to a refit without the group than the block's, which lost
+    precision here: 0.06 off); and its groups are those of every sample-landmark pair (from
+    fewer edges)."""
+    from edge_classifier.learning.heads.autocal import _points, point_features
+    from edge_classifier.learning.heads.neighbours import DUPLICATE_DISTANCE
+    from edge_classifier.learning.heads.nystrom import connected_labels
+    Xtr, ytr, _, _, _ = _task(10, n=150)  # 600 samples
+    X = np.abs(Xtr).astype(np.float32)
+    rng = np.random.default_rng(3)
+    scene = np.flatnonzero(ytr == 0)[:130]  # class 0 keeps samples outside the scene's group
+    X[scene] = X[scene[0]] * (1 + 0.03 * rng.standard_normal((scene.size, X.shape[1])))
+    block = make_head("auto", landmarks=200).fit(X, ytr, NAMES)
+    groups = block.capture_groups
+    assert np.bincount(groups).max() >= 120 > 0.5 * np.isin(groups, groups[scene[0]]).sum()
+
+    monkeypatch.setattr(autocal, "BLOCK_MAX", 40)
+    in_m = make_head("auto", landmarks=200).fit(X, ytr, NAMES)
+    np.testing.assert_array_equal(in_m.capture_groups, groups)
+    out = np.flatnonzero(groups == np.bincount(groups).argmax())
+    np.testing.assert_array_equal(np.delete(in_m._loo, out, 0), np.delete(block._loo, out, 0))
+    n, C = ytr.size, len(NAMES)  # the group's scores against a refit without it
+    Phi = point_features(in_m._geometry(), np.arange(n))[0]
+    Tc = np.eye(C)[ytr] - np.bincount(ytr, minlength=C) / n
+    keep = np.setdiff1d(np.arange(n), out)
+    A = Phi[keep].T @ Phi[keep] + in_m.lam * np.eye(Phi.shape[1])
+    direct = Phi[out] @ np.linalg.solve(A, Phi[keep].T @ Tc[keep])
+    np.testing.assert_allclose(in_m._loo[out], direct, atol=5e-3)  # (float32 features)
+    assert np.isfinite(in_m.temperature) and np.isfinite(in_m.unknown_threshold)
+
+    snap = in_m._snapshot()
+    S = _points(snap, np.arange(n)) @ snap["L"].T
+    r, c = np.nonzero(S > 1.0 - DUPLICATE_DISTANCE)
+    m = snap["L"].shape[0]
+    node = np.where(snap["owner"] >= 0, snap["owner"], n + np.arange(m))
+    assert r.size > 2000  # every pair: the scene's samples to each of its landmarks
+    np.testing.assert_array_equal(connected_labels(n + m, r, node[c])[:n], groups)

@@ -42,6 +42,9 @@ MIN_HONEST = 30
 #: The most samples that are no landmark whose held-out scores the calibration is fitted on.
 HELD_OUT_ROWS = 2048
 
+#: A capture group larger than this is left out in the m x m system, not its own g x g block.
+BLOCK_MAX = 512
+
 
 def _points(snap: Dict[str, Any], idx) -> np.ndarray:
     """Stored points (len x D float32) of samples ``idx``: a landmark's own float32 copy."""
@@ -82,6 +85,25 @@ def _chunk(snap: Dict[str, Any], sl: slice, dtype) -> Tuple[np.ndarray, np.ndarr
     return S, K @ snap["_LinvT"]
 
 
+def _group_edges(near: np.ndarray, alive: np.ndarray, start: int, node: np.ndarray
+                 ) -> Tuple[np.ndarray, np.ndarray]:
+    """Edges (node pairs) linking each sample of a chunk (rows of ``near``, from ``start``) to
+    every live landmark it is near, as few as give the same groups: each sample to the first of
+    them, that one to the others (once per pair). All the pairs would be N x m edges for one
+    scene captured N times over (1.2 GB of indices and their labels at 10,000)."""
+    near &= alive[None, :]
+    r, c = np.nonzero(near)
+    if r.size == 0:
+        return r, c
+    rows, at = np.unique(r, return_index=True)
+    first = c[at]
+    lead = np.repeat(first, np.diff(np.append(at, r.size)))  # each pair's row's first landmark
+    other = lead != c
+    pairs = np.unique(lead[other] * near.shape[1] + c[other])
+    return (np.concatenate([rows + start, node[pairs // near.shape[1]]]),
+            np.concatenate([node[first], node[pairs % near.shape[1]]]))
+
+
 def held_out_rows(land: np.ndarray, groups: np.ndarray, every: bool = False
                   ) -> Optional[np.ndarray]:
     """The samples pass 2 scores (sorted indices), None for all: beyond ``HELD_OUT_ROWS``
@@ -113,18 +135,23 @@ def calibrate(snap: Dict[str, Any], system_only: bool = False, every: bool = Fal
         Phi = Phi.astype(np.float64)
         b += Phi.T @ T[sl]
         s += Phi.sum(axis=0)
-        r, c = np.nonzero((S > 1.0 - DUPLICATE_DISTANCE) & (owner >= 0)[None, :])
-        ea.append(r + sl.start)
-        eb.append(node[c])
+        a, b_ = _group_edges(S > 1.0 - DUPLICATE_DISTANCE, owner >= 0, sl.start, node)
+        ea.append(a)
+        eb.append(b_)
+    if not system_only:
+        labels = connected_labels(n + m, np.concatenate(ea), np.concatenate(eb))
+        groups, lgroup = labels[:n], labels[node]
+        sizes = np.bincount(groups, minlength=n)
+        # the system itself, kept to leave out a group too big for its n x n block (below)
+        A64 = gram.total() if np.any(sizes > BLOCK_MAX) else None
     P, M = gram.solve(snap["lam"])
     out: Dict[str, Any] = {"system": (P, b, s), "version": snap["version"]}
     if system_only:
         return out
     counts = np.bincount(y, minlength=C)
     tbar = counts / n
-    W = P @ (b - np.outer(s, tbar))
-    labels = connected_labels(n + m, np.concatenate(ea), np.concatenate(eb))
-    groups, lgroup = labels[:n], labels[node]
+    PhiTc = b - np.outer(s, tbar)  # Phi.T @ Tc
+    W = P @ PhiTc
     rows = held_out_rows(snap["land"], groups, every)
     F = np.empty((n, C)) if rows is None else np.full((n, C), np.nan)
     h = np.empty(n) if rows is None else np.zeros(n)
@@ -154,6 +181,10 @@ def calibrate(snap: Dict[str, Any], system_only: bool = False, every: bool = Fal
     for same_size in split_groups(groups):  # leave-group-out: Tc_g - inv(I - H_gg) (Tc_g - F_g)
         if rows is not None:  # the groups scored (whole: none is scored in part)
             same_size = same_size[np.isin(same_size[:, 0], rows)]
+        if same_size.shape[1] > BLOCK_MAX:  # one still scene captured many times over
+            for members in same_size:
+                loo[members] = _left_out_in_m(snap, members, A64, snap["lam"], PhiTc, Tc, dtype)
+            continue
         step = max(1, 256 // same_size.shape[1])  # ~256 samples at a time: bounded temporaries
         for start in range(0, same_size.shape[0], step):
             idx = same_size[start:start + step]
@@ -166,6 +197,27 @@ def calibrate(snap: Dict[str, Any], system_only: bool = False, every: bool = Fal
     out["every"] = rows is None  # loo has a row for every sample (else NaN where not scored)
     out["temperature"], out["open"] = _fit_calibration(snap, loo, groups, best, counts, rows)
     return out
+
+
+def _left_out_in_m(snap: Dict[str, Any], members: np.ndarray, A: np.ndarray, lam: float,
+                   PhiTc: np.ndarray, Tc: np.ndarray, dtype) -> np.ndarray:
+    """Held-out scores of a group left out as one, in the m x m system rather than the group's
+    g x g block: ``Phi_g inv(A + lam*I - Phi_g.T Phi_g) (Phi.T Tc - Phi_g.T Tc_g)``, the same
+    scores, in O(g*m^2 + m^3) time and O(m^2) memory (the block is g x g: 800 MB for 10,000
+    captures of one scene). ``A`` is the features' Gram sum (float64, m x m), left as it is."""
+    def features(idx):
+        return (_kernel_chunk(snap, idx, dtype)[1] @ snap["_LinvT"]).astype(np.float64)
+    chunks = [members[start:start + 256] for start in range(0, members.size, 256)]
+    G, rhs = np.zeros_like(A), PhiTc.copy()
+    for idx in chunks:
+        Phi = features(idx)
+        G += Phi.T @ Phi
+        rhs -= Phi.T @ Tc[idx]
+    np.subtract(A, G, out=G)  # the system without the group
+    G[np.diag_indices_from(G)] += lam
+    X = np.linalg.solve(G, rhs)
+    del G
+    return np.concatenate([features(idx) @ X for idx in chunks])
 
 
 def _fit_calibration(snap, loo, groups, best, counts, rows=None):

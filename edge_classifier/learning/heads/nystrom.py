@@ -112,6 +112,10 @@ class Gram:
     def add(self, Phi: np.ndarray) -> None:
         self._A += Phi.T @ Phi
 
+    def total(self) -> np.ndarray:
+        """The sum so far, as a float64 copy (m x m)."""
+        return self._A.astype(np.float64)
+
     def solve(self, lam: float) -> Tuple[np.ndarray, np.ndarray]:
         A, self._A = self._A, None
         A[np.diag_indices_from(A)] += A.dtype.type(lam)
