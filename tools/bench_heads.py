@@ -15,7 +15,8 @@ the head was built (the peak is reset there, Linux ``clear_refs``, so what gener
 embeddings took does not hide the head's own peak). A head that fits from the store's rows
 (``auto``) is fitted, edited and loaded as the Learner does it: from the samples in the store's
 compact form, built before that peak is reset (they are the store's memory, not the head's),
-its load including the hand-back of the store's samples and their check::
+its load including the hand-back of the store's samples and their check (their checksums
+against those saved, as the Learner does, and a few of their points)::
 
     python tools/bench_heads.py [--sizes 250,500,1000,2000,5000,10000] [--heads auto,kernel]
                                 [--kernel-max 5000] [--json]
@@ -45,6 +46,7 @@ from edge_classifier.backbone.model import Backbone
 from edge_classifier.core import blas, memory
 from edge_classifier.learning.compact import Compactor, ViewRows
 from edge_classifier.learning.heads import load_head, make_head
+from edge_classifier.learning.learner import sample_checksums
 from edge_classifier.learning.npzfile import read_npz
 from edge_classifier.learning.state import StateDir
 
@@ -179,11 +181,13 @@ def measure(name, views, y, names, n, model=None):
     np.savez(buf, **arrays)
     loads, file_loads = [], []
     kept = head._pts.items() if getattr(head, "points_from_store", False) else None
+    crc = sample_checksums(kept) if kept is not None else None  # what the Learner saves
 
     def hand_back(loaded):  # as the Learner does: the store's samples, in order, checked
         if kept is not None:
-            loaded.attach_points(list(kept))
-            assert loaded.points_match()
+            got = list(kept)
+            loaded.attach_points(got)
+            assert np.array_equal(sample_checksums(got), crc) and loaded.points_match()
     for _ in range(5):
         t0 = time.perf_counter()
         hand_back(load_head(read_npz(buf)[0], json.loads(json.dumps(meta))))

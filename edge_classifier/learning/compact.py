@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import zlib
 from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -22,10 +23,19 @@ class CompactViews:
         c = compact(views); np.array_equal(c.expand(), views)   # True
     """
 
-    __slots__ = ("values", "index")
+    __slots__ = ("values", "index", "_crc")
 
-    def __init__(self, values: np.ndarray, index: np.ndarray) -> None:
-        self.values, self.index = values, index
+    def __init__(self, values: np.ndarray, index: np.ndarray, crc: Optional[int] = None) -> None:
+        self.values, self.index, self._crc = values, index, crc
+
+    def checksum(self, values_crc: Optional[int] = None) -> int:
+        """CRC-32 of the indices, started from the CRC of the values (``values_crc`` if known),
+        computed once: a sample's in-memory form never changes (what a head saved beside the
+        samples is checked against)."""
+        if self._crc is None:
+            start = zlib.crc32(self.values) if values_crc is None else values_crc
+            self._crc = zlib.crc32(np.ascontiguousarray(self.index), start)
+        return self._crc
 
     @property
     def shape(self) -> Tuple[int, ...]:
@@ -94,6 +104,7 @@ class Compactor:
         self._levels = np.arange(k0, k0 + 256, dtype=np.float32) * step
         self._levels.setflags(write=False)  # shared by every sample that uses it
         self._step, self._k0 = step, k0
+        self._levels_crc = zlib.crc32(self._levels)
 
     def _on_levels(self, views: np.ndarray) -> Optional[CompactViews]:
         with np.errstate(over="ignore", invalid="ignore"):
@@ -104,7 +115,9 @@ class Compactor:
         index = k.astype(np.uint8)
         if not np.array_equal(self._levels[index], views):
             return None
-        return CompactViews(self._levels, index)
+        # its checksum now, while its bytes are at hand (1 us; 22 ms for 10,000 at each save
+        # and start otherwise, in a loop of Python)
+        return CompactViews(self._levels, index, zlib.crc32(index, self._levels_crc))
 
 
 def expand(item) -> np.ndarray:

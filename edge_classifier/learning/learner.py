@@ -535,10 +535,12 @@ def sample_checksums(items) -> np.ndarray:
     out = np.empty(len(items), np.uint32)
     for i, item in enumerate(items):
         if isinstance(item, CompactViews):
-            start = tables.get(id(item.values))
-            if start is None:
-                start = tables[id(item.values)] = zlib.crc32(np.ascontiguousarray(item.values))
-            out[i] = zlib.crc32(np.ascontiguousarray(item.index), start)
+            if item._crc is None:  # (a shared table's samples have theirs from the start)
+                start = tables.get(id(item.values))
+                if start is None:
+                    start = tables[id(item.values)] = zlib.crc32(np.ascontiguousarray(item.values))
+                item.checksum(start)
+            out[i] = item._crc
         else:
             out[i] = zlib.crc32(np.ascontiguousarray(item))
     return out
