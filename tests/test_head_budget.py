@@ -469,6 +469,19 @@ def test_a_capture_group_too_big_for_its_block_is_left_out_in_the_landmarks_syst
     direct = Phi[out] @ np.linalg.solve(A, Phi[keep].T @ Tc[keep])
     np.testing.assert_allclose(in_m._loo[out], direct, atol=5e-3)  # (float32 features)
     assert np.isfinite(in_m.temperature) and np.isfinite(in_m.unknown_threshold)
+    solve, m_ = np.linalg.solve, in_m.n_landmarks
+    calls = []
+
+    def singular(a, b):  # as if rounding had made the system without the group singular
+        if a.shape == (m_, m_):
+            calls.append(a.shape)
+            raise np.linalg.LinAlgError("singular matrix")
+        return solve(a, b)
+    monkeypatch.setattr(np.linalg, "solve", singular)
+    fallback = make_head("auto", landmarks=200).fit(X, ytr, NAMES)
+    np.testing.assert_allclose(fallback._loo, in_m._loo, atol=1e-6)  # least squares instead
+    assert calls  # (the path was taken)
+    monkeypatch.setattr(np.linalg, "solve", solve)
 
     snap = in_m._snapshot()
     S = _points(snap, np.arange(n)) @ snap["L"].T

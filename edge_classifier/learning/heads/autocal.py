@@ -215,7 +215,10 @@ def _left_out_in_m(snap: Dict[str, Any], members: np.ndarray, A: np.ndarray, lam
         rhs -= Phi.T @ Tc[idx]
     np.subtract(A, G, out=G)  # the system without the group
     G[np.diag_indices_from(G)] += lam
-    X = np.linalg.solve(G, rhs)
+    try:
+        X = np.linalg.solve(G, rhs)
+    except np.linalg.LinAlgError:  # (lam on its diagonal: only if rounding undid it)
+        X = np.linalg.lstsq(G, rhs, rcond=None)[0]
     del G
     return np.concatenate([features(idx) @ X for idx in chunks])
 
