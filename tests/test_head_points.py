@@ -615,3 +615,5 @@ def test_sample_checksums_are_taken_once_and_stay_those_saved_heads_hold():
     np.testing.assert_array_equal(sample_checksums(items), expect)
     np.testing.assert_array_equal(sample_checksums(items), expect)  # from the kept ones
     assert sample_checksums([pack(levels[rng.integers(0, 256, (2, 64))])])[0] != expect[0]
+    fortran = pack(np.asfortranarray(levels[rng.integers(0, 256, (2, 64))]))  # (an odd .npy)
+    assert fortran.values is shared[0].values and sample_checksums([fortran])[0] == former(fortran)
