@@ -416,6 +416,12 @@ def test_beyond_its_held_out_budget_the_calibration_scores_an_even_spread_of_sam
     rows = autocal.held_out_rows(head._land, head.capture_groups)
     assert not part["every"] and every["every"] and 50 <= rows.size < 100
     assert {p, q, landmark} <= set(rows.tolist()) and q not in spread  # the whole group
+    groups = head.capture_groups
+    inside = np.isin(groups, groups[rows])
+    assert np.array_equal(np.flatnonzero(inside), rows)  # every group scored whole, or not
+    picked = np.unique(groups[rows]).size  # groups evenly, not samples: none favoured by size
+    assert picked == int(np.ceil(50 * np.unique(groups[head._land < 0]).size /
+                                 np.bincount(groups)[np.unique(groups[head._land < 0])].sum()))
     scored = np.zeros(ytr.size, bool)
     scored[rows] = True
     np.testing.assert_allclose(part["loo"][scored], every["loo"][scored], atol=1e-5)  # float32
@@ -435,6 +441,9 @@ def test_beyond_its_held_out_budget_the_calibration_scores_an_even_spread_of_sam
     assert head._loo is not None and np.array_equal(head.loo_proba(), P)  # kept until an edit
     head.add(X[0], 1)
     assert head._loo is None and head.loo_proba_job()().shape == (ytr.size + 1, len(NAMES))
+    head.add_class("c4")  # scores kept for 4 classes are not taken for 5
+    assert head.loo_proba_job()().shape == (ytr.size + 1, len(NAMES) + 1)
+    assert head.loo_proba().shape == (ytr.size + 1, len(NAMES) + 1)
 
 
 def test_a_capture_group_too_big_for_its_block_is_left_out_in_the_landmarks_system(
@@ -490,3 +499,23 @@ def test_a_capture_group_too_big_for_its_block_is_left_out_in_the_landmarks_syst
     node = np.where(snap["owner"] >= 0, snap["owner"], n + np.arange(m))
     assert r.size > 2000  # every pair: the scene's samples to each of its landmarks
     np.testing.assert_array_equal(connected_labels(n + m, r, node[c])[:n], groups)
+
+
+def test_the_held_out_spread_takes_groups_evenly_not_in_proportion_to_their_size(monkeypatch):
+    """Twenty bursts of ten captures of one scene each, among 400 single samples: picking
+    samples evenly would take every burst whole (about 4 times the rows asked for, a third of
+    them bursts); picking groups evenly takes about as many rows as asked, in the data's mix."""
+    Xtr, ytr, _, _, _ = _task(11, n=150)  # 600 samples
+    X = np.abs(Xtr).astype(np.float32)
+    rng = np.random.default_rng(4)
+    for g in range(20):
+        burst = 200 + 10 * g + np.arange(10)
+        X[burst] = X[burst[0]] * (1 + 0.003 * rng.standard_normal((10, X.shape[1])))
+        ytr[burst] = ytr[burst[0]]
+    monkeypatch.setattr(autocal, "HELD_OUT_ROWS", 60)
+    head = make_head("auto", landmarks=100).fit(X, ytr, NAMES)
+    groups = head.capture_groups
+    assert (np.bincount(groups) >= 8).sum() == 20  # the bursts are groups
+    rows = autocal.held_out_rows(head._land, groups)
+    assert 40 <= rows.size <= 90
+    assert np.isin(groups[rows], np.flatnonzero(np.bincount(groups) >= 8)).sum() <= 30
