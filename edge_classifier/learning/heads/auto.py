@@ -286,6 +286,9 @@ class AutoHead:
         """Append a class without samples; returns its label."""
         self._classes = check_class_names(self._classes + [name])
         self._b = np.hstack([self._b, np.zeros((self._b.shape[0], 1))])
+        # held-out scores (kept, or of a job under way) have a column too few from now on
+        self._version += 1
+        self._loo = None
         self._solve()
         return len(self._classes) - 1
 
